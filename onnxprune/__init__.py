@@ -1,0 +1,46 @@
+"""onnxprune: structured channel pruning of ONNX models.
+
+>>> import onnxprune
+>>> model = onnxprune.load("models/mnist_resnet.onnx")
+>>> result = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.5))
+>>> onnxprune.save(result.model, "mnist_resnet.pruned.onnx")
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .dependency import Analysis, PruneGroup, analyze  # noqa: E402
+from .errors import (  # noqa: E402
+    ModelError,
+    OnnxPruneError,
+    PlanError,
+    UnsupportedError,
+    UsageError,
+    VerificationError,
+)
+from .io import load_model as load  # noqa: E402
+from .io import save_model as save  # noqa: E402
+from .pipeline import PruneConfig, PruneResult, prune  # noqa: E402
+from .plan import Plan  # noqa: E402
+from .verify import Verification, verify  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "Analysis",
+    "ModelError",
+    "OnnxPruneError",
+    "Plan",
+    "PlanError",
+    "PruneConfig",
+    "PruneGroup",
+    "PruneResult",
+    "UnsupportedError",
+    "UsageError",
+    "Verification",
+    "VerificationError",
+    "analyze",
+    "load",
+    "prune",
+    "save",
+    "verify",
+]

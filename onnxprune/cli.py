@@ -1,0 +1,178 @@
+"""The ``onnxprune`` command: parses options, calls the library, prints, and maps errors to exit codes.
+
+Exit codes: 0 ok, 1 error (bad input, unwritable output), 2 usage, 3 verification failed. Errors are one line,
+``onnxprune: error: ...``; ``--debug`` adds the traceback.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .criteria import CRITERIA
+from .dependency import analyze
+from .errors import OnnxPruneError, UsageError
+from .graph import Graph
+from .io import file_sha256, load_model, save_model, write_text_atomic
+from .macs import static_input_shapes
+from .pipeline import PruneConfig, prune
+from .report import format_groups, format_summary, group_rows, model_stats
+
+__all__ = ["main"]
+
+
+class _DefaultToPrune(click.Group):
+    """``onnxprune MODEL ...`` means ``onnxprune prune MODEL ...``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = ["prune", *args]
+        return super().parse_args(ctx, args)
+
+
+def _parse_shapes(values: tuple[str, ...]) -> dict[str, list[int]] | None:
+    shapes: dict[str, list[int]] = {}
+    for value in values:
+        name, sep, dims = value.rpartition(":")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shapes[name] = [int(d) for d in dims.lower().split("x")]
+        except ValueError:
+            raise UsageError(f"--input-shape expects NAME:D1xD2x..., got '{value}'") from None
+    return shapes or None
+
+
+@click.group(cls=_DefaultToPrune, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="onnxprune", message="%(prog)s %(version)s")
+def cli() -> None:
+    """Structured channel pruning for ONNX models.
+
+    \b
+    onnxprune model.onnx --ratio 0.5       prune, verify, write model.pruned.onnx
+    onnxprune inspect model.onnx           show the channel groups and what blocks them
+    """
+
+
+@cli.command("prune")
+@click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output model [default: <stem>.pruned.onnx].")
+@click.option("--ratio", type=float, default=0.5, show_default=True,
+              help="Fraction of the channels removed from every prunable group, in [0, 1).")
+@click.option("--criterion", type=click.Choice(CRITERIA), default="l2", show_default=True,
+              help="Channel importance criterion.")
+@click.option("--global", "global_ranking", is_flag=True,
+              help="Rank all groups together (normalised scores) instead of cutting each group by --ratio.")
+@click.option("--round-to", type=int, default=1, show_default=True, help="Kept channel counts are multiples of N.")
+@click.option("--min-channels", type=int, default=1, show_default=True, help="Fewest channels a group keeps.")
+@click.option("--exclude", multiple=True, metavar="PATTERN",
+              help="Leave groups touching a node or tensor matching this glob intact (repeatable).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random scores and test inputs.")
+@click.option("--plan", "plan_path", type=click.Path(path_type=Path), help="Write the plan (JSON) here.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the report (JSON) here.")
+@click.option("--no-verify", is_flag=True, help="Skip verification (checker, onnxruntime, mask equivalence).")
+@click.option("--input-shape", multiple=True, metavar="NAME:1x3x224x224",
+              help="Concrete shape for a dynamic input, for verification and MAC counts (repeatable).")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str, global_ranking: bool, round_to: int,
+              min_channels: int, exclude: tuple[str, ...], seed: int, plan_path: Path | None,
+              report_path: Path | None, no_verify: bool, input_shape: tuple[str, ...], quiet: bool,
+              debug: bool) -> None:
+    """Prune MODEL and write a smaller, verified model."""
+    output = output or model.with_name(model.stem + ".pruned.onnx")
+    config = PruneConfig(ratio=ratio, criterion=criterion, global_ranking=global_ranking, round_to=round_to,
+                         min_channels=min_channels, exclude=tuple(exclude), seed=seed, verify=not no_verify,
+                         input_shapes=_parse_shapes(input_shape))
+    config.plan_config().validate()
+    _check_outputs(model, [p for p in (output, plan_path, report_path) if p is not None])
+    original = load_model(model)
+    result = prune(original, config, source_sha256=file_sha256(model))
+    written = save_model(result.model, output)
+    try:
+        result.report["input"] = {"path": str(model), "bytes": model.stat().st_size}
+        result.report["output"] = {"path": str(output), "bytes": sum(p.stat().st_size for p in written)}
+        if plan_path is not None:
+            write_text_atomic(plan_path, result.plan.to_json())
+        if report_path is not None:
+            write_text_atomic(report_path, json.dumps(result.report, indent=1) + "\n")
+    except Exception:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    if not quiet:
+        click.echo(f"onnxprune: {model} -> {output}", err=True)
+        click.echo(format_summary(result.report), err=True)
+
+
+def _check_outputs(model: Path, outputs: list[Path]) -> None:
+    """Refuse to overwrite the input, and fail before any work when an output cannot be written."""
+    for out in outputs:
+        if out.exists() and model.exists() and os.path.samefile(out, model):
+            raise UsageError(f"refusing to overwrite the input model '{model}'; choose another --output")
+        parent = out.parent if str(out.parent) else Path(".")
+        if not parent.is_dir():
+            raise OnnxPruneError(f"cannot write '{out}': directory '{parent}' does not exist")
+        if not os.access(parent, os.W_OK):
+            raise OnnxPruneError(f"cannot write '{out}': directory '{parent}' is not writable")
+        if out.is_dir():
+            raise OnnxPruneError(f"cannot write '{out}': it is a directory")
+
+
+@cli.command("inspect")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--input-shape", multiple=True, metavar="NAME:1x3x224x224", help="Concrete shape for MAC counts.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def inspect_cmd(model: Path, as_json: bool, input_shape: tuple[str, ...], debug: bool) -> None:
+    """Show MODEL's channel groups: sizes, MACs, and what blocks each group and why."""
+    original = load_model(model)
+    graph = Graph.build(original)
+    analysis = analyze(graph)
+    stats = model_stats(original, static_input_shapes(original, _parse_shapes(input_shape)))
+    rows = group_rows(analysis, {}, stats.macs_per_node)
+    if as_json:
+        click.echo(json.dumps({"model": str(model), "params": stats.params, "macs": stats.macs, "groups": rows},
+                              indent=1))
+    else:
+        click.echo(format_groups(rows, stats.macs))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI and turn every failure into one line and an exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="onnxprune", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code or 0)
+    except click.exceptions.Abort:
+        click.echo("onnxprune: error: aborted", err=True)
+        return 1
+    except click.UsageError as exc:
+        click.echo(f"onnxprune: error: {exc.format_message()}", err=True)
+        return 2
+    except OnnxPruneError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"onnxprune: error: {exc}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("onnxprune: error: interrupted", err=True)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the user sees one line, never a traceback
+        if debug:
+            traceback.print_exc()
+        click.echo(f"onnxprune: error: internal error ({type(exc).__name__}: {exc}); "
+                   "rerun with --debug and report it", err=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Elementwise ops: unary ones pass channels through; n-ary ones broadcast, tie labeled operands position by
+position, slice per-channel constants and let scalars (or size-1 axes) pass."""
+from __future__ import annotations
+
+import numpy as np
+from onnx import NodeProto
+
+from . import applies, propagates
+
+UNARY = (
+    "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Celu", "Softplus",
+    "Softsign", "Gelu", "Erf", "Mish", "ThresholdedRelu", "Shrink", "Identity", "Dropout", "Cast", "CastLike",
+    "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Tan",
+    "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Not", "IsNaN", "IsInf", "Clip",
+    "Swish",
+)
+NARY = (
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "PRelu", "Equal", "Greater",
+    "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "Mod", "BitwiseAnd", "BitwiseOr", "BitwiseXor",
+)
+
+
+@propagates(*UNARY)
+def unary(i: int, node: NodeProto, ctx) -> None:
+    """Ops whose first input is the only one carrying channels (Clip's min/max, CastLike's target are scalars)."""
+    lx = ctx.labeled(node.input[0])
+    for extra in node.input[1:]:
+        other = ctx.labeled(extra)
+        if other is not None:
+            ctx.block(other.atoms, f"{node.op_type} {ctx.node_label(i)} takes channels in a scalar operand")
+    if lx is None:
+        return
+    if node.op_type == "Clip":
+        for name in node.input[1:]:
+            if name and (ctx.graph.const(name) is None or ctx.graph.const(name).size != 1):
+                ctx.block(lx.atoms, f"Clip {ctx.node_label(i)} has non-scalar bounds")
+                return
+    ctx.set(node.output[0], lx.axis, lx.atoms)
+    if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1]:
+        ctx.set(node.output[1], lx.axis, lx.atoms)
+
+
+def _operand_axis(out_rank: int, in_rank: int, axis: int) -> int:
+    return axis - (out_rank - in_rank)
+
+
+@propagates(*NARY)
+def nary(i: int, node: NodeProto, ctx) -> None:
+    labeled = [(p, ctx.labeled(n)) for p, n in enumerate(node.input) if ctx.labeled(n) is not None]
+    if not labeled:
+        return
+    label = f"{node.op_type} {ctx.node_label(i)}"
+    ranks = [ctx.graph.rank(n) if n else 0 for n in node.input]
+    out_rank = ctx.graph.rank(node.output[0])
+    if out_rank is None and all(r is not None for r in ranks):
+        out_rank = max(ranks)  # type: ignore[type-var]
+    if out_rank is None or any(r is None for r in ranks):
+        ctx.block_inputs(i, f"{label}: operand ranks unknown")
+        return
+    axes = {lab.axis + out_rank - ranks[p] for p, lab in labeled}
+    if len(axes) != 1:
+        ctx.block_inputs(i, f"{label} combines channels lying on different axes")
+        return
+    axis = axes.pop()
+    size = max(lab.size for _, lab in labeled)
+    broadcast = [lab for _, lab in labeled if lab.size != size]
+    if broadcast:
+        ctx.block_inputs(i, f"{label} broadcasts a channel tensor against {size} channels")
+        return
+    first = labeled[0][1]
+    for _, lab in labeled[1:]:
+        ctx.tie(first.atoms, lab.atoms)
+    for p, name in enumerate(node.input):
+        if not name or ctx.labeled(name) is not None:
+            continue
+        k = _operand_axis(out_rank, ranks[p], axis)
+        shape = ctx.graph.shape(name)
+        dim = shape[k] if shape is not None and 0 <= k < len(shape) else (1 if k < 0 else None)
+        if dim == 1:
+            continue
+        if dim == size and ctx.graph.is_const(name):
+            ctx.weight(name, first.atoms, "const", i, axis=k)
+            continue
+        reason = "a fixed operand" if dim == size else "an operand of unknown shape"
+        ctx.block(first.atoms, f"{label} combines the channels with {reason} ('{name}')")
+        return
+    ctx.set(node.output[0], axis, first.atoms)
+
+
+@applies(*NARY)
+def nary_apply(i: int, node: NodeProto, rw) -> None:
+    y = node.output[0]
+    keep = rw.keep(y)
+    if keep is None:
+        return
+    out_rank = rw.graph.rank(y) or max(rw.graph.rank(n) or 0 for n in node.input if n)
+    axis = rw.labeled(y).axis
+    for p, name in enumerate(node.input):
+        if not name or rw.labeled(name) is not None or not rw.graph.is_const(name):
+            continue
+        value = rw.const(name)
+        k = _operand_axis(out_rank, value.ndim, axis)
+        if 0 <= k < value.ndim and value.shape[k] > 1:
+            rw.set_input(i, p, np.take(value, keep, axis=k))

@@ -1,0 +1,92 @@
+"""Planning: from groups and scores to the channels each group loses. A pure function of its inputs."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .dependency import Analysis, PruneGroup
+from .errors import UsageError
+
+__all__ = ["PlanConfig", "choose"]
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """How much to remove.
+
+    ``ratio`` is the fraction of channels removed from every prunable group (rounded down, so a group of 3 at
+    0.5 loses 1); with ``global_ranking`` all groups share one ranking of normalised scores and ``ratio`` is the
+    fraction of all prunable channels removed. ``round_to`` makes every kept count a multiple of N (where the
+    group is large enough), ``min_channels`` is the fewest channels a group keeps.
+    """
+
+    ratio: float = 0.5
+    global_ranking: bool = False
+    round_to: int = 1
+    min_channels: int = 1
+
+    def validate(self) -> None:
+        if not isinstance(self.ratio, (int, float)) or math.isnan(self.ratio) or not 0.0 <= self.ratio < 1.0:
+            raise UsageError(f"--ratio must be in [0, 1), got {self.ratio}")
+        if self.round_to < 1:
+            raise UsageError(f"--round-to must be >= 1, got {self.round_to}")
+        if self.min_channels < 1:
+            raise UsageError(f"--min-channels must be >= 1, got {self.min_channels}")
+
+
+def choose(analysis: Analysis, scores: dict[int, np.ndarray], config: PlanConfig) -> dict[int, np.ndarray]:
+    """Sorted local indices of the units each prunable group loses (groups losing nothing are absent)."""
+    config.validate()
+    groups = [g for g in analysis.groups if g.prunable]
+    if config.ratio == 0 or not groups:
+        return {}
+    if config.global_ranking:
+        targets = _global_targets(groups, scores, config.ratio)
+    else:
+        targets = {g.id: g.size - math.floor(config.ratio * g.size + 1e-9) for g in groups}
+    removed: dict[int, np.ndarray] = {}
+    for g in groups:
+        kept = _select(g, scores[g.id], targets[g.id], config)
+        gone = np.setdiff1d(np.arange(g.size), kept)
+        if len(gone):
+            removed[g.id] = gone
+    return removed
+
+
+def _global_targets(groups: list[PruneGroup], scores: dict[int, np.ndarray], ratio: float) -> dict[int, int]:
+    normalised = []
+    owner = []
+    for g in groups:
+        s = scores[g.id]
+        mean = s.mean()
+        normalised.append(s / mean if mean > 0 else np.zeros_like(s))
+        owner.append(np.full(g.size, g.id))
+    flat, who = np.concatenate(normalised), np.concatenate(owner)
+    n_remove = math.floor(ratio * len(flat) + 1e-9)
+    order = np.argsort(flat, kind="stable")[:n_remove]
+    lost = np.bincount(who[order], minlength=max(g.id for g in groups) + 1)
+    return {g.id: g.size - int(lost[g.id]) for g in groups}
+
+
+def _select(g: PruneGroup, s: np.ndarray, target: int, config: PlanConfig) -> np.ndarray:
+    """The units to keep: the best ``target`` (adjusted for minimums, cells and rounding) by score."""
+    order_key = -s  # higher score first; ties keep the lower index (stable sort)
+    if g.cells is None:
+        k = max(target, config.min_channels, 1)
+        k = _round_up(k, config.round_to, g.size)
+        return np.sort(np.argsort(order_key, kind="stable")[: min(k, g.size)])
+    n_cells, cell = g.cells.shape
+    k = max(math.ceil(target / n_cells), math.ceil(config.min_channels / n_cells), 1)
+    step = config.round_to // math.gcd(config.round_to, n_cells)
+    k = _round_up(k, step, cell)
+    picks = np.argsort(order_key[g.cells], axis=1, kind="stable")[:, :k]
+    return np.sort(np.take_along_axis(g.cells, picks, axis=1).ravel())
+
+
+def _round_up(k: int, multiple: int, limit: int) -> int:
+    if multiple <= 1:
+        return min(k, limit)
+    rounded = -(-k // multiple) * multiple
+    return rounded if rounded <= limit else limit

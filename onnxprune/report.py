@@ -1,0 +1,103 @@
+"""Reports: model statistics before and after, a row per group, and the human summaries."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from .dependency import Analysis
+from .io import _data_bytes
+from .macs import count_macs, count_params
+
+__all__ = ["ModelStats", "model_stats", "group_rows", "format_summary", "format_groups"]
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    params: int
+    macs: int
+    bytes: int
+    macs_per_node: dict[str, int]
+
+    def to_dict(self) -> dict:
+        return {"params": self.params, "macs": self.macs, "bytes": self.bytes}
+
+
+def model_stats(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> ModelStats:
+    macs, per_node = count_macs(model, input_shapes)
+    size = model.ByteSize() if _data_bytes(model) < 1_900_000_000 else _data_bytes(model)
+    return ModelStats(count_params(model), macs, size, per_node)
+
+
+def group_rows(analysis: Analysis, removed: dict[int, np.ndarray], macs_per_node: dict[str, int]) -> list[dict]:
+    """One row per group: size, kept, blocked reason, creating nodes, and the MACs of the nodes it touches."""
+    graph = analysis.graph
+    params: dict[int, int] = {}
+    for ref in analysis.weights:
+        if len(ref.atoms):
+            gid = int(analysis.unit_group[ref.atoms[0]])
+            value = graph.const_tensor(ref.name)
+            n = int(np.prod(value.dims)) if value is not None else 0
+            params[gid] = params.get(gid, 0) + n
+    rows = []
+    for g in analysis.groups:
+        lost = len(removed.get(g.id, ()))
+        rows.append({
+            "id": g.id,
+            "size": g.size,
+            "kept": g.size - lost,
+            "blocked": g.blocked,
+            "sources": g.sources,
+            "macs": sum(macs_per_node.get(graph.label(n), 0) for n in g.nodes),
+            "params": params.get(g.id, 0),
+        })
+    return rows
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def format_summary(report: dict) -> str:
+    """The short human summary printed to stderr after a prune."""
+    b, a = report["before"], report["after"]
+    groups = report["groups"]
+    pruned = sum(1 for g in groups if g["kept"] < g["size"])
+    blocked = sum(1 for g in groups if g["blocked"])
+    ratio = lambda x, y: f"{(y / x if x else 1.0):.3f}x"  # noqa: E731
+    lines = [
+        f"groups: {len(groups)} found, {pruned} pruned, {blocked} blocked",
+        f"params: {_human(b['params'])} -> {_human(a['params'])} ({ratio(b['params'], a['params'])})",
+        f"MACs:   {_human(b['macs'])} -> {_human(a['macs'])} ({ratio(b['macs'], a['macs'])})",
+        f"size:   {_human(b['bytes'])}B -> {_human(a['bytes'])}B ({ratio(b['bytes'], a['bytes'])})",
+    ]
+    v = report.get("verification")
+    if v:
+        lines.append(f"verified: checker ok, onnxruntime ok, mask-equivalent "
+                     f"(max relative error {v['max_rel_error']:.2g})")
+    else:
+        lines.append("verification skipped (--no-verify)")
+    return "\n".join(lines)
+
+
+def format_groups(rows: list[dict], total_macs: int) -> str:
+    """The table ``onnxprune inspect`` prints."""
+    header = f"{'group':>5} {'size':>6} {'MACs':>9} {'share':>6} {'params':>9}  status / created by"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        share = r["macs"] / total_macs if total_macs else 0.0
+        status = f"BLOCKED: {r['blocked']}" if r["blocked"] else ("prunable" if r["size"] > 1 else "single channel")
+        src = ", ".join(r["sources"][:3]) + (f" (+{len(r['sources']) - 3})" if len(r["sources"]) > 3 else "")
+        lines.append(f"{r['id']:>5} {r['size']:>6} {_human(r['macs']):>9} {share:>6.1%} {_human(r['params']):>9}"
+                     f"  {status}  [{src}]")
+    prunable = [r for r in rows if not r["blocked"] and r["size"] > 1]
+    blocked_macs = sum(r["macs"] for r in rows if r["blocked"])
+    lines.append("-" * len(header))
+    lines.append(f"{len(rows)} groups: {len(prunable)} prunable, {len(rows) - len(prunable)} not; "
+                 f"total MACs {_human(total_macs)}; MACs touching blocked groups "
+                 f"{(blocked_macs / total_macs if total_macs else 0):.1%}")
+    return "\n".join(lines)
