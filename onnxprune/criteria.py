@@ -49,7 +49,8 @@ def _magnitude(analysis: Analysis, kind: str, roles: tuple[str, ...]) -> dict[in
         if mean > 0:
             per = per / mean
         gids, local = analysis.unit_index(ref.atoms)
-        gid = int(gids[0])
-        np.add.at(sums[gid], local, per)
-        np.add.at(counts[gid], local, 1.0)
+        for gid in np.unique(gids):  # a consumer of a Concat reads several groups
+            mine = gids == gid
+            np.add.at(sums[int(gid)], local[mine], per[mine])
+            np.add.at(counts[int(gid)], local[mine], 1.0)
     return {gid: sums[gid] / np.maximum(counts[gid], 1.0) for gid in sums}

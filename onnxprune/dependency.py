@@ -193,12 +193,11 @@ def _close(ctx: Analyzer, exclude: Sequence[str]) -> Analysis:
     unit_group = gid_of_source[group_of_atom]
 
     for name, lab in ctx.labels.items():
-        if len(lab.atoms):
-            g = groups[gid[int(group_of_atom[lab.atoms[0]])]]
-            g.tensors.append(name)
+        for s in np.unique(group_of_atom[lab.atoms]):
+            groups[gid[int(s)]].tensors.append(name)
     for w in ctx.weights:
-        if len(w.atoms):
-            g = groups[gid[int(group_of_atom[w.atoms[0]])]]
+        for s in np.unique(group_of_atom[w.atoms]):
+            g = groups[gid[int(s)]]
             if w.node not in g.nodes:
                 g.nodes.append(w.node)
 

@@ -37,6 +37,7 @@ class Graph:
     consumers: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     initializers: dict[str, TensorProto] = field(default_factory=dict)
     constant_nodes: dict[str, int] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)  # Identity(constant) output -> the constant
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     shapes: dict[str, tuple[Dim, ...]] = field(default_factory=dict)
@@ -63,6 +64,10 @@ class Graph:
                     g.producer[name] = i
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1:
                 g.constant_nodes[node.output[0]] = i
+            elif node.op_type == "Identity" and node.domain in ("", "ai.onnx") and node.input and node.output:
+                src = g.aliases.get(node.input[0], node.input[0])  # exporters share weights this way
+                if src in g.initializers or src in g.constant_nodes:
+                    g.aliases[node.output[0]] = src
         g._check_references()
         if infer:
             g.shapes, g.elem_types = infer_shapes(model)
@@ -100,10 +105,16 @@ class Graph:
 
     # -- constants -----------------------------------------------------------------------------------------
     def is_const(self, name: str) -> bool:
+        name = self.aliases.get(name, name)
+        return name in self.initializers or name in self.constant_nodes
+
+    def is_stored_const(self, name: str) -> bool:
+        """A constant stored under this very name (not an Identity alias of one)."""
         return name in self.initializers or name in self.constant_nodes
 
     def const(self, name: str) -> np.ndarray | None:
         """The value of an initializer or a ``Constant`` node output (read-only view), else ``None``."""
+        name = self.aliases.get(name, name)
         if name in self._arrays:
             return self._arrays[name]
         value: np.ndarray | None = None
@@ -117,6 +128,7 @@ class Graph:
 
     def const_tensor(self, name: str) -> TensorProto | None:
         """The TensorProto holding a constant (initializer or Constant ``value``), if it has one."""
+        name = self.aliases.get(name, name)
         if name in self.initializers:
             return self.initializers[name]
         if name in self.constant_nodes:

@@ -35,11 +35,11 @@ def group_rows(analysis: Analysis, removed: dict[int, np.ndarray], macs_per_node
     graph = analysis.graph
     params: dict[int, int] = {}
     for ref in analysis.weights:
-        if len(ref.atoms):
-            gid = int(analysis.unit_group[ref.atoms[0]])
-            value = graph.const_tensor(ref.name)
-            n = int(np.prod(value.dims)) if value is not None else 0
-            params[gid] = params.get(gid, 0) + n
+        value = graph.const_tensor(ref.name)
+        per_row = int(np.prod(value.dims)) // max(len(ref.atoms), 1) if value is not None else 0
+        gids, counts = np.unique(analysis.unit_group[ref.atoms], return_counts=True)
+        for gid, n in zip(gids, counts):
+            params[int(gid)] = params.get(int(gid), 0) + per_row * int(n)
     rows = []
     for g in analysis.groups:
         lost = len(removed.get(g.id, ()))

@@ -106,7 +106,8 @@ def _assemble(rw: Rewriter, analysis: Analysis, keep: dict[str, np.ndarray]) -> 
         keys = {use: _digest(rw.new_inputs[use]) for use in changed_uses}
         all_uses = graph.consumer_nodes(name)
         distinct = set(keys.values())
-        if len(distinct) == 1 and len(changed_uses) == len(all_uses) and name not in graph.outputs:
+        if (len(distinct) == 1 and len(changed_uses) == len(all_uses) and name not in graph.outputs
+                and graph.is_stored_const(name)):
             replaced[name] = rw.new_inputs[changed_uses[0]]
             continue
         names_by_key: dict[str, str] = {}
@@ -148,6 +149,7 @@ def _assemble(rw: Rewriter, analysis: Analysis, keep: dict[str, np.ndarray]) -> 
             new.attribute.append(helper.make_attribute(
                 "value", _tensor(replaced[node.output[0]], node.output[0], graph.elem_type(node.output[0]))))
 
+    _drop_dead_aliases(g_out, graph)
     used = {n for node in g_out.node for n in node.input} | set(graph.outputs) | _subgraph_reads(g_out)
     for t in src.graph.initializer:
         if t.name not in used:
@@ -171,9 +173,14 @@ def _assemble(rw: Rewriter, analysis: Analysis, keep: dict[str, np.ndarray]) -> 
     if len(g_out.input) and any(vi.name in graph.initializers for vi in src.graph.input):
         for name in sorted(created):  # old IR versions list every initializer as an input
             g_out.input.append(helper.make_tensor_value_info(name, _dtype_of(g_out, name), init_shapes[name]))
+    dropped = set(graph.initializers) - {t.name for t in g_out.initializer}
     for vi in src.graph.value_info:
+        if vi.name in dropped:
+            continue
         new_vi = g_out.value_info.add()
         new_vi.CopyFrom(vi)
+        if vi.name in replaced:
+            _set_dims(new_vi, list(replaced[vi.name].shape))
         if vi.name in keep and new_vi.type.tensor_type.HasField("shape"):
             dims = new_vi.type.tensor_type.shape.dim
             axis = analysis.labels[vi.name].axis
@@ -181,6 +188,18 @@ def _assemble(rw: Rewriter, analysis: Analysis, keep: dict[str, np.ndarray]) -> 
                 dims[axis].Clear()
                 dims[axis].dim_value = len(keep[vi.name])
     return out
+
+
+def _drop_dead_aliases(g: onnx.GraphProto, graph) -> None:
+    """Remove Identity-of-constant nodes the rewrite left without readers."""
+    while True:
+        read = {n for node in g.node for n in node.input} | set(graph.outputs) | _subgraph_reads(g)
+        dead = [k for k, node in enumerate(g.node) if node.op_type == "Identity" and node.output
+                and node.output[0] in graph.aliases and node.output[0] not in read]
+        if not dead:
+            return
+        for k in reversed(dead):
+            del g.node[k]
 
 
 def _tensor(value: np.ndarray, name: str, data_type: int) -> TensorProto:
