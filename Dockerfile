@@ -1,0 +1,14 @@
+# onnxprune as a container step: `docker run --rm -v "$PWD:/work" onnxprune model.onnx --ratio 0.5`
+# Build argument EXTRAS=torch adds the optional torch bridge.
+FROM python:3.11-slim
+ARG EXTRAS=""
+ENV PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
+WORKDIR /opt/onnxprune
+COPY pyproject.toml README.md ./
+COPY onnxprune ./onnxprune
+RUN python -m pip install ".${EXTRAS:+[${EXTRAS}]}" \
+ && useradd --create-home --uid 1000 onnxprune
+USER onnxprune
+WORKDIR /work
+ENTRYPOINT ["onnxprune"]
+CMD ["--help"]
