@@ -19,6 +19,8 @@ from .errors import ModelError
 __all__ = ["Graph", "Dim", "light_model", "node_label", "copy_fields", "SMALL_CONSTANT"]
 
 Dim = int | str | None
+#: Ops on constants whose result onnxprune treats as a constant (and folds when it must slice it).
+FOLDABLE = frozenset({"Identity", "Reshape", "Unsqueeze", "Squeeze", "Cast", "Transpose", "Flatten"})
 #: Constants with at most this many elements stay in the light model (shape tensors, scalars, axes).
 SMALL_CONSTANT = 64
 
@@ -37,7 +39,7 @@ class Graph:
     consumers: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     initializers: dict[str, TensorProto] = field(default_factory=dict)
     constant_nodes: dict[str, int] = field(default_factory=dict)
-    aliases: dict[str, str] = field(default_factory=dict)  # Identity(constant) output -> the constant
+    derived: dict[str, int] = field(default_factory=dict)  # output of a foldable op on constants -> node
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     shapes: dict[str, tuple[Dim, ...]] = field(default_factory=dict)
@@ -64,10 +66,9 @@ class Graph:
                     g.producer[name] = i
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1:
                 g.constant_nodes[node.output[0]] = i
-            elif node.op_type == "Identity" and node.domain in ("", "ai.onnx") and node.input and node.output:
-                src = g.aliases.get(node.input[0], node.input[0])  # exporters share weights this way
-                if src in g.initializers or src in g.constant_nodes:
-                    g.aliases[node.output[0]] = src
+            elif (node.op_type in FOLDABLE and node.domain in ("", "ai.onnx") and len(node.output) == 1
+                  and all(g.is_const(n) for n in node.input if n)):
+                g.derived[node.output[0]] = i  # exporters share weights via Identity, Paddle reshapes biases
         g._check_references()
         if infer:
             g.shapes, g.elem_types = infer_shapes(model)
@@ -105,16 +106,14 @@ class Graph:
 
     # -- constants -----------------------------------------------------------------------------------------
     def is_const(self, name: str) -> bool:
-        name = self.aliases.get(name, name)
-        return name in self.initializers or name in self.constant_nodes
+        return name in self.initializers or name in self.constant_nodes or name in self.derived
 
     def is_stored_const(self, name: str) -> bool:
         """A constant stored under this very name (not an Identity alias of one)."""
         return name in self.initializers or name in self.constant_nodes
 
     def const(self, name: str) -> np.ndarray | None:
-        """The value of an initializer or a ``Constant`` node output (read-only view), else ``None``."""
-        name = self.aliases.get(name, name)
+        """The value of an initializer, a ``Constant`` node or a foldable op on constants, else ``None``."""
         if name in self._arrays:
             return self._arrays[name]
         value: np.ndarray | None = None
@@ -122,13 +121,16 @@ class Graph:
             value = numpy_helper.to_array(self.initializers[name])
         elif name in self.constant_nodes:
             value = constant_node_value(self.nodes[self.constant_nodes[name]])
+        elif name in self.derived:
+            value = self._fold(self.derived[name])
         if value is not None:
             self._arrays[name] = value
         return value
 
     def const_tensor(self, name: str) -> TensorProto | None:
         """The TensorProto holding a constant (initializer or Constant ``value``), if it has one."""
-        name = self.aliases.get(name, name)
+        while name in self.derived and self.nodes[self.derived[name]].op_type == "Identity":
+            name = self.nodes[self.derived[name]].input[0]
         if name in self.initializers:
             return self.initializers[name]
         if name in self.constant_nodes:
@@ -136,6 +138,25 @@ class Graph:
                 if a.name == "value" and a.type == AttributeProto.TENSOR:
                     return a.t
         return None
+
+    def _fold(self, index: int) -> np.ndarray | None:
+        node = self.nodes[index]
+        inputs = [self.const(n) if n else None for n in node.input]
+        if node.op_type == "Identity":
+            return inputs[0]
+        try:
+            from onnx.reference import ReferenceEvaluator
+
+            graph = helper.make_graph(
+                [node], "fold",
+                [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+                 for n, v in zip(node.input, inputs) if n],
+                [helper.make_tensor_value_info(node.output[0], 0, None)])
+            model = helper.make_model(graph, opset_imports=list(self.model.opset_import))
+            feeds = {n: v for n, v in zip(node.input, inputs) if n}
+            return np.asarray(ReferenceEvaluator(model).run(None, feeds)[0])
+        except Exception:  # noqa: BLE001 - an op we cannot fold is simply not a constant to us
+            return None
 
     def const_uses(self, name: str) -> int:
         return len(self.consumers.get(name, []))

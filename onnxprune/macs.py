@@ -91,7 +91,7 @@ def _node_macs(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> int:
         return int(np.prod(x)) * int(np.prod(w[1:]))
     if op in ("Gemm", "MatMul"):
         a, b = get(0), get(1)
-        if a is None or out is None or b is None:
+        if not a or out is None or b is None:
             return 0
         trans_a = next((helper.get_attribute_value(x) for x in node.attribute if x.name == "transA"), 0)
         k = a[-2] if (op == "Gemm" and trans_a) else a[-1]

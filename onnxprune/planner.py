@@ -52,7 +52,25 @@ def choose(analysis: Analysis, scores: dict[int, np.ndarray], config: PlanConfig
         gone = np.setdiff1d(np.arange(g.size), kept)
         if len(gone):
             removed[g.id] = gone
+    _keep_tensors_nonempty(analysis, removed, scores)
     return removed
+
+
+def _keep_tensors_nonempty(analysis: Analysis, removed: dict[int, np.ndarray],
+                           scores: dict[int, np.ndarray]) -> None:
+    """Give back the best channel of any tensor that would lose all of its channels (an uneven Split chunk,
+    a Concat part): zero-width tensors are legal ONNX but fragile in runtimes."""
+    for lab in analysis.labels.values():
+        gids, local = analysis.unit_index(lab.atoms)
+        if not np.all(np.isin(gids, list(removed))):
+            continue
+        if all(np.isin(local[gids == gid], removed[int(gid)]).all() for gid in np.unique(gids)):
+            gid = int(gids[0])
+            mine = local[gids == gid]
+            best = int(mine[np.argmax(scores[gid][mine])])
+            removed[gid] = removed[gid][removed[gid] != best]
+            if not len(removed[gid]):
+                del removed[gid]
 
 
 def _global_targets(groups: list[PruneGroup], scores: dict[int, np.ndarray], ratio: float) -> dict[int, int]:

@@ -149,7 +149,7 @@ def _assemble(rw: Rewriter, analysis: Analysis, keep: dict[str, np.ndarray]) -> 
             new.attribute.append(helper.make_attribute(
                 "value", _tensor(replaced[node.output[0]], node.output[0], graph.elem_type(node.output[0]))))
 
-    _drop_dead_aliases(g_out, graph)
+    _drop_dead_folds(g_out, graph)
     used = {n for node in g_out.node for n in node.input} | set(graph.outputs) | _subgraph_reads(g_out)
     for t in src.graph.initializer:
         if t.name not in used:
@@ -190,12 +190,13 @@ def _assemble(rw: Rewriter, analysis: Analysis, keep: dict[str, np.ndarray]) -> 
     return out
 
 
-def _drop_dead_aliases(g: onnx.GraphProto, graph) -> None:
-    """Remove Identity-of-constant nodes the rewrite left without readers."""
+def _drop_dead_folds(g: onnx.GraphProto, graph) -> None:
+    """Remove ops on constants (Identity, Reshape, ...) whose result the rewrite replaced by a new constant."""
     while True:
         read = {n for node in g.node for n in node.input} | set(graph.outputs) | _subgraph_reads(g)
-        dead = [k for k, node in enumerate(g.node) if node.op_type == "Identity" and node.output
-                and node.output[0] in graph.aliases and node.output[0] not in read]
+        dead = [k for k, node in enumerate(g.node) if len(node.output) == 1
+                and (node.output[0] in graph.derived or node.output[0] in graph.constant_nodes)
+                and node.output[0] not in read]
         if not dead:
             return
         for k in reversed(dead):

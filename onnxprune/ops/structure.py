@@ -85,6 +85,8 @@ def split(i: int, node: NodeProto, ctx) -> None:
     if sizes is None or sum(sizes) != lx.size or len(sizes) != len(node.output):
         ctx.block(lx.atoms, f"Split {ctx.node_label(i)}: split sizes unknown")
         return
+    if len(set(sizes)) == 1 and len(sizes) > 1:
+        ctx.constrain(lx.atoms.reshape(len(sizes), sizes[0]))  # chunks stay equal (YOLOv8 C2f)
     start = 0
     for out, size in zip(node.output, sizes):
         if out:
@@ -231,7 +233,7 @@ def reshape(i: int, node: NodeProto, ctx) -> None:
         return
     mapped = _reshape_map(list(src), list(dst), lx.axis)
     if mapped is None:
-        ctx.block(lx.atoms, f"{label} splits or reorders the channel axis ({list(src)} -> {list(dst)})")
+        ctx.block(lx.atoms, f"{label} splits or reorders the channel axis")
         return
     out_axis, run, pos = mapped
     if len(run) > 1 and not ctx.graph.is_const(node.input[1]):
@@ -245,27 +247,20 @@ def reshape(i: int, node: NodeProto, ctx) -> None:
 def _reshape_map(src: list, dst: list, axis: int) -> tuple[int, list, int] | None:
     """Where the channel axis goes: (output axis, the run of input dims merged into it, channel pos in run).
 
-    Dims before the run must match one to one (symbolic batch allowed), the run's static product must equal
-    the output dim, and the dims after the run must hold the same number of elements.
+    The dims before the run must match one to one (equal static values or equal symbols) and the run's static
+    product must equal the output dim; a reshape preserves the element count, so whatever follows the run then
+    holds the same elements per channel position.
     """
     for s in range(axis + 1):
-        if s > len(dst) - 1 or src[:s] != dst[:s]:
+        if s > len(dst) - 1 or any(a != b or a is None for a, b in zip(src[:s], dst[:s])):
             break
         for e in range(axis + 1, len(src) + 1):
             run = src[s:e]
             if not all(isinstance(d, int) for d in run) or not isinstance(dst[s], int):
                 continue
-            if int(np.prod(run)) == dst[s] and _same_extent(src[e:], dst[s + 1:]):
+            if int(np.prod(run)) == dst[s]:
                 return s, run, axis - s
     return None
-
-
-def _same_extent(a: list, b: list) -> bool:
-    """True when two runs of trailing dims hold the same elements (equal lists, or equal static products)."""
-    if a == b:
-        return True
-    static = all(isinstance(d, int) for d in a + b)
-    return static and int(np.prod(a)) == int(np.prod(b))
 
 
 @applies("Reshape")
