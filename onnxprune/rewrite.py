@@ -29,6 +29,9 @@ class Rewriter:
         self.added_inputs: dict[int, list[tuple[np.ndarray, str]]] = {}
         self.attrs: dict[int, dict[str, Any]] = {}
         self.removed_attrs: dict[int, set[str]] = {}
+        self.replacements: dict[int, tuple[list[onnx.NodeProto], dict[str, np.ndarray]]] = {}
+        g = self.graph
+        self._taken = set(g.producer) | set(g.initializers) | set(g.inputs)
 
     # -- what handlers read ----------------------------------------------------------------------------------
     def keep(self, name: str) -> np.ndarray | None:
@@ -64,6 +67,18 @@ class Rewriter:
     def del_attr(self, node: int, name: str) -> None:
         self.removed_attrs.setdefault(node, set()).add(name)
 
+    def fresh(self, base: str) -> str:
+        """A tensor name not used anywhere in the graph."""
+        k, name = 1, base
+        while name in self._taken:
+            name, k = f"{base}_{k}", k + 1
+        self._taken.add(name)
+        return name
+
+    def replace_node(self, node: int, nodes: list[onnx.NodeProto], constants: dict[str, np.ndarray]) -> None:
+        """Put ``nodes`` (reading the new ``constants``) in place of ``node``; they must produce its outputs."""
+        self.replacements[node] = (nodes, constants)
+
 
 def apply_keep(analysis: Analysis, keep: dict[str, np.ndarray]) -> onnx.ModelProto:
     """A new model in which every tensor in ``keep`` is cut to its kept positions along its channel axis."""
@@ -86,15 +101,7 @@ def _digest(value: np.ndarray) -> str:
 def _assemble(rw: Rewriter, analysis: Analysis, keep: dict[str, np.ndarray]) -> onnx.ModelProto:
     graph = analysis.graph
     src = graph.model
-    taken = set(graph.producer) | set(graph.initializers) | set(graph.inputs)
-
-    def fresh(base: str) -> str:
-        k, name = 1, base
-        while name in taken:
-            name, k = f"{base}_{k}", k + 1
-        taken.add(name)
-        return name
-
+    fresh = rw.fresh
     # Which constant each (node, port) reads after the rewrite.
     renamed: dict[tuple[int, int], str] = {}
     replaced: dict[str, np.ndarray] = {}  # constant name -> new value, same name
@@ -124,6 +131,11 @@ def _assemble(rw: Rewriter, analysis: Analysis, keep: dict[str, np.ndarray]) -> 
     copy_fields(src.graph, g_out, skip=("node", "initializer", "value_info", "input"))
 
     for i, node in enumerate(graph.nodes):
+        if i in rw.replacements:
+            nodes, constants = rw.replacements[i]
+            g_out.node.extend(nodes)
+            created.update({name: (value, 0) for name, value in constants.items()})
+            continue
         changes = (i in rw.attrs or i in rw.removed_attrs or i in rw.added_inputs
                    or any((i, p) in renamed for p in range(len(node.input)))
                    or (node.op_type == "Constant" and node.output and node.output[0] in replaced))

@@ -7,13 +7,15 @@ on) and compare the fraction of MACs kept with Torch-Pruning's figure from
 ``tools/results/torch_pruning_baseline.json``.  A row is ``ok`` when onnxprune
 keeps at most ``--margin`` (0.05) more of the MACs than Torch-Pruning.
 
-The MAC fraction is re-counted independently of onnxprune's own counter: with
-``onnx_tool`` (PyPI ``onnx-tool``; only its Conv/ConvTranspose/Gemm/MatMul
-nodes are summed, which include bias additions) when importable, otherwise with
-a small counter in this file over ONNX shape inference.
+The MAC fraction is re-counted independently of onnxprune's own counter, by
+``onnx_tool`` (PyPI ``onnx-tool``, when importable; only its
+Conv/ConvTranspose/Gemm/MatMul nodes are summed, and its Conv figure includes
+the bias additions) and by ``own``, a small counter in this file over ONNX shape
+inference (Conv/ConvTranspose/Gemm/MatMul, no bias adds), which measures the
+tensors shape inference leaves unknown in one onnxruntime run.
 
     python tools/bench_depth.py [--work DIR] [--ratio 0.5] [--archs resnet18,...]
-        [--exporters legacy,dynamo] [--counter auto|onnx_tool|own]
+        [--exporters legacy,dynamo] [--counter all|onnx_tool|own]
         [--json tools/results/depth.json]
 
 Also importable: :func:`ensure_export` (used by ``bench_cost.py`` and
@@ -41,6 +43,7 @@ TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
 
 MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 DEFAULT_BASELINE = TOOLS / "results" / "torch_pruning_baseline.json"
 DEFAULT_JSON = TOOLS / "results" / "depth.json"
 
@@ -85,9 +88,12 @@ def _own_shapes(model: onnx.ModelProto, input_shape: list[int]) -> dict[str, lis
         for d in input_shape:
             shape.dim.add().dim_value = int(d)
     del m.graph.value_info[:]
-    # Shape inference does not need weight values: strip them to keep it cheap.
+    # Shape inference needs no float weight values: strip those to keep it cheap (integer
+    # initializers stay: they may be Reshape targets and the like).
     shapes: dict[str, list[int]] = {t.name: list(t.dims) for t in m.graph.initializer}
     for t in m.graph.initializer:
+        if t.data_type not in _FLOAT_TYPES:
+            continue
         t.ClearField("raw_data")
         t.ClearField("float_data")
         t.ClearField("external_data")
@@ -107,9 +113,40 @@ def _own_shapes(model: onnx.ModelProto, input_shape: list[int]) -> dict[str, lis
     return shapes
 
 
+def _ort_shapes(model: onnx.ModelProto, names: list[str], input_shape: list[int]) -> dict[str, list[int]]:
+    """Shapes of ``names`` from one onnxruntime run (for tensors shape inference leaves unknown)."""
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in have:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
+    inits = {t.name for t in m.graph.initializer}
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feeds = {vi.name: np.zeros(input_shape, np.float32) for vi in m.graph.input if vi.name not in inits}
+    outs = sess.run(names, feeds)
+    return {n: list(v.shape) for n, v in zip(names, outs)}
+
+
 def macs_own(model: onnx.ModelProto, input_shape: list[int]) -> int:
-    """MACs of Conv/ConvTranspose/Gemm/MatMul (no bias adds) from onnx shape inference."""
+    """MACs of Conv/ConvTranspose/Gemm/MatMul (no bias adds) from onnx shape inference.
+
+    Tensors whose shapes inference cannot resolve (e.g. behind a Slice with
+    computed bounds) are measured in one onnxruntime run instead.
+    """
     shapes = _own_shapes(model, input_shape)
+    needed = []
+    for node in model.graph.node:
+        if node.op_type in MAC_OPS:
+            for n in (node.input[0], node.output[0]):
+                if n not in shapes and n not in needed:
+                    needed.append(n)
+    if needed:
+        shapes.update(_ort_shapes(model, needed, input_shape))
     total = 0
     for node in model.graph.node:
         op = node.op_type
@@ -156,43 +193,46 @@ def macs_onnx_tool(model: onnx.ModelProto, input_shape: list[int], input_name: s
     return total
 
 
-def pick_counter(choice: str) -> str:
-    """Resolve ``auto`` to ``onnx_tool`` when importable, else ``own``."""
-    if choice != "auto":
-        return choice
+def available_counters(choice: str) -> list[str]:
+    """Independent counters to run: ``all`` is onnx_tool (when importable) and own."""
+    if choice != "all":
+        return [choice]
     try:
         import onnx_tool  # noqa: F401
-        return "onnx_tool"
+        return ["onnx_tool", "own"]
     except Exception:  # noqa: BLE001
-        return "own"
+        return ["own"]
 
 
-def count_independent(model: onnx.ModelProto, counter: str, input_shape: list[int]) -> tuple[int, str]:
-    """MACs with ``counter``; falls back to the own counter if onnx_tool fails. Returns (macs, counter used)."""
-    inits = {t.name for t in model.graph.initializer}
-    input_name = next(vi.name for vi in model.graph.input if vi.name not in inits)
+def count_macs(model: onnx.ModelProto, counter: str, input_shape: list[int]) -> int:
+    """MACs of ``model`` with the named independent counter."""
     if counter == "onnx_tool":
-        try:
-            return macs_onnx_tool(model, input_shape, input_name), "onnx_tool"
-        except Exception:  # noqa: BLE001 - fall back, say so in the row
-            pass
-    return macs_own(model, input_shape), "own"
+        inits = {t.name for t in model.graph.initializer}
+        input_name = next(vi.name for vi in model.graph.input if vi.name not in inits)
+        return macs_onnx_tool(model, input_shape, input_name)
+    return macs_own(model, input_shape)
 
 
 # ----------------------------------------------------------------------------- the bench
 
 
+def _error(stage: str, exc: BaseException) -> str:
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno} in {tb[-1].name})" if tb else ""
+    msg = str(exc).splitlines()[0][:300] if str(exc) else ""
+    return f"{stage}: {type(exc).__name__}: {msg}{where}"
+
+
 def bench_one(arch: str, exporter: str, args: argparse.Namespace, tp_kept: float | None,
-              counter: str) -> dict[str, Any]:
+              counters: list[str]) -> dict[str, Any]:
     """Export (or reuse), prune, verify and count one architecture/exporter pair."""
     import onnxprune
 
     row: dict[str, Any] = {
         "arch": arch, "exporter": exporter, "macs_kept": None, "params_kept": None,
         "tp_macs_kept": tp_kept, "diff": None, "status": None, "max_rel_error": None,
-        "prune_s": None, "export_s": None, "indep_macs_before": None, "indep_macs_after": None,
-        "indep_macs_kept": None, "indep_counter": None, "indep_vs_onnxprune": None,
-        "onnxprune_macs_before": None, "onnxprune_macs_after": None, "error": None,
+        "prune_s": None, "export_s": None, "onnxprune_macs_before": None, "onnxprune_macs_after": None,
+        "indep": {}, "indep_max_dev": None, "error": None,
     }
     stage = "export"
     try:
@@ -203,34 +243,35 @@ def bench_one(arch: str, exporter: str, args: argparse.Namespace, tp_kept: float
         t0 = time.perf_counter()
         result = onnxprune.prune(model, onnxprune.PruneConfig(ratio=args.ratio, verify=True))
         row["prune_s"] = time.perf_counter() - t0
-        rep = result.report
-        row["macs_kept"] = rep["macs_kept"]
-        row["params_kept"] = rep["params_kept"]
-        row["onnxprune_macs_before"] = rep["before"]["macs"]
-        row["onnxprune_macs_after"] = rep["after"]["macs"]
-        ver = rep.get("verification") or {}
-        row["max_rel_error"] = ver.get("max_rel_error")
-        if tp_kept is not None:
-            row["diff"] = rep["macs_kept"] - tp_kept
-            row["status"] = "ok" if row["diff"] <= args.margin else "MISS"
-        else:
-            row["status"] = "n/a"
-        stage = "count"
-        shape = [1, 3, args.size, args.size]
-        before, used_b = count_independent(model, counter, shape)
-        after, used_a = count_independent(result.model, counter, shape)
-        row["indep_macs_before"], row["indep_macs_after"] = before, after
-        row["indep_counter"] = used_b if used_b == used_a else f"{used_b}/{used_a}"
-        row["indep_macs_kept"] = after / before if before else None
-        if row["indep_macs_kept"] is not None:
-            row["indep_vs_onnxprune"] = row["indep_macs_kept"] - rep["macs_kept"]
     except Exception as exc:  # noqa: BLE001 - report and go on
-        tb = traceback.extract_tb(exc.__traceback__)
-        where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno} in {tb[-1].name})" if tb else ""
-        msg = str(exc).splitlines()[0][:300] if str(exc) else ""
-        row["error"] = f"{stage}: {type(exc).__name__}: {msg}{where}"
-        if row["status"] is None:
-            row["status"] = "FAIL"
+        row["error"] = _error(stage, exc)
+        row["status"] = "FAIL"
+        return row
+    rep = result.report
+    row["macs_kept"] = rep["macs_kept"]
+    row["params_kept"] = rep["params_kept"]
+    row["onnxprune_macs_before"] = rep["before"]["macs"]
+    row["onnxprune_macs_after"] = rep["after"]["macs"]
+    row["max_rel_error"] = (rep.get("verification") or {}).get("max_rel_error")
+    if tp_kept is not None:
+        row["diff"] = rep["macs_kept"] - tp_kept
+        row["status"] = "ok" if row["diff"] <= args.margin else "MISS"
+    else:
+        row["status"] = "n/a"
+    shape = [1, 3, args.size, args.size]
+    devs = []
+    for counter in counters:
+        try:
+            before = count_macs(model, counter, shape)
+            after = count_macs(result.model, counter, shape)
+            kept = after / before if before else None
+            row["indep"][counter] = {"macs_before": before, "macs_after": after, "macs_kept": kept}
+            if kept is not None:
+                devs.append(kept - rep["macs_kept"])
+        except Exception as exc:  # noqa: BLE001
+            row["indep"][counter] = {"error": _error(f"count[{counter}]", exc)}
+    if devs:
+        row["indep_max_dev"] = max(devs, key=abs)
     return row
 
 
@@ -238,31 +279,40 @@ def _fmt(v: Any, spec: str, width: int) -> str:
     return ("-" if v is None else format(v, spec)).rjust(width)
 
 
-def print_table(rows: list[dict[str, Any]], margin: float) -> None:
+def print_table(rows: list[dict[str, Any]], margin: float, counters: list[str]) -> None:
     """One line per arch/exporter, then failures and a summary."""
+    short = {"onnx_tool": "onnx_tool", "own": "own"}
     head = (f"{'arch':20s} {'exporter':8s} {'onnxprune':>9s} {'TP':>7s} {'diff':>7s} {'<=+' + str(margin):>7s} "
-            f"{'indep':>7s} {'ind-op':>8s} {'params':>7s} {'max_rel_err':>11s} {'prune_s':>7s}")
+            + "".join(f"{short[c]:>10s}" for c in counters)
+            + f" {'max_dev':>8s} {'params':>7s} {'max_rel_err':>11s} {'prune_s':>7s}")
     print(head)
     print("-" * len(head))
     for r in rows:
+        indep = "".join(_fmt(r["indep"].get(c, {}).get("macs_kept"), ".4f", 10) for c in counters)
         print(f"{r['arch']:20s} {r['exporter']:8s} {_fmt(r['macs_kept'], '.4f', 9)} "
               f"{_fmt(r['tp_macs_kept'], '.4f', 7)} {_fmt(r['diff'], '+.4f', 7)} {r['status']:>7s} "
-              f"{_fmt(r['indep_macs_kept'], '.4f', 7)} {_fmt(r['indep_vs_onnxprune'], '+.1e', 8)} "
+              f"{indep} {_fmt(r['indep_max_dev'], '+.1e', 8)} "
               f"{_fmt(r['params_kept'], '.4f', 7)} {_fmt(r['max_rel_error'], '.2e', 11)} "
               f"{_fmt(r['prune_s'], '.2f', 7)}")
-    errs = [r for r in rows if r["error"]]
-    if errs:
+    notes = [f"{r['arch']} [{r['exporter']}]: {r['error']}" for r in rows if r["error"]]
+    notes += [f"{r['arch']} [{r['exporter']}]: {v['error']}" for r in rows for v in r["indep"].values()
+              if "error" in v]
+    if notes:
         print("\nerrors:")
-        for r in errs:
-            print(f"  {r['arch']} [{r['exporter']}]: {r['error']}")
+        for n in notes:
+            print("  " + n)
     done = [r for r in rows if r["status"] in ("ok", "MISS")]
     print(f"\n{sum(r['status'] == 'ok' for r in done)}/{len(done)} within +{margin} of Torch-Pruning; "
-          f"{sum(r['status'] == 'MISS' for r in done)} MISS; {len(errs)} errors; "
+          f"{sum(r['status'] == 'MISS' for r in done)} MISS; {sum(bool(r['error']) for r in rows)} prune failures; "
           f"{sum(r['status'] == 'n/a' for r in rows)} without a Torch-Pruning figure")
-    counters = sorted({r["indep_counter"] for r in rows if r["indep_counter"]})
-    dev = [abs(r["indep_vs_onnxprune"]) for r in rows if r["indep_vs_onnxprune"] is not None]
-    if dev:
-        print(f"independent MAC count ({', '.join(counters)}): max |indep - onnxprune| of macs_kept = {max(dev):.2e}")
+    print("columns: onnxprune/TP = fraction of MACs kept; diff = onnxprune - TP; "
+          + "/".join(counters) + " = MACs kept by the independent counter(s); "
+          "max_dev = largest (independent - onnxprune)")
+    big = [r for r in rows if r["indep_max_dev"] is not None and abs(r["indep_max_dev"]) > 5e-3]
+    for r in big:
+        b = {c: v.get("macs_before") for c, v in r["indep"].items()}
+        print(f"  note: {r['arch']} [{r['exporter']}] independent count differs by {r['indep_max_dev']:+.4f}: "
+              f"onnxprune counts {r['onnxprune_macs_before']} MACs before, independent {b}")
 
 
 def _versions() -> dict[str, str]:
@@ -287,8 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--margin", type=float, default=0.05, help="ok if onnxprune macs_kept <= TP's + margin")
     ap.add_argument("--baseline", type=Path, default=DEFAULT_BASELINE, help="Torch-Pruning results JSON")
-    ap.add_argument("--counter", choices=("auto", "onnx_tool", "own"), default="auto",
-                    help="independent MAC counter [auto: onnx_tool if importable]")
+    ap.add_argument("--counter", choices=("all", "onnx_tool", "own"), default="all",
+                    help="independent MAC counter(s) [all: onnx_tool if importable, and own]")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"results JSON [default: {DEFAULT_JSON}]")
     args = ap.parse_args(argv)
 
@@ -297,30 +347,30 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="onnxprune_depth_")
         args.work = Path(tmp.name)
     baseline = json.loads(args.baseline.read_text())
-    counter = pick_counter(args.counter)
+    counters = available_counters(args.counter)
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     exporters = [e.strip() for e in args.exporters.split(",") if e.strip()]
-    print(f"work={args.work} ratio={args.ratio} independent counter={counter}", flush=True)
+    print(f"work={args.work} ratio={args.ratio} independent counters={','.join(counters)}", flush=True)
 
     rows = []
     t_all = time.perf_counter()
     for arch in archs:
         tp = baseline.get(arch, {}).get("macs_kept")
         for exporter in exporters:
-            row = bench_one(arch, exporter, args, tp, counter)
+            row = bench_one(arch, exporter, args, tp, counters)
             rows.append(row)
             ex = f"export {row['export_s']:.1f}s, " if row["export_s"] else ""
             print(f"  {arch} [{exporter}]: {ex}{row['status']}"
                   + (f" {row['error']}" if row["error"] else ""), file=sys.stderr, flush=True)
     print()
-    print_table(rows, args.margin)
+    print_table(rows, args.margin, counters)
     print(f"total {time.perf_counter() - t_all:.0f}s")
 
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         out = {
             "meta": {"ratio": args.ratio, "margin": args.margin, "size": args.size,
-                     "independent_counter": counter, "baseline": str(args.baseline),
+                     "independent_counters": counters, "baseline": str(args.baseline),
                      "versions": _versions(), "date": time.strftime("%Y-%m-%d %H:%M:%S")},
             "rows": rows,
         }

@@ -1,7 +1,8 @@
 """Normalisation layers: per-channel ones follow the channels; ones that mix channels block them."""
 from __future__ import annotations
 
-from onnx import NodeProto
+import numpy as np
+from onnx import NodeProto, helper as h
 
 from . import applies, attr, propagates
 
@@ -57,6 +58,14 @@ def axis_norm(i: int, node: NodeProto, ctx) -> None:
         return
     if node.op_type == "LayerNormalization":
         start = int(attr(node, "axis", -1)) % rank
+        if start == lx.axis == rank - 1 and _plain_layer_norm(node, ctx):
+            # Normalises over the channel axis alone: pruning stays exact when the pruned model keeps
+            # dividing by the original channel count (see layer_norm_apply).
+            for p, role in zip(node.input[1:], ("norm", "bias")):
+                if p:
+                    ctx.weight(p, lx.atoms, role, i)
+            ctx.set(node.output[0], lx.axis, lx.atoms)
+            return
         mixed = lx.axis >= start
     elif node.op_type == "MeanVarianceNormalization":
         axes = [a % rank for a in attr(node, "axes", [0, 2, 3])]
@@ -69,3 +78,54 @@ def axis_norm(i: int, node: NodeProto, ctx) -> None:
         ctx.block(lx.atoms, f"{label} mixes the channels it normalises")
         return
     ctx.set(node.output[0], lx.axis, lx.atoms)
+
+
+def _plain_layer_norm(node: NodeProto, ctx) -> bool:
+    extra_outputs = any(o for o in node.output[1:])
+    return not extra_outputs and all(ctx.graph.is_const(p) for p in node.input[1:] if p)
+
+
+@applies("LayerNormalization")
+def layer_norm_apply(i: int, node: NodeProto, rw) -> None:
+    """LayerNorm over K kept of C channels, written out so the statistics still divide by C.
+
+    With the removed channels at zero (the masked original), mean = sum(x_K) / C and
+    var = (sum((x_K - mean)^2) + (C - K) * mean^2) / C; the kept outputs are then exactly the original's.
+    """
+    x, y = node.input[0], node.output[0]
+    keep = rw.keep(x)
+    if keep is None:
+        return
+    size, kept = rw.labeled(x).size, len(keep)
+    dtype = rw.const(node.input[1]).dtype
+    eps = float(attr(node, "epsilon", 1e-5))
+    base = (node.name or f"LayerNormalization_{i}").replace("/", "_")
+    n = lambda tag: rw.fresh(f"{base}_{tag}")  # noqa: E731
+    c = {n("axes"): np.array([-1], dtype=np.int64), n("inv_c"): np.array(1.0 / size, dtype=dtype),
+         n("missing"): np.array(size - kept, dtype=dtype), n("eps"): np.array(eps, dtype=dtype),
+         n("scale"): np.take(rw.const(node.input[1]), keep, axis=-1)}
+    axes, inv_c, missing, eps_name, scale = c
+    bias = None
+    if len(node.input) > 2 and node.input[2]:
+        bias = n("bias")
+        c[bias] = np.take(rw.const(node.input[2]), keep, axis=-1)
+    t = {tag: n(tag) for tag in ("sum", "mean", "d", "d2", "ssd", "mean2", "fill", "tot", "var", "vpe",
+                                  "std", "norm", "scaled")}
+    nodes = [
+        h.make_node("ReduceSum", [x, axes], [t["sum"]], keepdims=1),
+        h.make_node("Mul", [t["sum"], inv_c], [t["mean"]]),
+        h.make_node("Sub", [x, t["mean"]], [t["d"]]),
+        h.make_node("Mul", [t["d"], t["d"]], [t["d2"]]),
+        h.make_node("ReduceSum", [t["d2"], axes], [t["ssd"]], keepdims=1),
+        h.make_node("Mul", [t["mean"], t["mean"]], [t["mean2"]]),
+        h.make_node("Mul", [t["mean2"], missing], [t["fill"]]),
+        h.make_node("Add", [t["ssd"], t["fill"]], [t["tot"]]),
+        h.make_node("Mul", [t["tot"], inv_c], [t["var"]]),
+        h.make_node("Add", [t["var"], eps_name], [t["vpe"]]),
+        h.make_node("Sqrt", [t["vpe"]], [t["std"]]),
+        h.make_node("Div", [t["d"], t["std"]], [t["norm"]]),
+        h.make_node("Mul", [t["norm"], scale], [t["scaled"] if bias else y]),
+    ]
+    if bias:
+        nodes.append(h.make_node("Add", [t["scaled"], bias], [y]))
+    rw.replace_node(i, nodes, c)

@@ -432,3 +432,44 @@ def shape(i: int, node: NodeProto, ctx) -> None:
         if idx is None or pos in [x % (end - start) for x in idx]:
             ctx.block(lx.atoms, f"Shape {ctx.node_label(i)} reads the channel count")
             return
+
+
+@propagates("Gather")
+def gather(i: int, node: NodeProto, ctx) -> None:
+    """Gather on another axis moves the channel axis; on the channel axis it must pick channels along one
+    dimension of a constant index tensor (the dynamo exporter writes flatten-like gathers that way)."""
+    lx = ctx.labeled(node.input[0])
+    if ctx.labeled(node.input[1]) is not None:
+        ctx.block_inputs(i, f"Gather {ctx.node_label(i)} takes channels as indices")
+        return
+    if lx is None:
+        return
+    rank = ctx.graph.rank(node.input[0])
+    idx = ctx.graph.const(node.input[1])
+    if rank is None or idx is None:
+        ctx.block(lx.atoms, f"Gather {ctx.node_label(i)}: indices not constant")
+        return
+    axis = int(attr(node, "axis", 0)) % rank
+    if axis != lx.axis:
+        _pass(ctx, node, lx.axis if lx.axis < axis else lx.axis - 1 + idx.ndim, lx.atoms)
+        return
+    varying = [k for k, d in enumerate(idx.shape) if d != 1]
+    if len(varying) != 1:
+        ctx.block(lx.atoms, f"Gather {ctx.node_label(i)} picks channels in a pattern onnxprune cannot follow")
+        return
+    flat = np.where(idx.ravel() < 0, idx.ravel() + lx.size, idx.ravel())
+    _pass(ctx, node, axis + varying[0], lx.atoms[flat])
+
+
+@applies("Gather")
+def gather_apply(i: int, node: NodeProto, rw) -> None:
+    lx, ly = rw.labeled(node.input[0]), rw.labeled(node.output[0])
+    kin, kout = rw.keep(node.input[0]), rw.keep(node.output[0])
+    rank = rw.graph.rank(node.input[0])
+    if kin is None or ly is None or int(attr(node, "axis", 0)) % rank != lx.axis:
+        return
+    idx = rw.const(node.input[1])
+    flat = np.where(idx.ravel() < 0, idx.ravel() + lx.size, idx.ravel())
+    kout = kout if kout is not None else np.arange(len(flat))
+    shape = [len(kout) if d != 1 else 1 for d in idx.shape]
+    rw.set_input(i, 1, np.searchsorted(kin, flat[kout]).astype(idx.dtype).reshape(shape))

@@ -1,0 +1,139 @@
+"""Shared helpers: run a model in onnxruntime, count params, and an independent mask-equivalence oracle.
+
+The oracle (:func:`masked_reference_outputs`) is written here on purpose, not borrowed from
+``onnxprune.verify``: it inserts a ``Mul`` by the plan's 0/1 keep-mask right after every listed tensor of the
+*original* model, exactly as DESIGN.md states the contract, so a bug in the library's own verifier cannot hide
+a bug in its rewriter.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper, numpy_helper
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+EXAMPLE_MODEL = ROOT / "models" / "mnist_resnet.onnx"
+sys.path.insert(0, str(TESTS))  # `import builders`
+
+
+def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run ``model`` on CPU with graph optimisations off (bit-stable across runs)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def input_shapes(model: onnx.ModelProto, batch: int = 2) -> dict[str, list[int]]:
+    inits = {t.name for t in model.graph.initializer}
+    shapes = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else batch for d in dims]
+    return shapes
+
+
+def random_feeds(model: onnx.ModelProto, seed: int = 123, batch: int = 2) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in input_shapes(model, batch).items()}
+
+
+def interface(model: onnx.ModelProto) -> list[tuple[str, list]]:
+    """(name, dims) of the real graph inputs and of the outputs."""
+    inits = {t.name for t in model.graph.initializer}
+
+    def dims(vi):
+        return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in vi.type.tensor_type.shape.dim]
+
+    return ([("in:" + vi.name, dims(vi)) for vi in model.graph.input if vi.name not in inits]
+            + [("out:" + vi.name, dims(vi)) for vi in model.graph.output])
+
+
+def count_params(model: onnx.ModelProto) -> int:
+    """Float elements in initializers and Constant nodes (independent of onnxprune.macs)."""
+    total = sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value" and a.t.data_type == onnx.TensorProto.FLOAT:
+                    total += int(np.prod(a.t.dims))
+    return total
+
+
+def tensor_ranks(model: onnx.ModelProto) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    g = inferred.graph
+    ranks = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        if vi.type.tensor_type.HasField("shape"):
+            ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
+    return ranks
+
+
+def tensor_shapes(model: onnx.ModelProto) -> dict[str, list]:
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    g = inferred.graph
+    out = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        if vi.type.tensor_type.HasField("shape"):
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else d.dim_param
+                            for d in vi.type.tensor_type.shape.dim]
+    return out
+
+
+def masked_model(model: onnx.ModelProto, plan) -> onnx.ModelProto:
+    """The original with ``t * mask`` inserted after every plan tensor (the plan's contract, literally)."""
+    ranks = tensor_ranks(model)
+    entries = {t.name: t for t in plan.tensors}
+    masked = onnx.ModelProto()
+    masked.CopyFrom(model)
+    g = masked.graph
+    nodes = list(g.node)
+    del g.node[:]
+    for node in nodes:
+        hits = [o for o in node.output if o in entries]
+        for k, o in enumerate(node.output):
+            if o in entries:
+                node.output[k] = o + "__raw"
+        g.node.append(node)
+        for o in hits:
+            t = entries[o]
+            mask = np.zeros(t.size, dtype=np.float32)
+            mask[list(t.keep)] = 1.0
+            mask = mask.reshape([t.size] + [1] * (ranks[o] - 1 - t.axis))
+            g.initializer.append(numpy_helper.from_array(mask, o + "__mask"))
+            g.node.append(helper.make_node("Mul", [o + "__raw", o + "__mask"], [o], name=o + "__masking"))
+    del g.value_info[:]
+    return masked
+
+
+def assert_mask_equivalent(original: onnx.ModelProto, pruned: onnx.ModelProto, plan, seed: int = 7,
+                           rtol: float = 1e-4) -> None:
+    """Pruned outputs equal the masked original's, relative to the output scale."""
+    feeds = random_feeds(original, seed)
+    want = run_ort(masked_model(original, plan), feeds)
+    got = run_ort(pruned, feeds)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        scale = max(float(np.abs(w).max()), 1e-6)
+        err = float(np.abs(g.astype(np.float64) - w).max()) / scale
+        assert err <= rtol, f"pruned differs from masked original by {err:.3g} (relative)"
+
+
+@pytest.fixture
+def example_model(tmp_path: Path) -> Path:
+    """A private copy of the bundled example model."""
+    dst = tmp_path / "mnist_resnet.onnx"
+    dst.write_bytes(EXAMPLE_MODEL.read_bytes())
+    return dst
