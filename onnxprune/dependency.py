@@ -90,6 +90,7 @@ class Analyzer:
         self.labels: dict[str, Labeled] = {}
         self.weights: list[WeightRef] = []
         self.constraints: list[np.ndarray] = []
+        self.soft: list[bool] = []
         self.blocks: list[tuple[np.ndarray, str]] = []
 
     # -- labels ----------------------------------------------------------------------------------------------
@@ -129,9 +130,13 @@ class Analyzer:
             if lab is not None:
                 self.block(lab.atoms, reason)
 
-    def constrain(self, blocks: np.ndarray) -> None:
-        """Require the same number of kept channels in every row of ``blocks`` (atoms, one row per conv group)."""
+    def constrain(self, blocks: np.ndarray, soft: bool = False) -> None:
+        """Require the same number of kept channels in every row of ``blocks`` (atoms, one row per conv group).
+
+        A ``soft`` constraint only balances the cut (equal Split chunks) and is dropped when it cannot hold.
+        """
         self.constraints.append(np.asarray(blocks, dtype=np.int64))
+        self.soft.append(soft)
 
     def weight(self, name: str, atoms: np.ndarray, role: str, node: int, axis: int = 0,
                view: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
@@ -207,7 +212,7 @@ def _close(ctx: Analyzer, exclude: Sequence[str]) -> Analysis:
             g.blocked = g.blocked or reason
     for g in groups:
         if g.blocked is None and g.size > 1:
-            g.cells, problem = _cells(g, ctx.constraints, group_of_atom, order, unit_local)
+            g.cells, problem = _cells(g, ctx.constraints, ctx.soft, group_of_atom, order, unit_local)
             g.blocked = problem
         if g.blocked is None and exclude:
             names = g.tensors + [graph.label(n) for n in g.nodes] + g.sources
@@ -217,21 +222,23 @@ def _close(ctx: Analyzer, exclude: Sequence[str]) -> Analysis:
     return Analysis(graph, groups, ctx.labels, ctx.weights, root, unit_group, unit_local)
 
 
-def _cells(group: PruneGroup, constraints: list[np.ndarray], group_of_atom: np.ndarray, order: list[int],
-           unit_local: np.ndarray) -> tuple[np.ndarray | None, str | None]:
-    """Turn grouped-conv constraints into equal-size cells of units, or say why they cannot be met."""
-    mine = [c for c in constraints if order[group.id] == int(group_of_atom[c.flat[0]])]
-    if not mine:
-        return None, None
-    signature = np.zeros((group.size, len(mine)), dtype=np.int64)
-    for k, blocks in enumerate(mine):
+def _cells(group: PruneGroup, constraints: list[np.ndarray], soft: list[bool], group_of_atom: np.ndarray,
+           order: list[int], unit_local: np.ndarray) -> tuple[np.ndarray | None, str | None]:
+    """Turn grouped-conv and Split constraints into equal-size cells of units, or say why they cannot hold."""
+    mine = [(c, f) for c, f in zip(constraints, soft) if order[group.id] == int(group_of_atom[c.flat[0]])]
+    columns = []
+    for blocks, is_soft in mine:
         local = unit_local[blocks]
-        if len(np.unique(local)) != local.size:
-            return None, "grouped convolution sees one channel twice"
-        if local.size != group.size:
-            return None, "grouped convolution covers only part of the group's channels"
-        signature[local.ravel(), k] = np.repeat(np.arange(blocks.shape[0]), blocks.shape[1])
-    _, cell_of_unit = np.unique(signature, axis=0, return_inverse=True)
+        if len(np.unique(local)) != local.size or local.size != group.size:
+            if is_soft or all(np.array_equal(np.sort(r), np.sort(local[0])) for r in local[1:]):
+                continue  # a balance wish that cannot hold, or blocks holding the very same (tied) channels
+            return None, "a grouped convolution's channel groups overlap or cover only part of the group"
+        column = np.empty(group.size, dtype=np.int64)
+        column[local.ravel()] = np.repeat(np.arange(blocks.shape[0]), blocks.shape[1])
+        columns.append(column)
+    if not columns:
+        return None, None
+    _, cell_of_unit = np.unique(np.stack(columns, axis=1), axis=0, return_inverse=True)
     cell_of_unit = cell_of_unit.ravel()
     counts = np.bincount(cell_of_unit)
     if not np.all(counts == counts[0]):

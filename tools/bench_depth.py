@@ -265,9 +265,10 @@ def bench_one(arch: str, exporter: str, args: argparse.Namespace, tp_kept: float
             before = count_macs(model, counter, shape)
             after = count_macs(result.model, counter, shape)
             kept = after / before if before else None
-            row["indep"][counter] = {"macs_before": before, "macs_after": after, "macs_kept": kept}
-            if kept is not None:
-                devs.append(kept - rep["macs_kept"])
+            dev = kept - rep["macs_kept"] if kept is not None else None
+            row["indep"][counter] = {"macs_before": before, "macs_after": after, "macs_kept": kept, "dev": dev}
+            if dev is not None:
+                devs.append(dev)
         except Exception as exc:  # noqa: BLE001
             row["indep"][counter] = {"error": _error(f"count[{counter}]", exc)}
     if devs:
@@ -307,12 +308,28 @@ def print_table(rows: list[dict[str, Any]], margin: float, counters: list[str]) 
           f"{sum(r['status'] == 'n/a' for r in rows)} without a Torch-Pruning figure")
     print("columns: onnxprune/TP = fraction of MACs kept; diff = onnxprune - TP; "
           + "/".join(counters) + " = MACs kept by the independent counter(s); "
-          "max_dev = largest (independent - onnxprune)")
-    big = [r for r in rows if r["indep_max_dev"] is not None and abs(r["indep_max_dev"]) > 5e-3]
+          "max_dev = largest (independent - onnxprune); onnx_tool's Conv includes bias adds")
+    # onnx_tool adds the bias additions to Conv, so it runs a little high on depthwise-heavy nets.
+    limit = {"own": 1e-3, "onnx_tool": 1e-2}
+    big = [r for r in rows if any(abs(v.get("dev") or 0) > limit[c] for c, v in r["indep"].items())]
     for r in big:
         b = {c: v.get("macs_before") for c, v in r["indep"].items()}
         print(f"  note: {r['arch']} [{r['exporter']}] independent count differs by {r['indep_max_dev']:+.4f}: "
               f"onnxprune counts {r['onnxprune_macs_before']} MACs before, independent {b}")
+
+
+def _git_state() -> dict[str, Any]:
+    """Commit and uncommitted changes under onnxprune/ (read-only git commands)."""
+    import subprocess
+
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(["git", *a], cwd=TOOLS.parent, capture_output=True, text=True,
+                                  timeout=30).stdout.strip()
+        except Exception:  # noqa: BLE001
+            return ""
+    return {"head": git("rev-parse", "HEAD"),
+            "dirty": git("status", "--porcelain", "--", "onnxprune").splitlines()}
 
 
 def _versions() -> dict[str, str]:
@@ -371,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         out = {
             "meta": {"ratio": args.ratio, "margin": args.margin, "size": args.size,
                      "independent_counters": counters, "baseline": str(args.baseline),
-                     "versions": _versions(), "date": time.strftime("%Y-%m-%d %H:%M:%S")},
+                     "versions": _versions(), "git": _git_state(),
+                     "date": time.strftime("%Y-%m-%d %H:%M:%S")},
             "rows": rows,
         }
         args.json.write_text(json.dumps(out, indent=1) + "\n")

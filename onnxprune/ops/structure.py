@@ -86,7 +86,7 @@ def split(i: int, node: NodeProto, ctx) -> None:
         ctx.block(lx.atoms, f"Split {ctx.node_label(i)}: split sizes unknown")
         return
     if len(set(sizes)) == 1 and len(sizes) > 1:
-        ctx.constrain(lx.atoms.reshape(len(sizes), sizes[0]))  # chunks stay equal (YOLOv8 C2f)
+        ctx.constrain(lx.atoms.reshape(len(sizes), sizes[0]), soft=True)  # chunks stay equal (YOLOv8 C2f)
     start = 0
     for out, size in zip(node.output, sizes):
         if out:
@@ -131,10 +131,40 @@ def slice_(i: int, node: NodeProto, ctx) -> None:
     axes = [a % rank for a in (axes if axes is not None else range(len(starts)))]
     steps = steps or [1] * len(starts)
     for a, s, e, st in zip(axes, starts, ends, steps):
-        if a == lx.axis and (st != 1 or s != 0 or e < lx.size):
-            ctx.block(lx.atoms, f"Slice {ctx.node_label(i)} cuts the channel axis")
+        if a == lx.axis:
+            if st != 1:
+                ctx.block(lx.atoms, f"Slice {ctx.node_label(i)} strides over the channel axis")
+                return
+            lo, hi = _clamp(s, lx.size), _clamp(e, lx.size)
+            _pass(ctx, node, lx.axis, lx.atoms[lo:hi])
             return
     _pass(ctx, node, lx.axis, lx.atoms)
+
+
+def _clamp(index: int, size: int) -> int:
+    return min(max(index + size if index < 0 else index, 0), size)
+
+
+@applies("Slice")
+def slice_apply(i: int, node: NodeProto, rw) -> None:
+    """A channel-axis slice [lo, hi) of the kept channels is still contiguous: count what survives before."""
+    x = node.input[0]
+    kin = rw.keep(x)
+    lx = rw.labeled(x)
+    if kin is None or len(node.input) < 3:
+        return
+    rank = rw.graph.rank(x)
+    starts, ends = rw.const(node.input[1]), rw.const(node.input[2])
+    axes = rw.const(node.input[3]) if len(node.input) > 3 and node.input[3] else np.arange(len(starts))
+    hit = [k for k, a in enumerate(axes) if int(a) % rank == lx.axis]
+    if not hit:
+        return
+    k = hit[0]
+    lo, hi = _clamp(int(starts[k]), lx.size), _clamp(int(ends[k]), lx.size)
+    new_starts, new_ends = np.array(starts).copy(), np.array(ends).copy()
+    new_starts[k], new_ends[k] = np.searchsorted(kin, lo), np.searchsorted(kin, hi)
+    rw.set_input(i, 1, new_starts)
+    rw.set_input(i, 2, new_ends)
 
 
 # -- axis movers -----------------------------------------------------------------------------------------------
@@ -233,7 +263,21 @@ def reshape(i: int, node: NodeProto, ctx) -> None:
         return
     mapped = _reshape_map(list(src), list(dst), lx.axis)
     if mapped is None:
-        ctx.block(lx.atoms, f"{label} splits or reorders the channel axis")
+        split = _split_map(list(src), list(dst), lx.axis, lx.size)
+        if split is None:
+            ctx.block(lx.atoms, f"{label} splits or reorders the channel axis")
+            return
+        if not ctx.graph.is_const(node.input[1]):
+            ctx.block(lx.atoms, f"{label} splits the channel axis with a computed shape")
+            return
+        # [.., g*c, ..] -> [.., g, c, ..] (channel shuffle): the g blocks must lose the same channels, so
+        # tie them; the larger of the two new axes carries the channels.
+        blocks = lx.atoms.reshape(dst[lx.axis], dst[lx.axis + 1])
+        inner = dst[lx.axis + 1] >= dst[lx.axis]
+        lines = blocks if inner else blocks.T
+        for row in lines[1:]:
+            ctx.tie(lines[0], row)
+        _pass(ctx, node, lx.axis + 1 if inner else lx.axis, lines[0])
         return
     out_axis, run, pos = mapped
     if len(run) > 1 and not ctx.graph.is_const(node.input[1]):
@@ -242,6 +286,16 @@ def reshape(i: int, node: NodeProto, ctx) -> None:
     run = list(run)
     run[pos] = lx.size
     _pass(ctx, node, out_axis, _expand_atoms(lx.atoms, run, pos))
+
+
+def _split_map(src: list, dst: list, axis: int, size: int) -> bool | None:
+    """True when the reshape splits the channel axis into two static axes in place (prefix unchanged)."""
+    if len(dst) < axis + 2 or any(a != b or a is None for a, b in zip(src[:axis], dst[:axis])):
+        return None
+    outer, inner = dst[axis], dst[axis + 1]
+    if isinstance(outer, int) and isinstance(inner, int) and outer > 1 and inner > 1 and outer * inner == size:
+        return True
+    return None
 
 
 def _reshape_map(src: list, dst: list, axis: int) -> tuple[int, list, int] | None:
