@@ -19,6 +19,8 @@ from .errors import ModelError
 __all__ = ["Graph", "Dim", "light_model", "node_label", "copy_fields", "SMALL_CONSTANT"]
 
 Dim = int | str | None
+#: Constants up to this size stay cached after the first read.
+CACHE_LIMIT = 1 << 20
 #: Ops on constants whose result onnxprune treats as a constant (and folds when it must slice it).
 FOLDABLE = frozenset({"Identity", "Reshape", "Unsqueeze", "Squeeze", "Cast", "Transpose", "Flatten"})
 #: Constants with at most this many elements stay in the light model (shape tensors, scalars, axes).
@@ -123,9 +125,23 @@ class Graph:
             value = constant_node_value(self.nodes[self.constant_nodes[name]])
         elif name in self.derived:
             value = self._fold(self.derived[name])
-        if value is not None:
-            self._arrays[name] = value
+        if value is not None and value.nbytes <= CACHE_LIMIT:
+            self._arrays[name] = value  # big weights are read again when needed instead of held twice
         return value
+
+    def const_shape(self, name: str) -> tuple[int, ...] | None:
+        """The shape of a constant without reading its data (``None`` if ``name`` is not a constant)."""
+        if not self.is_const(name):
+            return None
+        t = self.const_tensor(name)
+        if t is not None and (name in self.initializers or name in self.constant_nodes or name in self.derived
+                              and self.nodes[self.derived[name]].op_type == "Identity"):
+            return tuple(int(d) for d in t.dims)
+        shape = self.static_shape(name)
+        if shape is not None:
+            return shape
+        value = self.const(name)
+        return None if value is None else tuple(value.shape)
 
     def const_tensor(self, name: str) -> TensorProto | None:
         """The TensorProto holding a constant (initializer or Constant ``value``), if it has one."""

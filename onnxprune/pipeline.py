@@ -10,8 +10,7 @@ import onnx
 from . import __version__
 from .criteria import score
 from .dependency import Analysis, analyze
-from .graph import Graph
-from .io import _data_bytes
+from .graph import Graph, light_model
 from .macs import static_input_shapes
 from .plan import Plan
 from .planner import PlanConfig, choose
@@ -51,11 +50,16 @@ class PruneResult:
     removed: dict[int, np.ndarray] = field(default_factory=dict)
 
 
-def model_sha256(model: onnx.ModelProto) -> str | None:
-    """sha256 of the serialized model (None for models over 2 GB: hash their file instead)."""
-    if _data_bytes(model) > 1_900_000_000:
-        return None
-    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+def model_sha256(model: onnx.ModelProto) -> str:
+    """A content hash of an in-memory model, computed tensor by tensor (never serializing it whole).
+
+    The CLI records the input file's sha256 instead.
+    """
+    h = hashlib.sha256(light_model(model).SerializeToString(deterministic=True))
+    for t in model.graph.initializer:
+        h.update(t.name.encode())
+        h.update(t.raw_data if t.HasField("raw_data") else t.SerializeToString(deterministic=True))
+    return h.hexdigest()
 
 
 def prune(model: onnx.ModelProto, config: PruneConfig = PruneConfig(), *, source_sha256: str | None = None

@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 
 from .dependency import Analysis
+from .graph import light_model
 from .io import _data_bytes
 from .macs import count_macs, count_params
 
@@ -26,7 +27,7 @@ class ModelStats:
 
 def model_stats(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> ModelStats:
     macs, per_node = count_macs(model, input_shapes)
-    size = model.ByteSize() if _data_bytes(model) < 1_900_000_000 else _data_bytes(model)
+    size = _data_bytes(model) + light_model(model).ByteSize()  # ByteSize() of the whole model serializes it
     return ModelStats(count_params(model), macs, size, per_node)
 
 

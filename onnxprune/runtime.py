@@ -23,8 +23,11 @@ class Session:
     """An ``onnxruntime.InferenceSession`` on ``model`` that keeps the weight arrays it borrows alive."""
 
     def __init__(self, model: onnx.ModelProto, edit: Callable[[onnx.ModelProto], None] | None = None,
-                 threads: int = 0, optimize: bool = True) -> None:
-        light, names, arrays = _split(model)
+                 threads: int = 0, optimize: bool = True,
+                 arrays: Callable[[str], np.ndarray | None] | None = None) -> None:
+        """``optimize=False`` turns off graph optimizations and weight prepacking (a one-off check needs
+        neither, and both copy weights); ``arrays`` may supply initializer values already in memory."""
+        light, names, arrays = _split(model, arrays)
         if edit is not None:
             edit(light)
         options = ort.SessionOptions()
@@ -34,6 +37,7 @@ class Session:
             options.inter_op_num_threads = 1
         if not optimize:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            options.add_session_config_entry("session.disable_prepacking", "1")
         self._values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
         if names:
             options.add_external_initializers(names, self._values)
@@ -48,7 +52,8 @@ _BORROWABLE = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, Tenso
                TensorProto.INT8, TensorProto.UINT8}
 
 
-def _split(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], list[np.ndarray]]:
+def _split(model: onnx.ModelProto, known: Callable[[str], np.ndarray | None] | None = None
+           ) -> tuple[onnx.ModelProto, list[str], list[np.ndarray]]:
     light = onnx.ModelProto()
     copy_fields(model, light, skip=("graph",))
     src, dst = model.graph, light.graph
@@ -60,7 +65,8 @@ def _split(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], list[np.
         if n <= SMALL_CONSTANT or t.data_type not in _BORROWABLE:
             dst.initializer.append(t)
             continue
-        array = np.ascontiguousarray(numpy_helper.to_array(t))
+        array = known(t.name) if known is not None else None
+        array = np.ascontiguousarray(array if array is not None else numpy_helper.to_array(t))
         placeholder = dst.initializer.add()
         placeholder.name, placeholder.data_type = t.name, t.data_type
         placeholder.dims.extend(t.dims)

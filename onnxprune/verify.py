@@ -106,7 +106,7 @@ def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan, *, gr
         raise VerificationError("pruned model changed the graph's input or output names, types or shapes")
     feeds = random_inputs(original, seed, input_shapes)
     try:
-        got = Session(pruned).run(feeds)
+        got = Session(pruned, optimize=False).run(feeds)
     except Exception as exc:  # noqa: BLE001 - any runtime failure is a verification failure
         raise VerificationError(f"onnxruntime cannot run the pruned model: {_line(exc)}") from exc
     names = [o.name for o in original.graph.output]
@@ -114,7 +114,7 @@ def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan, *, gr
         return Verification(True, True, True, None, 0.0)
     graph = graph or Graph.build(original)
     try:
-        want = Session(original, edit=masked_edit(plan, graph)).run(feeds)
+        want = Session(original, edit=masked_edit(plan, graph), optimize=False, arrays=graph.const).run(feeds)
     except VerificationError:
         raise
     except Exception as exc:  # noqa: BLE001

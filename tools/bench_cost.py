@@ -1,8 +1,11 @@
 """Tool cost of onnxprune on a ResNet-50 export: wall time and peak memory vs a plain load + save.
 
-Every measurement is a fresh child process; its peak RSS comes from
-``os.wait4`` (the kernel's ``ru_maxrss`` of that one child, as ``/usr/bin/time
--v`` reports it) and its wall time from the parent (interpreter start included).
+Every measurement is a fresh child process, started (like ``/usr/bin/time -v``
+does) by a small intermediate interpreter that reports the child's wall time
+(interpreter start included) and peak RSS (``ru_maxrss`` from ``os.wait4``).
+The intermediate matters: a child's ru_maxrss starts from the RSS of the
+process it was forked from, so a child forked from this script (which may hold
+torch after an export) would report this script's RSS.
 Cases, run interleaved ``--repeat`` times (base, a, b, c, base, a, b, c, ...):
 
 * ``base``: ``python -c "import onnx, onnxruntime, numpy, onnxprune"`` (start-up + imports)
@@ -60,16 +63,28 @@ def file_size(path: Path) -> int:
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
+# Runs in a small intermediate interpreter (``python -S``): a child's ru_maxrss starts from the RSS of
+# the process it was forked from, so children are never forked from this (possibly large) process.
+_RUNNER = r"""
+import os, subprocess, sys, time
+log, cmd = sys.argv[1], sys.argv[2:]
+with open(log, "wb") as fh:
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+p.returncode = os.waitstatus_to_exitcode(status)
+print(wall, usage.ru_maxrss, p.returncode)
+"""
+
+
 def run_child(cmd: list[str], log: Path) -> dict[str, Any]:
-    """Run ``cmd``; return wall seconds, peak RSS (bytes) of that child, and its exit code."""
-    with open(log, "wb") as fh:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4 already
+    """Run ``cmd`` via the runner; return wall seconds, peak RSS (bytes) of that child, and its exit code."""
+    res = subprocess.run([sys.executable, "-S", "-c", _RUNNER, str(log), *cmd], capture_output=True, text=True,
+                         check=True)
+    wall, maxrss, rc = res.stdout.split()
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: KiB on Linux, bytes on macOS
-    return {"wall_s": wall, "rss": usage.ru_maxrss * scale, "rc": proc.returncode}
+    return {"wall_s": float(wall), "rss": int(maxrss) * scale, "rc": int(rc)}
 
 
 def case_cmd(case: str, model: Path, out: Path, ratio: float) -> list[str]:

@@ -21,7 +21,7 @@ def conv(i: int, node: NodeProto, ctx) -> None:
     x, w_name = node.input[0], node.input[1]
     b_name = node.input[2] if len(node.input) > 2 else ""
     y = node.output[0]
-    w = ctx.graph.const(w_name)
+    w = ctx.graph.const_shape(w_name)
     lx = ctx.labeled(x)
     if w is None or (b_name and not ctx.graph.is_const(b_name)):
         ctx.block_inputs(i, f"Conv {ctx.node_label(i)} has non-constant weights")
@@ -30,7 +30,7 @@ def conv(i: int, node: NodeProto, ctx) -> None:
         ctx.block(lx.atoms, f"Conv {ctx.node_label(i)} reads channels on axis {lx.axis}")
         lx = None
     g = int(attr(node, "group", 1))
-    m, cg = int(w.shape[0]), int(w.shape[1])
+    m, cg = int(w[0]), int(w[1])
     if g > 1 and cg == 1:  # depthwise, channel multiplier m // g
         if lx is None:
             return
@@ -94,7 +94,7 @@ def conv_transpose(i: int, node: NodeProto, ctx) -> None:
     x, w_name = node.input[0], node.input[1]
     b_name = node.input[2] if len(node.input) > 2 else ""
     y = node.output[0]
-    w = ctx.graph.const(w_name)
+    w = ctx.graph.const_shape(w_name)
     lx = ctx.labeled(x)
     if w is None or (b_name and not ctx.graph.is_const(b_name)):
         ctx.block_inputs(i, f"ConvTranspose {ctx.node_label(i)} has non-constant weights")
@@ -103,7 +103,7 @@ def conv_transpose(i: int, node: NodeProto, ctx) -> None:
         ctx.block(lx.atoms, f"ConvTranspose {ctx.node_label(i)} reads channels on axis {lx.axis}")
         lx = None
     g = int(attr(node, "group", 1))
-    c, mg = int(w.shape[0]), int(w.shape[1])
+    c, mg = int(w[0]), int(w[1])
     if g > 1 and mg == 1 and g == c:  # depthwise
         if lx is None:
             return

@@ -13,8 +13,8 @@ def gemm(i: int, node: NodeProto, ctx) -> None:
     c_name = node.input[2] if len(node.input) > 2 else ""
     la = ctx.labeled(a_name)
     label = f"Gemm {ctx.node_label(i)}"
-    b = ctx.graph.const(b_name)
-    if b is None or (c_name and not ctx.graph.is_const(c_name)) or ctx.labeled(b_name):
+    b = ctx.graph.const_shape(b_name)
+    if b is None or len(b) != 2 or (c_name and not ctx.graph.is_const(c_name)) or ctx.labeled(b_name):
         ctx.block_inputs(i, f"{label} has non-constant weights")
         return
     trans_a, trans_b = int(attr(node, "transA", 0)), int(attr(node, "transB", 0))
@@ -24,7 +24,7 @@ def gemm(i: int, node: NodeProto, ctx) -> None:
             ctx.block(la.atoms, f"{label} reads channels on its row axis")
         else:
             ctx.weight(b_name, la.atoms, "in", i, axis=k_axis)
-    out = ctx.source(i, node.output[0], 1, int(b.shape[n_axis]))
+    out = ctx.source(i, node.output[0], 1, int(b[n_axis]))
     ctx.weight(b_name, out, "out", i, axis=n_axis)
     if c_name:
         c_shape = ctx.graph.shape(c_name)
@@ -56,9 +56,9 @@ def matmul(i: int, node: NodeProto, ctx) -> None:
     a_name, b_name = node.input
     la, lb = ctx.labeled(a_name), ctx.labeled(b_name)
     label = f"MatMul {ctx.node_label(i)}"
-    b = ctx.graph.const(b_name)
+    b = ctx.graph.const_shape(b_name)
     a_rank = ctx.graph.rank(a_name)
-    if b is None or b.ndim != 2 or lb is not None or a_rank is None:
+    if b is None or len(b) != 2 or lb is not None or a_rank is None:
         ctx.block_inputs(i, f"{label} multiplies two computed tensors")
         return
     if la is not None:
@@ -69,7 +69,7 @@ def matmul(i: int, node: NodeProto, ctx) -> None:
             return
         else:
             ctx.block(la.atoms, f"{label} reads channels on its row axis")
-    out = ctx.source(i, node.output[0], max(a_rank, 2) - 1, int(b.shape[1]))
+    out = ctx.source(i, node.output[0], max(a_rank, 2) - 1, int(b[1]))
     ctx.weight(b_name, out, "out", i, axis=1)
 
 
