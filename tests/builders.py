@@ -504,6 +504,38 @@ def concat_into_grouped_conv(seed: int = 0, widths: tuple[int, int] = (2, 6)) ->
     return _finish(b, b.conv(h, 8, 4))
 
 
+def split_and_grouped_conv(seed: int = 0) -> onnx.ModelProto:
+    """One group read both through an uneven Split and by a grouped conv (cells [0..3], [4..7]); filters 0 and 1
+    are nearly dead, so a strong cut removes the whole first Split chunk::
+
+        x -> Conv(3->8)+Relu = h -> Split [2|6] -> Conv(2->4), Conv(6->4) -> Add = a
+                                h -> GConv(8->4, group=2) = g
+        Add(a, g) -> Relu -> Conv(4->4) -> y
+    """
+    b = GraphBuilder(seed)
+    w = b.randn(8, 3, 3, 3)
+    w[:2] *= 1e-3
+    h = b.relu(b.conv("x", 3, 8, weight=b.const(w, "W")))
+    s1, s2 = b.op("Split", [h, b.ints([2, 6])], n_out=2, axis=1)
+    a = b.op("Add", [b.conv(s1, 2, 4), b.conv(s2, 6, 4)])
+    g = b.conv(h, 8, 4, group=2)
+    return _finish(b, b.conv(b.relu(b.op("Add", [a, g])), 4, 4))
+
+
+def uneven_split(seed: int = 0) -> onnx.ModelProto:
+    """An uneven Split whose small chunk holds the two weakest filters::
+
+        x -> Conv(3->8, filters 0,1 ~ 0)+Relu -> Split [2|6] -> Conv(2->4), Conv(6->4) -> Add -> Conv(4->4) -> y
+    """
+    b = GraphBuilder(seed)
+    w = b.randn(8, 3, 3, 3)
+    w[:2] *= 1e-3
+    h = b.relu(b.conv("x", 3, 8, weight=b.const(w, "W")))
+    s1, s2 = b.op("Split", [h, b.ints([2, 6])], n_out=2, axis=1)
+    h = b.relu(b.op("Add", [b.conv(s1, 2, 4), b.conv(s2, 6, 4)]))
+    return _finish(b, b.conv(h, 4, 4))
+
+
 # -- random architectures (property tests) --------------------------------------------------------------------
 BLOCKS = ("cbr", "residual", "concat", "depthwise", "grouped", "se")
 
@@ -516,13 +548,13 @@ def random_stack(blocks: Sequence[tuple[str, int]], seed: int = 0, in_ch: int = 
         residual:  h + Conv(w'->c)(Conv(c->w')+Relu)          (keeps c)
         concat:    Concat(Conv(c->w)+Relu, Conv(c->c-? )...)  c -> w + c'
         depthwise: DWConv(c)+BN+Relu -> Conv1x1(c->w)
-        grouped:   Conv(c->2k, group=2), after a Conv1x1(c->even) when c is odd or h is a Concat (a Concat
-                   straight into a grouped conv is a known bug, see ``concat_into_grouped_conv``)
+        grouped:   Conv1x1(c->even)+Relu -> Conv(even->2k, group=2)+BN+Relu. The 1x1 conv gives the grouped
+                   conv a fresh group to read: a grouped conv reading several groups (``concat_into_grouped_conv``)
+                   or a group with a Concat part (``split_and_grouped_conv``) hits known bugs.
         se:        h * Sigmoid(Conv(Conv(GAP(h))))            (keeps c)
     """
     b = GraphBuilder(seed)
     h, c = "x", in_ch
-    after_concat = False
     for kind, w in blocks:
         w = max(2, int(w))
         if kind == "cbr":
@@ -535,14 +567,11 @@ def random_stack(blocks: Sequence[tuple[str, int]], seed: int = 0, in_ch: int = 
             p = b.relu(b.conv(h, c, w))
             q = b.relu(b.conv(h, c, w2, k=1))
             h, c = b.op("Concat", [p, q], axis=1), w + w2
-            after_concat = True
-            continue
         elif kind == "depthwise":
             h = b.cbr(h, c, c, group=c) if c > 1 else h
             h, c = b.relu(b.conv(h, c, w, k=1)), w
         elif kind == "grouped":
-            if c % 2 or after_concat:
-                h, c = b.relu(b.conv(h, c, c + (c % 2), k=1)), c + (c % 2)
+            h, c = b.relu(b.conv(h, c, c + (c % 2), k=1)), c + (c % 2)
             w = w + (w % 2)
             h, c = b.cbr(h, c, w, group=2), w
         elif kind == "se":
@@ -552,7 +581,6 @@ def random_stack(blocks: Sequence[tuple[str, int]], seed: int = 0, in_ch: int = 
             h = b.op("Mul", [h, s])
         else:
             raise ValueError(kind)
-        after_concat = False
     return _finish(b, b.conv(h, c, 2, k=1))
 
 
