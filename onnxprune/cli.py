@@ -19,7 +19,7 @@ from .dependency import analyze
 from .errors import OnnxPruneError, UsageError
 from .graph import Graph
 from .io import file_sha256, load_model, save_model, write_text_atomic
-from .macs import static_input_shapes
+from .graph import static_input_shapes
 from .pipeline import PruneConfig, prune
 from .report import format_groups, format_summary, group_rows, model_stats
 

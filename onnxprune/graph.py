@@ -16,9 +16,11 @@ from onnx import AttributeProto, NodeProto, TensorProto, helper, numpy_helper
 
 from .errors import ModelError
 
-__all__ = ["Graph", "Dim", "light_model", "node_label", "copy_fields", "SMALL_CONSTANT"]
+__all__ = ["Graph", "Dim", "light_model", "node_label", "copy_fields", "static_input_shapes", "SMALL_CONSTANT"]
 
 Dim = int | str | None
+#: Size given to unknown non-batch input dims for test runs and MAC counts (``--input-shape`` overrides).
+DEFAULT_DIM = 64
 #: Constants up to this size stay cached after the first read.
 CACHE_LIMIT = 1 << 20
 #: Ops on constants whose result onnxprune treats as a constant (and folds when it must slice it).
@@ -304,3 +306,20 @@ def _is_repeated(desc) -> bool:
     if flag is not None:
         return bool(flag() if callable(flag) else flag)
     return desc.label == desc.LABEL_REPEATED
+
+
+def static_input_shapes(model: onnx.ModelProto, overrides: dict[str, list[int]] | None = None,
+                        default_dim: int = DEFAULT_DIM) -> dict[str, list[int]]:
+    """A concrete shape for every real graph input: symbolic batch dims become 1, other unknowns ``default_dim``."""
+    inits = {t.name for t in model.graph.initializer}
+    shapes: dict[str, list[int]] = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        if overrides and vi.name in overrides:
+            shapes[vi.name] = list(overrides[vi.name])
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0
+                           else (1 if k == 0 else default_dim) for k, d in enumerate(dims)]
+    return shapes

@@ -7,26 +7,9 @@ from onnx import TensorProto, helper
 
 from .graph import light_model, node_label
 
-__all__ = ["count_macs", "count_params", "static_input_shapes"]
+__all__ = ["count_macs", "count_params"]
 
 _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
-
-
-def static_input_shapes(model: onnx.ModelProto, overrides: dict[str, list[int]] | None = None,
-                        default_dim: int = 1) -> dict[str, list[int]]:
-    """A concrete shape for every real graph input: symbolic batch dims become 1, other unknowns ``default_dim``."""
-    inits = {t.name for t in model.graph.initializer}
-    shapes: dict[str, list[int]] = {}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        if overrides and vi.name in overrides:
-            shapes[vi.name] = list(overrides[vi.name])
-            continue
-        dims = vi.type.tensor_type.shape.dim
-        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0
-                           else (1 if k == 0 else default_dim) for k, d in enumerate(dims)]
-    return shapes
 
 
 def count_params(model: onnx.ModelProto) -> int:
@@ -67,12 +50,37 @@ def count_macs(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> tu
     for node in model.graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             shapes[node.output[0]] = list(node.attribute[0].t.dims)
+    missing = [n for node in model.graph.node if node.op_type in _COUNTED
+               for n in (node.input[0], node.output[0]) if n not in shapes]
+    if missing:
+        shapes.update(_measured_shapes(model, input_shapes, sorted(set(missing))))
     per_node: dict[str, int] = {}
     for i, node in enumerate(model.graph.node):
         macs = _node_macs(node, shapes)
         if macs:
             per_node[node_label(node, i)] = macs
     return sum(per_node.values()), per_node
+
+
+_COUNTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _measured_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]], names: list[str]
+                     ) -> dict[str, list[int]]:
+    """Shapes shape inference could not reach (computed Slice bounds, say), read off one onnxruntime run."""
+    from .runtime import Session, random_inputs  # the runtime needs this module's neighbours, not vice versa
+
+    def expose(light: onnx.ModelProto) -> None:
+        known = {o.name for o in light.graph.output}
+        light.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in known)
+
+    try:
+        session = Session(model, edit=expose, optimize=False)
+        wanted = [o.name for o in session.session.get_outputs()]
+        values = session.session.run(None, random_inputs(model, shapes=input_shapes))
+    except Exception:  # noqa: BLE001 - counting stays best effort
+        return {}
+    return {n: list(v.shape) for n, v in zip(wanted, values) if n in names}
 
 
 def _node_macs(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> int:

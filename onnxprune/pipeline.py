@@ -11,7 +11,7 @@ from . import __version__
 from .criteria import score
 from .dependency import Analysis, analyze
 from .graph import Graph, light_model
-from .macs import static_input_shapes
+from .graph import static_input_shapes
 from .plan import Plan
 from .planner import PlanConfig, choose
 from .report import group_rows, model_stats

@@ -53,7 +53,11 @@ class Plan:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1) + "\n"
+        """JSON with one line per tensor (readable in a diff, compact for big models)."""
+        d = self.to_dict()
+        rows = ",\n  ".join(json.dumps(t) for t in d["tensors"])
+        return (f'{{"format": {json.dumps(d["format"])},\n "model_sha256": {json.dumps(d["model_sha256"])},\n'
+                f' "tensors": [\n  {rows}\n ]\n}}\n') if rows else json.dumps(d) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict) -> "Plan":

@@ -14,7 +14,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from .graph import SMALL_CONSTANT, copy_fields
-from .macs import static_input_shapes
+from .graph import static_input_shapes
 
 __all__ = ["Session", "random_inputs"]
 
@@ -79,11 +79,11 @@ def _split(model: onnx.ModelProto, known: Callable[[str], np.ndarray | None] | N
     return light, names, arrays
 
 
-def random_inputs(model: onnx.ModelProto, seed: int = 0, shapes: dict[str, list[int]] | None = None,
-                  default_dim: int = 64) -> dict[str, np.ndarray]:
+def random_inputs(model: onnx.ModelProto, seed: int = 0, shapes: dict[str, list[int]] | None = None
+                  ) -> dict[str, np.ndarray]:
     """Seeded random feeds for every graph input (normal floats, zeros for integers and booleans)."""
     rng = np.random.default_rng(seed)
-    concrete = static_input_shapes(model, shapes, default_dim)
+    concrete = static_input_shapes(model, shapes)
     feeds: dict[str, np.ndarray] = {}
     for vi in model.graph.input:
         if vi.name not in concrete:
