@@ -112,6 +112,9 @@ def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str, gl
 
 def _check_outputs(model: Path, outputs: list[Path]) -> None:
     """Refuse to overwrite the input, and fail before any work when an output cannot be written."""
+    resolved = [out.resolve() for out in outputs]
+    if len(set(resolved)) != len(resolved):
+        raise UsageError("the model, --plan and --report outputs must be different files")
     for out in outputs:
         if out.exists() and model.exists() and os.path.samefile(out, model):
             raise UsageError(f"refusing to overwrite the input model '{model}'; choose another --output")

@@ -179,6 +179,10 @@ def _close(ctx: Analyzer, exclude: Sequence[str]) -> Analysis:
     src_uf.add(len(ctx.sources))
     if n_atoms:
         src_uf.union(atom_source, atom_source[root])
+    for blocks, soft in zip(ctx.constraints, ctx.soft):
+        if not soft:  # a grouped conv reading several groups (Concat -> grouped Conv) couples them
+            sources = np.unique(atom_source[blocks])
+            src_uf.union(np.full(len(sources) - 1, sources[0]), sources[1:])
     src_root = src_uf.roots()
     group_of_atom = src_root[atom_source] if n_atoms else np.zeros(0, dtype=np.int64)
 

@@ -153,14 +153,24 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Write a text file atomically (plan, report)."""
     target = Path(path)
     directory = target.parent if str(target.parent) else Path(".")
+    tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", dir=directory)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give it the mode a plain open() would
         os.replace(tmp, target)
     except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise OnnxPruneError(f"cannot write '{target}': {exc.strerror or exc}") from exc
     return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

