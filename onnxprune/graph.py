@@ -74,6 +74,7 @@ class Graph:
                   and all(g.is_const(n) for n in node.input if n)):
                 g.derived[node.output[0]] = i  # exporters share weights via Identity, Paddle reshapes biases
         g._check_references()
+        check_input(model)
         if infer:
             g.shapes, g.elem_types = infer_shapes(model)
         return g
@@ -323,3 +324,12 @@ def static_input_shapes(model: onnx.ModelProto, overrides: dict[str, list[int]] 
         shapes[vi.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0
                            else (1 if k == 0 else default_dim) for k, d in enumerate(dims)]
     return shapes
+
+
+def check_input(model: onnx.ModelProto) -> None:
+    """Reject an input model onnx's checker calls invalid (on the light copy: structure, not weight bytes)."""
+    try:
+        onnx.checker.check_model(light_model(model))
+    except onnx.checker.ValidationError as exc:
+        lines = str(exc).strip().splitlines()
+        raise ModelError(f"the input model is not valid ONNX: {lines[0] if lines else exc}") from exc

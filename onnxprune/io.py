@@ -44,7 +44,7 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         model = onnx.load_model(str(p), load_external_data=True)
     except (DecodeError, RuntimeError) as exc:
         raise ModelError(f"'{p}' is not a readable ONNX model ({_first_line(exc)})") from exc
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
         raise ModelError(f"cannot read '{p}' or its external data ({_first_line(exc)})") from exc
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise ModelError(f"'{p}' is not an ONNX model with a graph (no nodes found)")

@@ -77,15 +77,15 @@ def _keep_tensors_nonempty(analysis: Analysis, removed: dict[int, np.ndarray], s
 
 def _give_back(g: PruneGroup, gone: np.ndarray, s: np.ndarray, unit: int, round_to: int) -> np.ndarray:
     """Units to restore so that ``unit`` is kept and the group's cells and rounding still hold."""
-    if g.cells is not None:  # one more per cell: ``unit`` in its own cell, the best removed one elsewhere
+    if g.cells is not None:  # the same number more per cell (``unit`` first in its own cell)
+        step = round_to // math.gcd(round_to, len(g.cells)) if round_to > 1 else 1
         back = []
         for cell in g.cells:
+            lost = cell[np.isin(cell, gone)]
+            lost = lost[np.argsort(-s[lost], kind="stable")]
             if unit in cell:
-                back.append(unit)
-            else:
-                lost = cell[np.isin(cell, gone)]
-                if len(lost):
-                    back.append(int(lost[np.argmax(s[lost])]))
+                lost = np.concatenate([[unit], lost[lost != unit]])
+            back.extend(int(u) for u in lost[:step])
         return np.array(back, dtype=np.int64)
     back = [unit]
     rest = gone[gone != unit]

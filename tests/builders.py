@@ -489,6 +489,89 @@ def dynamic_batch_chain(seed: int = 0) -> onnx.ModelProto:
     return _finish(b, b.conv(h, 6, 4), x_shape=("N", 3, 8, 8))
 
 
+def layer_norm_channels_last(seed: int = 0) -> onnx.ModelProto:
+    """ConvNeXt block: channels-last LayerNorm over the channel axis, MLP by MatMul, layer scale, residual::
+
+        x -> Conv(3->8) = s -> DW(8) -> Transpose(NHWC) -> LayerNorm(axis=-1) -> MatMul(8->16)+b -> Relu
+          -> MatMul(16->8) -> Mul(gamma[8]) -> Transpose(NCHW) -> Add(s) -> Conv(8->4) -> y
+        groups: {stem, MatMul2} 8 (LayerNorm rewritten to keep dividing by 8), {MatMul1} 16, last blocked
+    """
+    b = GraphBuilder(seed)
+    s = b.conv("x", 3, 8)
+    h = b.op("Transpose", [b.conv(s, 8, 8, group=8)], perm=[0, 2, 3, 1])
+    h = b.op("LayerNormalization", [h, b.const(b.rng.uniform(0.5, 1.5, 8).astype(np.float32), "ln_s"),
+                                    b.const(b.randn(8, scale=0.1), "ln_b")], axis=-1, epsilon=1e-6)
+    h = b.relu(b.op("Add", [b.op("MatMul", [h, b.const(b.randn(8, 16), "M")]), b.const(b.randn(16), "Mb")]))
+    h = b.op("MatMul", [h, b.const(b.randn(16, 8), "M")])
+    h = b.op("Mul", [h, b.const(b.rng.uniform(0.5, 1.5, 8).astype(np.float32), "gamma")])
+    h = b.op("Add", [s, b.op("Transpose", [h], perm=[0, 3, 1, 2])])
+    return _finish(b, b.conv(h, 8, 4))
+
+
+def channel_shuffle(seed: int = 0) -> onnx.ModelProto:
+    """ShuffleNet channel shuffle: Reshape [1,8,..] -> [1,2,4,..], Transpose, Reshape back::
+
+        x -> Conv(3->8)+Relu -> Reshape[1,2,4,8,8] -> Transpose(0,2,1,3,4) -> Reshape[1,8,8,8] -> Conv(8->4) -> y
+        group: 4 units (channel c and c+4 are removed together), last blocked
+    """
+    b = GraphBuilder(seed)
+    h = b.relu(b.conv("x", 3, 8))
+    h = b.op("Reshape", [h, b.ints([1, 2, 4, 8, 8])])
+    h = b.op("Transpose", [h], perm=[0, 2, 1, 3, 4])
+    h = b.op("Reshape", [h, b.ints([1, 8, 8, 8])])
+    return _finish(b, b.conv(h, 8, 4))
+
+
+def slice_channels(seed: int = 0) -> onnx.ModelProto:
+    """Slices on the channel axis (a window, a negative start, a prefix) feeding three convs::
+
+        x -> Conv(3->8)+Relu = h -> h[:, 2:6], h[:, -3:], h[:, :2] -> Conv each -> Concat(12) -> Conv(12->4) -> y
+    """
+    b = GraphBuilder(seed)
+    h = b.relu(b.conv("x", 3, 8))
+    p = b.op("Slice", [h, b.ints([2]), b.ints([6]), b.ints([1])])
+    q = b.op("Slice", [h, b.ints([-3]), b.ints([1 << 62]), b.ints([1])])
+    r = b.op("Slice", [h, b.ints([0]), b.ints([2]), b.ints([1])])
+    h = b.op("Concat", [b.conv(p, 4, 4), b.conv(q, 3, 4), b.conv(r, 2, 4)], axis=1)
+    return _finish(b, b.conv(h, 12, 4))
+
+
+def gather_channels(seed: int = 0) -> onnx.ModelProto:
+    """Gather on the channel axis with constant indices (reordered, one repeated)::
+
+        x -> Conv(3->8)+Relu -> Gather(axis=1, [7,0,3,3,5]) -> Conv(5->4) -> y
+    """
+    b = GraphBuilder(seed)
+    h = b.relu(b.conv("x", 3, 8))
+    h = b.op("Gather", [h, b.ints([7, 0, 3, 3, 5])], axis=1)
+    return _finish(b, b.conv(h, 5, 4))
+
+
+def softmax_over_channels(seed: int = 0) -> onnx.ModelProto:
+    """Softmax over the spatial axis passes; Softmax over the channel axis blocks::
+
+        x -> Conv(3->8) -> Softmax(axis=3) -> Conv(8->6) -> Softmax(axis=1) -> Conv(6->4) -> y
+             group 8                          group 6: BLOCKED
+    """
+    b = GraphBuilder(seed)
+    h = b.op("Softmax", [b.conv("x", 3, 8)], axis=3)
+    h = b.op("Softmax", [b.conv(h, 8, 6)], axis=1)
+    return _finish(b, b.conv(h, 6, 4))
+
+
+def concat_graph_input(seed: int = 0) -> onnx.ModelProto:
+    """A Concat of a conv output with the graph input: the input's channels are fixed::
+
+        x[3] -> Conv(3->5)+Relu -+-> Concat(8) -> Conv(8->6)+Relu -> Conv(6->4) -> y
+        x -----------------------+
+        groups: conv 5 (prunable), x's 3 (BLOCKED: fixed channels), 6, last blocked
+    """
+    b = GraphBuilder(seed)
+    h = b.op("Concat", [b.relu(b.conv("x", 3, 5)), "x"], axis=1)
+    h = b.relu(b.conv(h, 8, 6))
+    return _finish(b, b.conv(h, 6, 4))
+
+
 def concat_into_grouped_conv(seed: int = 0, widths: tuple[int, int] = (2, 6)) -> onnx.ModelProto:
     """A Concat of two groups read by a grouped conv: each conv group sees channels of both groups::
 
@@ -546,11 +629,10 @@ def random_stack(blocks: Sequence[tuple[str, int]], seed: int = 0, in_ch: int = 
         x -> stem Conv(3->w0) -> block_1 -> block_2 -> ... -> Conv(->2) -> y
         cbr:       Conv(c->w)+BN+Relu
         residual:  h + Conv(w'->c)(Conv(c->w')+Relu)          (keeps c)
-        concat:    Concat(Conv(c->w)+Relu, Conv(c->c-? )...)  c -> w + c'
+        concat:    Concat(Conv(c->w)+Relu, Conv1x1(c->w2)+Relu), w2 = max(2, w // 2)   (c -> w + w2)
         depthwise: DWConv(c)+BN+Relu -> Conv1x1(c->w)
-        grouped:   Conv1x1(c->even)+Relu -> Conv(even->2k, group=2)+BN+Relu. The 1x1 conv gives the grouped
-                   conv a fresh group to read: a grouped conv reading several groups (``concat_into_grouped_conv``)
-                   or a group with a Concat part (``split_and_grouped_conv``) hits known bugs.
+        grouped:   Conv(c->2k, group=2)+BN+Relu, after a Conv1x1(c->c+1) when c is odd; it may read a Concat
+                   (several groups, as in ``concat_into_grouped_conv``)
         se:        h * Sigmoid(Conv(Conv(GAP(h))))            (keeps c)
     """
     b = GraphBuilder(seed)
@@ -571,7 +653,8 @@ def random_stack(blocks: Sequence[tuple[str, int]], seed: int = 0, in_ch: int = 
             h = b.cbr(h, c, c, group=c) if c > 1 else h
             h, c = b.relu(b.conv(h, c, w, k=1)), w
         elif kind == "grouped":
-            h, c = b.relu(b.conv(h, c, c + (c % 2), k=1)), c + (c % 2)
+            if c % 2:
+                h, c = b.relu(b.conv(h, c, c + 1, k=1)), c + 1
             w = w + (w % 2)
             h, c = b.cbr(h, c, w, group=2), w
         elif kind == "se":
@@ -615,4 +698,10 @@ BUILDERS = {
     "unsupported_op": unsupported_op,
     "lrn_block": lrn_block,
     "dynamic_batch_chain": dynamic_batch_chain,
+    "layer_norm_channels_last": layer_norm_channels_last,
+    "channel_shuffle": channel_shuffle,
+    "slice_channels": slice_channels,
+    "gather_channels": gather_channels,
+    "softmax_over_channels": softmax_over_channels,
+    "concat_graph_input": concat_graph_input,
 }

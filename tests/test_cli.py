@@ -70,6 +70,51 @@ def test_directory_as_model(tmp_path, capsys):
     _assert_fails(capsys, [str(tmp_path / "dir.onnx")], 1, tmp_path, "directory")
 
 
+def test_protobuf_without_graph(tmp_path, capsys):
+    (tmp_path / "bare.onnx").write_bytes(onnx.ModelProto(ir_version=8).SerializeToString())
+    _assert_fails(capsys, [str(tmp_path / "bare.onnx")], 1, tmp_path, "graph")
+
+
+def test_missing_external_data(tmp_path, capsys):
+    onnx.save(builders.conv_bn_relu_chain(), tmp_path / "ext.onnx", save_as_external_data=True,
+              location="ext.onnx.data", size_threshold=0)
+    (tmp_path / "ext.onnx.data").unlink()
+    _assert_fails(capsys, [str(tmp_path / "ext.onnx")], 1, tmp_path)
+
+
+def test_missing_external_data_is_a_model_error(tmp_path, capsys):
+    onnx.save(builders.conv_bn_relu_chain(), tmp_path / "ext.onnx", save_as_external_data=True,
+              location="ext.onnx.data", size_threshold=0)
+    (tmp_path / "ext.onnx.data").unlink()
+    line = _assert_fails(capsys, [str(tmp_path / "ext.onnx")], 1, tmp_path, "external data")
+    assert "internal error" not in line
+
+
+def _invalid_models():
+    unknown_op = builders.conv_bn_relu_chain()
+    unknown_op.graph.node[2].op_type = "Frobnicate"  # no such op in the default domain
+    bad_group = builders.conv_bn_relu_chain()
+    del bad_group.graph.node[0].attribute[:]
+    bad_group.graph.node[0].attribute.append(onnx.helper.make_attribute("group", 3))  # 8 filters, 3 groups
+    return {"unknown_op": unknown_op, "bad_group": bad_group}
+
+
+@pytest.mark.parametrize("kind", ["unknown_op", "bad_group"])
+def test_invalid_input_model_is_a_model_error(tmp_path, capsys, kind):
+    onnx.save(_invalid_models()[kind], tmp_path / "bad.onnx")
+    line = _assert_fails(capsys, [str(tmp_path / "bad.onnx"), "--ratio", "0"], 1, tmp_path)
+    assert "internal error" not in line and "pruned model" not in line
+
+
+@pytest.mark.parametrize("kind", ["unknown_op", "bad_group"])
+def test_invalid_input_model_fails_cleanly(tmp_path, capsys, kind):
+    onnx.save(_invalid_models()[kind], tmp_path / "bad.onnx")
+    before = _snapshot(tmp_path)
+    assert main([str(tmp_path / "bad.onnx")]) in (1, 3)
+    _one_error_line(capsys)
+    assert _snapshot(tmp_path) == before and not list(tmp_path.glob(".onnxprune-*"))
+
+
 def test_dangling_tensor_reference(tmp_path, capsys):
     model = builders.conv_bn_relu_chain()
     model.graph.node[2].input[0] = "ghost"  # the Relu reads a tensor nothing produces
@@ -98,6 +143,12 @@ def test_output_dir_missing(example_model, capsys):
 def test_json_output_dir_missing(example_model, capsys, flag):
     target = example_model.parent / "missing" / "x.json"
     _assert_fails(capsys, [str(example_model), flag, str(target)], 1, example_model.parent, "does not exist")
+
+
+def test_plan_is_a_directory(example_model, capsys):
+    (example_model.parent / "plan.json").mkdir()
+    _assert_fails(capsys, [str(example_model), "--plan", str(example_model.parent / "plan.json")], 1,
+                  example_model.parent, "directory")
 
 
 def test_output_is_a_directory(example_model, capsys):
@@ -195,6 +246,18 @@ def test_default_output_name(example_model, capsys):
     assert run_ort(pruned, feeds)[0].shape == run_ort(model, feeds)[0].shape == (2, 10)
 
 
+def test_external_data_input(tmp_path, capsys):
+    model = builders.conv_bn_relu_chain()
+    onnx.save(model, tmp_path / "ext.onnx", save_as_external_data=True, location="ext.onnx.data",
+              size_threshold=0)
+    data = (tmp_path / "ext.onnx.data").read_bytes()
+    assert main([str(tmp_path / "ext.onnx"), "-q"]) == 0
+    assert (tmp_path / "ext.onnx.data").read_bytes() == data
+    pruned = onnx.load(tmp_path / "ext.pruned.onnx")
+    onnx.checker.check_model(pruned, full_check=True)
+    assert count_params(pruned) < count_params(model)
+
+
 def test_quiet_prints_nothing(example_model, capsys):
     assert main([str(example_model), "-q", "-o", str(example_model.parent / "o.onnx")]) == 0
     captured = capsys.readouterr()
@@ -270,6 +333,26 @@ def test_same_options_byte_identical(example_model, capsys):
     assert main([str(example_model), "-o", str(d / "c.onnx"), "--ratio", "0.4", "--criterion", "random",
                  "--seed", "8", "-q"]) == 0
     assert (d / "c.onnx").read_bytes() != (d / "a.onnx").read_bytes()
+
+
+def test_byte_identical_across_processes(tmp_path):
+    """Same options in two fresh interpreters with different hash seeds: byte-identical model and plan."""
+    import subprocess
+    import sys
+
+    onnx.save(builders.random_stack([("concat", 5), ("se", 3), ("grouped", 6), ("residual", 4)], seed=4),
+              tmp_path / "m.onnx")
+    outputs = []
+    for hash_seed in ("1", "2"):
+        out, plan = tmp_path / f"o{hash_seed}.onnx", tmp_path / f"p{hash_seed}.json"
+        env = dict(os.environ, PYTHONHASHSEED=hash_seed)
+        proc = subprocess.run([sys.executable, "-m", "onnxprune.cli", str(tmp_path / "m.onnx"), "-o", str(out),
+                               "--plan", str(plan), "--criterion", "random", "--seed", "5", "-q"],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == proc.stderr == ""
+        outputs.append((out.read_bytes(), plan.read_bytes()))
+    assert outputs[0] == outputs[1]
 
 
 def test_exclude_leaves_group_intact(example_model, capsys):
@@ -363,21 +446,18 @@ def test_help(capsys):
     assert "inspect" in out and "prune" in out
 
 
-# -- known bugs -------------------------------------------------------------------------------------------------------
-@pytest.mark.xfail(reason="outputs that name the same file are not refused: -o X --plan X exits 0 and X "
-                          "holds the plan JSON instead of the pruned model", strict=True)
-def test_colliding_outputs_refused(example_model, capsys):
-    d = example_model.parent
-    out = d / "out.onnx"
-    rc = main([str(example_model), "-o", str(out), "--plan", str(out), "-q"])
-    assert rc == 2
-    _one_error_line(capsys)
-    assert not out.exists()
+# -- regressions (found while writing this suite) ---------------------------------------------------------------------
+@pytest.mark.parametrize("flags", [("-o", "out.onnx", "--plan", "out.onnx"),
+                                   ("--plan", "x.json", "--report", "x.json"),
+                                   ("-o", "out.onnx", "--report", "./out.onnx")])
+def test_colliding_outputs_refused(example_model, capsys, monkeypatch, flags):
+    """Was: -o X --plan X exited 0 and X held the plan JSON instead of the pruned model."""
+    monkeypatch.chdir(example_model.parent)
+    _assert_fails(capsys, [str(example_model), *flags, "-q"], 2, example_model.parent, "different files")
 
 
-@pytest.mark.xfail(reason="plan/report JSON files are created with mode 0600 (tempfile.mkstemp) instead of "
-                          "honouring the umask like the model file", strict=True)
 def test_json_outputs_honour_umask(example_model, capsys):
+    """Was: plan/report JSON files were created 0600 (tempfile.mkstemp) while the model file honours the umask."""
     d = example_model.parent
     old = os.umask(0o022)
     try:

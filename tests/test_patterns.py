@@ -48,6 +48,12 @@ EXPECTED: dict[str, list[tuple[int, str | None]]] = {
     "unsupported_op": [(8, "unsupported op CumSum"), (6, None), (4, OUT)],
     "lrn_block": [(8, "LRN"), (6, None), (4, OUT)],
     "dynamic_batch_chain": [(8, None), (6, None), (4, OUT)],
+    "layer_norm_channels_last": [(8, None), (16, None), (4, OUT)],
+    "channel_shuffle": [(4, None), (4, OUT)],
+    "slice_channels": [(8, None), (4, None), (4, None), (4, None), (4, OUT)],
+    "gather_channels": [(8, None), (4, OUT)],
+    "softmax_over_channels": [(8, None), (6, "Softmax"), (4, OUT)],
+    "concat_graph_input": [(5, None), (3, "fixed channels from 'x'"), (6, None), (4, OUT)],
 }
 #: Groups that must be split into cells of equal keep-count: name -> {group id: (n_cells, cell size)}.
 CELLS = {
@@ -223,6 +229,29 @@ def test_ratio_zero_is_identity(models, name):
         assert np.array_equal(got, want)
     assert count_params(result.model) == count_params(model)
     assert all(r["kept"] == r["size"] for r in result.report["groups"])
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "layer_norm_channels_last"])
+def test_graph_structure_preserved(models, name):
+    """Only constants and attributes change: same nodes (names, ops, tensor names) in the same order, same
+    opsets, IR version and producer."""
+    model = models[name]
+    pruned = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.5)).model
+    sig = lambda m: [(n.name, n.op_type, list(n.output),  # noqa: E731
+                      [i for i in n.input if i not in {t.name for t in m.graph.initializer}]) for n in m.graph.node]
+    before, after = sig(model), sig(pruned)
+    assert before == after  # (weights may be renamed: a shared weight is split into copies)
+    assert list(pruned.opset_import) == list(model.opset_import)
+    assert (pruned.ir_version, pruned.producer_name) == (model.ir_version, model.producer_name)
+
+
+def test_channels_last_layer_norm_is_expanded(models):
+    """Pruned LayerNorm over the channels keeps dividing by the original width: it is written out in primitives."""
+    model = models["layer_norm_channels_last"]
+    pruned = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.5)).model
+    assert not _node(pruned, "LayerNormalization")
+    assert _node(pruned, "ReduceSum") and _node(pruned, "Sqrt")
+    assert {o.name for o in pruned.graph.output} == {"y"}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -404,6 +433,26 @@ def test_output_only_conv_changes_nothing():
     assert result.model.SerializeToString() == model.SerializeToString()
 
 
+@pytest.mark.parametrize("name, before, after", [
+    # conv: out elements x (C_in/g x k x k); ConvTranspose: in elements x (C_out/g x k x k); Gemm: M x N x K
+    ("conv_bn_relu_chain", 8 * 64 * 27 + 12 * 64 * 72 + 4 * 64 * 108, 4 * 64 * 27 + 6 * 64 * 36 + 4 * 64 * 54),
+    ("mlp_head", 8 * 64 * 27 + 8 * 16 + 16 * 10, 4 * 64 * 27 + 4 * 8 + 8 * 10),
+    ("conv_transpose", 8 * 64 * 27 + 8 * 64 * 24 + 4 * 256 * 54, 4 * 64 * 27 + 4 * 64 * 12 + 4 * 256 * 27),
+    ("grouped_conv_g2", 8 * 64 * 27 + 8 * 64 * 36 + 4 * 64 * 72, 4 * 64 * 27 + 4 * 64 * 18 + 4 * 64 * 36),
+])
+def test_report_macs_exact(name, before, after):
+    result = onnxprune.prune(builders.BUILDERS[name](), onnxprune.PruneConfig(ratio=0.5))
+    assert result.report["before"]["macs"] == before
+    assert result.report["after"]["macs"] == after
+    assert result.report["macs_kept"] == pytest.approx(after / before)
+
+
+def test_report_group_params():
+    """Group 0 of the chain: conv1 filters + bias + 4 BN vectors + conv2's input columns."""
+    result = onnxprune.prune(builders.conv_bn_relu_chain(), onnxprune.PruneConfig(ratio=0.5))
+    assert result.report["groups"][0]["params"] == 8 * 27 + 8 + 4 * 8 + 12 * 8 * 9
+
+
 # -- options ------------------------------------------------------------------------------------------------------
 def test_round_to_and_min_channels():
     model = builders.conv_bn_relu_chain()  # groups 8 and 12
@@ -503,40 +552,40 @@ def test_example_model_prunes_and_verifies():
     assert sum(1 for g in result.analysis.groups if g.prunable) == 6
 
 
-# -- known bugs -------------------------------------------------------------------------------------------------------
+# -- regressions: bugs found while writing this suite, since fixed ---------------------------------------------
 @pytest.mark.parametrize("widths, config", [
     ((2, 6), dict(ratio=0.5)),
+    ((2, 6), dict(ratio=0.3, criterion="random", seed=4)),
+    ((4, 4), dict(ratio=0.5)),
     ((4, 4), dict(ratio=0.5, global_ranking=True)),
 ])
-@pytest.mark.xfail(reason="a grouped-conv constraint spanning several groups (Concat -> grouped Conv) is only "
-                          "attributed to the group of its first channel; the other groups are pruned "
-                          "unconstrained and rewrite crashes in _slice_grouped_in (ValueError: cannot reshape)",
-                   strict=True)
 def test_concat_into_grouped_conv(widths, config):
+    """Was: a grouped-conv constraint spanning two groups (Concat -> grouped Conv) was attributed only to the group
+    of its first channel; the other group was pruned unconstrained and the rewrite crashed in _slice_grouped_in
+    (ValueError: cannot reshape array of size 5 into shape (2,newaxis))."""
     model = builders.concat_into_grouped_conv(widths=widths)
-    result = onnxprune.prune(model, onnxprune.PruneConfig(**config))  # must verify, or block the groups
+    result = onnxprune.prune(model, onnxprune.PruneConfig(**config))
     assert result.verification.mask_equivalent is True
     assert_mask_equivalent(model, result.model, result.plan)
+    concat = _node(model, "Concat")[0]
+    keep = result.plan.keep_map().get(concat.output[0], np.arange(sum(widths)))
+    counts = np.bincount(keep // (sum(widths) // 2), minlength=2)
+    assert counts[0] == counts[1]  # each of the grouped conv's two groups keeps as many inputs
 
 
-def test_concat_into_grouped_conv_even_split_happens_to_work():
-    """Same widths, same ratio in each part: the per-conv-group counts stay equal, and pruning verifies."""
-    model = builders.concat_into_grouped_conv(widths=(4, 4))
-    result = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.5))
-    assert result.verification.mask_equivalent is True
-    assert_mask_equivalent(model, result.model, result.plan)
-
-
-@pytest.mark.xfail(reason="planner._keep_tensors_nonempty gives a channel back to a Split chunk that would "
-                          "vanish without respecting the group's cells: the grouped conv gets unequal per-group "
-                          "counts and rewrite crashes (ValueError: cannot reshape)", strict=True)
-@pytest.mark.parametrize("config", [dict(ratio=0.75), dict(ratio=0.5, round_to=4)])
+@pytest.mark.parametrize("config", [dict(ratio=0.75), dict(ratio=0.5, round_to=4), dict(ratio=0.9)])
 def test_give_back_respects_grouped_conv_cells(config):
+    """Was: the planner gave one channel back to a Split chunk that would vanish without respecting the group's
+    cells: the grouped conv got unequal per-group counts and the rewrite crashed (ValueError: cannot reshape)."""
     model = builders.split_and_grouped_conv()
     result = onnxprune.prune(model, onnxprune.PruneConfig(**config))
     assert result.verification.mask_equivalent is True
     gconv = _node(result.model, "Conv", lambda n: _attr(n, "group", 1) == 2)[0]
     assert _weights(result.model)[gconv.input[1]].shape[1] * 2 == result.report["groups"][0]["kept"]
+    split = _node(result.model, "Split")[0]
+    sizes = onnx.numpy_helper.to_array(next(t for t in result.model.graph.initializer
+                                            if t.name == split.input[1]))
+    assert sizes.min() >= 1
 
 
 def test_uneven_split_chunk_never_vanishes():
@@ -550,8 +599,16 @@ def test_uneven_split_chunk_never_vanishes():
     assert_mask_equivalent(model, result.model, result.plan)
 
 
-@pytest.mark.xfail(reason="planner._keep_tensors_nonempty gives a channel back after rounding, so the kept "
-                          "count is no longer a multiple of --round-to", strict=True)
-def test_round_to_survives_give_back():
-    result = onnxprune.prune(builders.uneven_split(), onnxprune.PruneConfig(ratio=0.5, round_to=4))
+@pytest.mark.parametrize("round_to", [2, 4])
+def test_round_to_survives_give_back(round_to):
+    """Was: the channel given back to a vanishing Split chunk was added after rounding (kept 5 with round_to=4)."""
+    result = onnxprune.prune(builders.uneven_split(), onnxprune.PruneConfig(ratio=0.5, round_to=round_to))
+    assert result.report["groups"][0]["kept"] % round_to == 0
+    assert result.verification.mask_equivalent is True
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.75])
+def test_round_to_survives_give_back_with_cells(ratio):
+    result = onnxprune.prune(builders.split_and_grouped_conv(), onnxprune.PruneConfig(ratio=ratio, round_to=4))
+    assert result.verification.mask_equivalent is True
     assert result.report["groups"][0]["kept"] % 4 == 0

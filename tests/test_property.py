@@ -49,9 +49,7 @@ def test_random_architectures_prune_mask_equivalent(arch, weights_seed, criterio
         assert 1 <= row["kept"] <= row["size"]
         if row["blocked"]:
             assert row["kept"] == row["size"]
-        elif round_to > 1 and row["kept"] < row["size"] and not any(k == "concat" for k, _ in arch):
-            # (with a Concat, the planner may give one channel back to a part that would vanish, which breaks
-            # round_to: known bug, see test_patterns.py::test_round_to_survives_give_back)
+        elif round_to > 1 and row["kept"] < row["size"]:
             assert row["kept"] % round_to == 0 or row["kept"] < round_to
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import NodeProto
 
+from ..errors import ModelError
 from . import applies, attr, propagates
 
 
@@ -14,6 +15,13 @@ def _grouped_in_view(groups: int):
         r = w.reshape(groups, m // groups, cg, -1).transpose(0, 2, 1, 3)
         return r.reshape(groups * cg, -1)
     return view
+
+
+def _check_groups(ctx, i: int, groups: int, filters: int, in_channels: int, lx) -> None:
+    """A conv whose group count does not divide its channels is an invalid model, not a pruning problem."""
+    if groups < 1 or filters % groups or in_channels % groups or (lx is not None and lx.size != in_channels):
+        raise ModelError(f"the input model is not valid: {ctx.node_label(i)} has group={groups} for "
+                         f"{in_channels} input channels and {filters} filters")
 
 
 @propagates("Conv")
@@ -31,6 +39,7 @@ def conv(i: int, node: NodeProto, ctx) -> None:
         lx = None
     g = int(attr(node, "group", 1))
     m, cg = int(w[0]), int(w[1])
+    _check_groups(ctx, i, g, m, cg * g, lx)
     if g > 1 and cg == 1:  # depthwise, channel multiplier m // g
         if lx is None:
             return
@@ -104,6 +113,7 @@ def conv_transpose(i: int, node: NodeProto, ctx) -> None:
         lx = None
     g = int(attr(node, "group", 1))
     c, mg = int(w[0]), int(w[1])
+    _check_groups(ctx, i, g, c, c, lx)
     if g > 1 and mg == 1 and g == c:  # depthwise
         if lx is None:
             return
