@@ -4,7 +4,7 @@ ties into :class:`PruneGroup` s. Everything a group touches is known before anyt
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -101,18 +100,6 @@ def case_cmd(case: str, model: Path, out: Path, ratio: float) -> list[str]:
 def _cleanup(out: Path) -> None:
     for p in (out, out.with_name(out.name + ".data")):
         p.unlink(missing_ok=True)
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("onnx", "onnxruntime", "numpy", "onnxprune"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             print("  " + f)
 
     if args.json:
+        from bench_depth import _versions
+
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "meta": {"model": str(model), "model_bytes": size, "ratio": args.ratio, "repeat": args.repeat,

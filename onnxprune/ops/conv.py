@@ -24,19 +24,28 @@ def _check_groups(ctx, i: int, groups: int, filters: int, in_channels: int, lx) 
                          f"{in_channels} input channels and {filters} filters")
 
 
-@propagates("Conv")
-def conv(i: int, node: NodeProto, ctx) -> None:
+def _read_conv(i: int, node: NodeProto, ctx):
+    """(weight, bias, output, weight shape, input labels) of a Conv/ConvTranspose, or None when it blocks."""
     x, w_name = node.input[0], node.input[1]
     b_name = node.input[2] if len(node.input) > 2 else ""
-    y = node.output[0]
     w = ctx.graph.const_shape(w_name)
     lx = ctx.labeled(x)
+    label = f"{node.op_type} {ctx.node_label(i)}"
     if w is None or (b_name and not ctx.graph.is_const(b_name)):
-        ctx.block_inputs(i, f"Conv {ctx.node_label(i)} has non-constant weights")
-        return
+        ctx.block_inputs(i, f"{label} has non-constant weights")
+        return None
     if lx is not None and lx.axis != 1:
-        ctx.block(lx.atoms, f"Conv {ctx.node_label(i)} reads channels on axis {lx.axis}")
+        ctx.block(lx.atoms, f"{label} reads channels on axis {lx.axis}")
         lx = None
+    return w_name, b_name, node.output[0], w, lx
+
+
+@propagates("Conv")
+def conv(i: int, node: NodeProto, ctx) -> None:
+    read = _read_conv(i, node, ctx)
+    if read is None:
+        return
+    w_name, b_name, y, w, lx = read
     g = int(attr(node, "group", 1))
     m, cg = int(w[0]), int(w[1])
     _check_groups(ctx, i, g, m, cg * g, lx)
@@ -71,7 +80,7 @@ def conv_apply(i: int, node: NodeProto, rw) -> None:
         return
     w = rw.const(w_name)
     g = int(attr(node, "group", 1))
-    m, cg = int(w.shape[0]), int(w.shape[1])
+    cg = int(w.shape[1])
     if g > 1 and cg == 1:  # depthwise: input and output shrink together
         w = w[kout]
         rw.set_attr(i, "group", len(rw.keep_or_all(x)))
@@ -100,17 +109,10 @@ def _slice_grouped_in(w: np.ndarray, kin: np.ndarray, groups: int) -> np.ndarray
 
 @propagates("ConvTranspose")
 def conv_transpose(i: int, node: NodeProto, ctx) -> None:
-    x, w_name = node.input[0], node.input[1]
-    b_name = node.input[2] if len(node.input) > 2 else ""
-    y = node.output[0]
-    w = ctx.graph.const_shape(w_name)
-    lx = ctx.labeled(x)
-    if w is None or (b_name and not ctx.graph.is_const(b_name)):
-        ctx.block_inputs(i, f"ConvTranspose {ctx.node_label(i)} has non-constant weights")
+    read = _read_conv(i, node, ctx)
+    if read is None:
         return
-    if lx is not None and lx.axis != 1:
-        ctx.block(lx.atoms, f"ConvTranspose {ctx.node_label(i)} reads channels on axis {lx.axis}")
-        lx = None
+    w_name, b_name, y, w, lx = read
     g = int(attr(node, "group", 1))
     c, mg = int(w[0]), int(w[1])
     _check_groups(ctx, i, g, c, c, lx)
