@@ -21,6 +21,11 @@ __all__ = ["Graph", "Dim", "light_model", "node_label", "copy_fields", "static_i
 Dim = int | str | None
 #: Size given to unknown non-batch input dims for test runs and MAC counts (``--input-shape`` overrides).
 DEFAULT_DIM = 64
+#: Ops whose output has their first input's rank (a fallback where shape inference gives up).
+RANK_PRESERVING = frozenset({
+    "GroupNormalization", "LayerNormalization", "InstanceNormalization", "BatchNormalization", "Relu",
+    "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Gelu", "Mish", "Softplus", "Identity", "Cast",
+    "Clip", "Elu", "Selu", "Celu", "Erf", "Dropout", "PRelu", "Softmax", "LogSoftmax"})
 #: Constants up to this size stay cached after the first read.
 CACHE_LIMIT = 1 << 20
 #: Ops on constants whose result onnxprune treats as a constant (and folds when it must slice it).
@@ -192,7 +197,12 @@ class Graph:
 
     def rank(self, name: str) -> int | None:
         s = self.shape(name)
-        return None if s is None else len(s)
+        if s is not None:
+            return len(s)
+        producer = self.producer.get(name)
+        if producer is not None and self.nodes[producer].op_type in RANK_PRESERVING:
+            return self.rank(self.nodes[producer].input[0])  # inference gave up on a same-rank op
+        return None
 
     def static_shape(self, name: str) -> tuple[int, ...] | None:
         s = self.shape(name)
