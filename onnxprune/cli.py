@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn every failure into one line and an exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    if not args:
+        click.echo(cli.get_help(click.Context(cli, info_name="onnxprune", help_option_names=["-h", "--help"])), err=True)
+        return 2
     try:
         cli.main(args=args, prog_name="onnxprune", standalone_mode=False)
         return 0
