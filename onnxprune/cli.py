@@ -5,6 +5,7 @@ Exit codes: 0 ok, 1 error (bad input, unwritable output), 2 usage, 3 verificatio
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -20,8 +21,11 @@ from .errors import OnnxPruneError, UsageError
 from .graph import Graph
 from .io import file_sha256, load_model, save_model, write_text_atomic
 from .graph import static_input_shapes
-from .pipeline import PruneConfig, prune
-from .report import format_groups, format_summary, group_rows, model_stats
+from .data import ImageSpec, load_data
+from .evaluate import evaluate
+from .pipeline import DEFAULT_DATA_CRITERION, SCHEDULES, PruneConfig, prune
+from .recover import RECOVERY_MODES
+from .report import format_evaluation, format_groups, format_summary, group_rows, model_stats
 
 __all__ = ["main"]
 
@@ -48,6 +52,61 @@ def _parse_shapes(values: tuple[str, ...]) -> dict[str, list[int]] | None:
     return shapes or None
 
 
+def _floats(value: str | None) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise UsageError(f"expected comma-separated numbers, got '{value}'") from None
+
+
+def _image_spec(model: Path, preprocess: Path | None, size: str | None, mean: str | None, std: str | None,
+                scale: float | None, layout: str | None, color: str | None) -> ImageSpec:
+    """Preprocessing for image folders: a spec file (--preprocess, or <model>.preprocess.json beside the model)
+    overridden by flags."""
+    beside = model.with_name(model.stem + ".preprocess.json")
+    source = preprocess or (beside if beside.exists() else None)
+    spec = ImageSpec.from_file(source) if source is not None else ImageSpec()
+    changes: dict = {}
+    if size is not None:
+        try:
+            h, _, w = size.lower().partition("x")
+            changes["size"] = (int(h), int(w or h))
+        except ValueError:
+            raise UsageError(f"--size expects HxW, got '{size}'") from None
+    for key, value in (("mean", _floats(mean)), ("std", _floats(std)), ("scale", scale), ("layout", layout),
+                       ("color", color)):
+        if value is not None:
+            changes[key] = value
+    return dataclasses.replace(spec, **changes)
+
+
+def data_options(fn):
+    """Options describing how image folders become model input (shared by prune and eval)."""
+    for option in reversed([
+        click.option("--preprocess", type=click.Path(path_type=Path),
+                     help="JSON preprocessing spec for image folders [default: <model>.preprocess.json]."),
+        click.option("--size", metavar="HxW", help="Resize images to HxW."),
+        click.option("--mean", metavar="M[,M,M]", help="Subtract per channel (after --scale)."),
+        click.option("--std", metavar="S[,S,S]", help="Divide per channel (after --mean)."),
+        click.option("--scale", type=float, help="Multiply pixels by this first [default: 1/255]."),
+        click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), help="Input layout [default: NCHW]."),
+        click.option("--color", type=click.Choice(["RGB", "BGR", "L"]), help="Channel order [default: RGB]."),
+        click.option("--batch-size", type=int, default=32, show_default=True, help="Samples per onnxruntime run."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _load_data(path: Path | None, model_path: Path, model, opts: dict):
+    if path is None:
+        return None
+    spec = _image_spec(model_path, opts["preprocess"], opts["size"], opts["mean"], opts["std"], opts["scale"],
+                       opts["layout"], opts["color"])
+    return load_data(path, model, spec)
+
+
 @click.group(cls=_DefaultToPrune, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="onnxprune", message="%(prog)s %(version)s")
 def cli() -> None:
@@ -56,6 +115,8 @@ def cli() -> None:
     \b
     onnxprune model.onnx --ratio 0.5       prune, verify, write model.pruned.onnx
     onnxprune inspect model.onnx           show the channel groups and what blocks them
+    onnxprune model.onnx --calib data.npz  data-driven scores and training-free recovery
+    onnxprune eval small.onnx --data val.npz --reference model.onnx
     """
 
 
@@ -64,8 +125,8 @@ def cli() -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output model [default: <stem>.pruned.onnx].")
 @click.option("--ratio", type=float, default=0.5, show_default=True,
               help="Fraction of the channels removed from every prunable group, in [0, 1).")
-@click.option("--criterion", type=click.Choice(CRITERIA), default="l2", show_default=True,
-              help="Channel importance criterion.")
+@click.option("--criterion", type=click.Choice(CRITERIA),
+              help=f"Channel importance criterion [default: l2; {DEFAULT_DATA_CRITERION} with --calib].")
 @click.option("--global", "global_ranking", is_flag=True,
               help="Rank all groups together (normalised scores) instead of cutting each group by --ratio.")
 @click.option("--round-to", type=int, default=1, show_default=True, help="Kept channel counts are multiples of N.")
@@ -78,21 +139,36 @@ def cli() -> None:
 @click.option("--no-verify", is_flag=True, help="Skip verification (checker, onnxruntime, mask equivalence).")
 @click.option("--input-shape", multiple=True, metavar="NAME:1x3x224x224",
               help="Concrete shape for a dynamic input, for verification and MAC counts (repeatable).")
+@click.option("--calib", type=click.Path(path_type=Path),
+              help="Calibration samples (.npz, .npy or image folder): data-driven scores and recovery.")
+@click.option("--calib-samples", type=int, default=512, show_default=True, help="Use at most N calibration samples.")
+@click.option("--recover", type=click.Choice(RECOVERY_MODES),
+              help="Training-free recovery [default: lstsq with --calib, none without].")
+@click.option("--schedule", type=click.Choice(SCHEDULES), default="oneshot", show_default=True,
+              help="iterative: remove --step of the remaining channels, re-measure and recover, repeat.")
+@click.option("--step", type=float, default=0.2, show_default=True, help="Fraction removed per iterative step.")
+@click.option("--eval", "eval_path", type=click.Path(path_type=Path),
+              help="Evaluation samples: accuracy (labels) and fidelity before and after, in the report.")
+@data_options
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str, global_ranking: bool, round_to: int,
-              min_channels: int, exclude: tuple[str, ...], seed: int, plan_path: Path | None,
-              report_path: Path | None, no_verify: bool, input_shape: tuple[str, ...], quiet: bool,
-              debug: bool) -> None:
+def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str | None, global_ranking: bool,
+              round_to: int, min_channels: int, exclude: tuple[str, ...], seed: int, plan_path: Path | None,
+              report_path: Path | None, no_verify: bool, input_shape: tuple[str, ...], calib: Path | None,
+              calib_samples: int, recover: str | None, schedule: str, step: float, eval_path: Path | None,
+              quiet: bool, debug: bool, **data_opts) -> None:
     """Prune MODEL and write a smaller, verified model."""
     output = output or model.with_name(model.stem + ".pruned.onnx")
     config = PruneConfig(ratio=ratio, criterion=criterion, global_ranking=global_ranking, round_to=round_to,
                          min_channels=min_channels, exclude=tuple(exclude), seed=seed, verify=not no_verify,
-                         input_shapes=_parse_shapes(input_shape))
-    config.plan_config().validate()
+                         input_shapes=_parse_shapes(input_shape), recover=recover, calib_samples=calib_samples,
+                         batch_size=data_opts["batch_size"], schedule=schedule, step=step)
+    config.resolved(calib is not None)
     _check_outputs(model, [p for p in (output, plan_path, report_path) if p is not None])
     original = load_model(model)
-    result = prune(original, config, source_sha256=file_sha256(model))
+    calib_data = _load_data(calib, model, original, data_opts)
+    eval_data = _load_data(eval_path, model, original, data_opts)
+    result = prune(original, config, calib=calib_data, eval_data=eval_data, source_sha256=file_sha256(model))
     written = save_model(result.model, output)
     try:
         result.report["input"] = {"path": str(model), "bytes": model.stat().st_size}
@@ -144,6 +220,28 @@ def inspect_cmd(model: Path, as_json: bool, input_shape: tuple[str, ...], debug:
                               indent=1))
     else:
         click.echo(format_groups(rows, stats.macs))
+
+
+@cli.command("eval")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--data", "data_path", type=click.Path(path_type=Path), required=True,
+              help="Samples (.npz with optional labels, .npy, or an image folder with class subfolders).")
+@click.option("--reference", type=click.Path(path_type=Path), help="Original model: report fidelity to it.")
+@click.option("--limit", type=int, help="Evaluate at most N samples.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@data_options
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def eval_cmd(model: Path, data_path: Path, reference: Path | None, limit: int | None, as_json: bool, debug: bool,
+             **data_opts) -> None:
+    """Evaluate MODEL: top-1 accuracy where labels exist, fidelity to --reference (agreement, cosine, error)."""
+    candidate = load_model(model)
+    data = _load_data(data_path, model, candidate, data_opts)
+    ref = load_model(reference) if reference is not None else None
+    result = evaluate(candidate, data, ref, data_opts["batch_size"], limit)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=1))
+        return
+    click.echo(format_evaluation(result))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -343,3 +343,15 @@ def check_input(model: onnx.ModelProto) -> None:
     except onnx.checker.ValidationError as exc:
         lines = str(exc).strip().splitlines()
         raise ModelError(f"the input model is not valid ONNX: {lines[0] if lines else exc}") from exc
+
+
+def subgraph_reads(g: onnx.GraphProto) -> set[str]:
+    """Every tensor name read by the nodes of ``g``'s subgraphs (If/Loop/Scan bodies), recursively."""
+    names: set[str] = set()
+    for node in g.node:
+        for a in node.attribute:
+            subs = [a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)
+            for sub in subs:
+                names.update(n for sn in sub.node for n in sn.input)
+                names |= subgraph_reads(sub)
+    return names

@@ -8,8 +8,13 @@ import numpy as np
 import onnx
 
 from . import __version__
-from .criteria import score
+from .calibrate import ChannelStats, collect, consumer_inputs
+from .criteria import CRITERIA, DATA_CRITERIA, score
+from .data import Dataset
 from .dependency import Analysis, analyze
+from .errors import UsageError
+from .evaluate import evaluate
+from .recover import RECOVERY_MODES, recover
 from .graph import Graph, light_model
 from .graph import static_input_shapes
 from .plan import Plan
@@ -18,15 +23,23 @@ from .report import group_rows, model_stats
 from .rewrite import apply_keep
 from .verify import Verification, verify
 
-__all__ = ["PruneConfig", "PruneResult", "prune", "model_sha256"]
+__all__ = ["PruneConfig", "PruneResult", "prune", "model_sha256", "DEFAULT_DATA_CRITERION", "SCHEDULES"]
+
+#: The criterion used when calibration data is given and none is named (see the issue notes for the measurement).
+DEFAULT_DATA_CRITERION = "mean-act"
+SCHEDULES = ("oneshot", "iterative")
 
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """Every option of a prune run (the CLI maps its flags onto these fields)."""
+    """Every option of a prune run (the CLI maps its flags onto these fields).
+
+    ``criterion=None`` means ``l2``, or the default data-driven criterion when calibration data is given;
+    ``recover=None`` means ``lstsq`` with calibration data and ``none`` without.
+    """
 
     ratio: float = 0.5
-    criterion: str = "l2"
+    criterion: str | None = None
     global_ranking: bool = False
     round_to: int = 1
     min_channels: int = 1
@@ -35,9 +48,35 @@ class PruneConfig:
     verify: bool = True
     tolerance: float = 1e-4
     input_shapes: dict[str, list[int]] | None = None
+    recover: str | None = None
+    calib_samples: int | None = 512
+    batch_size: int = 32
+    schedule: str = "oneshot"
+    step: float = 0.2
 
-    def plan_config(self) -> PlanConfig:
-        return PlanConfig(self.ratio, self.global_ranking, self.round_to, self.min_channels)
+    def plan_config(self, ratio: float | None = None) -> PlanConfig:
+        return PlanConfig(self.ratio if ratio is None else ratio, self.global_ranking, self.round_to,
+                          self.min_channels)
+
+    def resolved(self, calibrated: bool) -> tuple[str, str]:
+        """(criterion, recovery) after defaults, checked against the data at hand."""
+        criterion = self.criterion or (DEFAULT_DATA_CRITERION if calibrated else "l2")
+        recovery = self.recover or ("lstsq" if calibrated else "none")
+        if criterion not in CRITERIA:
+            raise UsageError(f"unknown criterion '{criterion}' (choose from {', '.join(CRITERIA)})")
+        if recovery not in RECOVERY_MODES:
+            raise UsageError(f"unknown recovery '{recovery}' (choose from {', '.join(RECOVERY_MODES)})")
+        if not calibrated and (criterion in DATA_CRITERIA or recovery != "none"):
+            what = f"criterion '{criterion}'" if criterion in DATA_CRITERIA else f"--recover {recovery}"
+            raise UsageError(f"{what} needs calibration data (--calib)")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"unknown schedule '{self.schedule}' (choose from {', '.join(SCHEDULES)})")
+        if not 0.0 < self.step < 1.0:
+            raise UsageError(f"--step must be in (0, 1), got {self.step}")
+        if self.batch_size < 1 or (self.calib_samples is not None and self.calib_samples < 1):
+            raise UsageError("--batch-size and --calib-samples must be >= 1")
+        self.plan_config().validate()
+        return criterion, recovery
 
 
 @dataclass
@@ -62,33 +101,48 @@ def model_sha256(model: onnx.ModelProto) -> str:
     return h.hexdigest()
 
 
-def prune(model: onnx.ModelProto, config: PruneConfig = PruneConfig(), *, source_sha256: str | None = None
-          ) -> PruneResult:
+def prune(model: onnx.ModelProto, config: PruneConfig = PruneConfig(), *, calib: Dataset | None = None,
+          eval_data: Dataset | None = None, source_sha256: str | None = None) -> PruneResult:
     """Prune ``model`` (never modified) and return the new model, its plan and a report.
 
+    With ``calib`` the channels are scored on how the model behaves on those samples and the pruned model is
+    repaired without training (``config.recover``); ``eval_data`` adds accuracy/fidelity before and after.
     Raises :class:`~onnxprune.errors.UsageError` for bad options and
     :class:`~onnxprune.errors.VerificationError` when the result fails verification.
     """
-    plan_config = config.plan_config()
-    plan_config.validate()
+    criterion, recovery = config.resolved(calib is not None)
     graph = Graph.build(model)
     analysis = analyze(graph, config.exclude)
-    scores = score(analysis, config.criterion, config.seed)
-    removed = choose(analysis, scores, plan_config)
-    keep = analysis.keep_positions(removed)
-    pruned = apply_keep(analysis, keep) if keep else model
+    current, step_analysis = model, analysis
+    total_keep: dict[str, np.ndarray] = {}
+    steps = _schedule(config)
+    for k, ratio in enumerate(steps):
+        stats = _statistics(current, step_analysis, calib, config) if calib is not None else None
+        scores = score(step_analysis, criterion, config.seed, stats)
+        keep = step_analysis.keep_positions(choose(step_analysis, scores, config.plan_config(ratio)))
+        if not keep:
+            break
+        pruned = apply_keep(step_analysis, keep)
+        current = recover(current, pruned, step_analysis, keep, recovery, stats, calib, config.batch_size,
+                          config.calib_samples, config.seed)
+        total_keep = _compose(total_keep, keep)
+        if k + 1 < len(steps):
+            step_analysis = analyze(Graph.build(current), config.exclude)
+    total_keep = {n: v for n, v in total_keep.items() if n in analysis.labels}
+    removed = _removed_units(analysis, total_keep)
     order = [o for node in graph.nodes for o in node.output]
     sha = source_sha256 if source_sha256 is not None else model_sha256(model)
-    plan = Plan.from_keep(keep, analysis.labels, sha, order)
+    plan = Plan.from_keep(total_keep, analysis.labels, sha, order)
     verification = None
     if config.verify:
-        verification = verify(model, pruned, plan, graph=graph, seed=config.seed,
-                              input_shapes=config.input_shapes, tolerance=config.tolerance)
+        verification = verify(model, current, plan, graph=graph, seed=config.seed,
+                              input_shapes=config.input_shapes, tolerance=config.tolerance,
+                              mask_check=recovery == "none")
     shapes = static_input_shapes(model, config.input_shapes)
     before = model_stats(model, shapes)
-    after = model_stats(pruned, shapes) if keep else before
+    after = model_stats(current, shapes) if current is not model else before
     options = asdict(config)
-    options["exclude"] = list(config.exclude)
+    options.update(exclude=list(config.exclude), criterion=criterion, recover=recovery)
     report = {
         "tool": {"name": "onnxprune", "version": __version__},
         "model_sha256": sha,
@@ -100,4 +154,54 @@ def prune(model: onnx.ModelProto, config: PruneConfig = PruneConfig(), *, source
         "groups": group_rows(analysis, removed, before.macs_per_node),
         "verification": verification.to_dict() if verification else None,
     }
-    return PruneResult(pruned, plan, report, analysis, verification, removed)
+    if eval_data is not None:
+        limit = None
+        report["evaluation"] = {
+            "before": evaluate(model, eval_data, None, config.batch_size, limit, "evaluating original").to_dict(),
+            "after": evaluate(current, eval_data, model, config.batch_size, limit, "evaluating pruned").to_dict(),
+        }
+    return PruneResult(current, plan, report, analysis, verification, removed)
+
+
+def _schedule(config: PruneConfig) -> list[float]:
+    """Ratios of the steps: one for one-shot; for ``iterative`` remove ``step`` of what remains each time."""
+    if config.schedule == "oneshot" or config.ratio == 0:
+        return [config.ratio]
+    target, kept, ratios = 1.0 - config.ratio, 1.0, []
+    while kept * (1.0 - config.step) > target + 1e-9:
+        ratios.append(config.step)
+        kept *= 1.0 - config.step
+    ratios.append(1.0 - target / kept)
+    return ratios
+
+
+def _statistics(model: onnx.ModelProto, analysis: Analysis, data: Dataset, config: PruneConfig
+                ) -> dict[str, ChannelStats]:
+    names = consumer_inputs(analysis)
+    return collect(model, names, {n: analysis.labels[n].axis for n in names}, data, config.batch_size,
+                   config.calib_samples)
+
+
+def _compose(total: dict[str, np.ndarray], step: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Kept positions relative to the original, after one more step kept ``step`` of what was left."""
+    out = dict(total)
+    for name, kept in step.items():
+        out[name] = total[name][kept] if name in total else kept
+    return out
+
+
+def _removed_units(analysis: Analysis, keep: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
+    """The units each group lost, read back from the kept positions of its tensors."""
+    present: dict[int, set[int]] = {}
+    kept: dict[int, set[int]] = {}
+    for name, lab in analysis.labels.items():
+        gids, local = analysis.unit_index(lab.atoms)
+        positions = keep.get(name)
+        chosen = np.zeros(len(gids), dtype=bool)
+        chosen[positions if positions is not None else slice(None)] = True
+        for gid, unit, on in zip(gids.tolist(), local.tolist(), chosen.tolist()):
+            present.setdefault(gid, set()).add(unit)
+            if on:
+                kept.setdefault(gid, set()).add(unit)
+    return {gid: np.array(sorted(units - kept.get(gid, set())), dtype=np.int64)
+            for gid, units in present.items() if units - kept.get(gid, set())}

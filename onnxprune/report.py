@@ -11,7 +11,7 @@ from .graph import light_model
 from .io import _data_bytes
 from .macs import count_macs, count_params
 
-__all__ = ["ModelStats", "model_stats", "group_rows", "format_summary", "format_groups"]
+__all__ = ["ModelStats", "model_stats", "group_rows", "format_summary", "format_groups", "format_evaluation"]
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,18 @@ def format_summary(report: dict) -> str:
         f"MACs:   {_human(b['macs'])} -> {_human(a['macs'])} ({ratio(b['macs'], a['macs'])})",
         f"size:   {_human(b['bytes'])}B -> {_human(a['bytes'])}B ({ratio(b['bytes'], a['bytes'])})",
     ]
+    if report.get("evaluation"):
+        before, after = report["evaluation"]["before"], report["evaluation"]["after"]
+        if before.get("accuracy") is not None:
+            lines.append(f"accuracy: {before['accuracy']:.4f} -> {after['accuracy']:.4f} "
+                         f"({after['samples']} samples)")
+        lines.append(f"fidelity: top-1 agreement {after['agreement']:.4f}, cosine {after['cosine']:.4f}, "
+                     f"relative error {after['rel_error']:.3g}")
     v = report.get("verification")
-    if v:
+    if v and v.get("mask_equivalent") is None:
+        lines.append("verified: checker ok, onnxruntime ok (recovery changed weights: mask equivalence not "
+                     "applicable)")
+    elif v:
         lines.append(f"verified: checker ok, onnxruntime ok, mask-equivalent "
                      f"(max relative error {v['max_rel_error']:.2g})")
     else:
@@ -101,4 +111,16 @@ def format_groups(rows: list[dict], total_macs: int) -> str:
     lines.append(f"{len(rows)} groups: {len(prunable)} prunable, {len(rows) - len(prunable)} not; "
                  f"total MACs {_human(total_macs)}; MACs touching blocked groups "
                  f"{(blocked_macs / total_macs if total_macs else 0):.1%}")
+    return "\n".join(lines)
+
+
+def format_evaluation(e) -> str:
+    """One line per measure of an :class:`~onnxprune.evaluate.Evaluation`."""
+    lines = [f"samples: {e.samples}"]
+    if e.accuracy is not None:
+        lines.append(f"top-1 accuracy: {e.accuracy:.4f}")
+    if e.agreement is not None:
+        lines.append(f"top-1 agreement with reference: {e.agreement:.4f}")
+        lines.append(f"cosine similarity to reference: {e.cosine:.4f}")
+        lines.append(f"relative error to reference: {e.rel_error:.4g}")
     return "\n".join(lines)

@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import AttributeProto, TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from .channels import Labeled
 from .dependency import Analysis
-from .graph import copy_fields
+from .graph import copy_fields, subgraph_reads as _subgraph_reads
 from .ops import applier_for
 
 __all__ = ["Rewriter", "apply_keep"]
@@ -231,14 +231,3 @@ def _set_dims(vi: onnx.ValueInfoProto, dims: list[int]) -> None:
     del shape.dim[:]
     for d in dims:
         shape.dim.add().dim_value = d
-
-
-def _subgraph_reads(g: onnx.GraphProto) -> set[str]:
-    names: set[str] = set()
-    for node in g.node:
-        for a in node.attribute:
-            subs = [a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)
-            for sub in subs:
-                names.update(n for sn in sub.node for n in sn.input)
-                names |= _subgraph_reads(sub)
-    return names

@@ -13,7 +13,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from .graph import SMALL_CONSTANT, copy_fields
+from .graph import SMALL_CONSTANT, copy_fields, subgraph_reads as _subgraph_reads
 from .graph import static_input_shapes
 
 __all__ = ["Session", "random_inputs"]
@@ -60,7 +60,10 @@ def _split(model: onnx.ModelProto, known: Callable[[str], np.ndarray | None] | N
     copy_fields(src, dst, skip=("initializer",))
     names: list[str] = []
     arrays: list[np.ndarray] = []
+    read = {n for node in src.node for n in node.input} | {o.name for o in src.output} | _subgraph_reads(src)
     for t in src.initializer:
+        if t.name not in read:
+            continue  # onnxruntime drops unread initializers and then refuses to replace them
         n = int(np.prod(t.dims)) if len(t.dims) else 1
         if n <= SMALL_CONSTANT or t.data_type not in _BORROWABLE:
             dst.initializer.append(t)

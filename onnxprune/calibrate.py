@@ -1,0 +1,115 @@
+"""Calibration: run the model in onnxruntime on sample data with the channel tensors exposed, and stream
+per-channel statistics (memory stays flat in the number of samples)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .data import Dataset
+from .dependency import Analysis
+from .progress import Progress
+from .runtime import Session
+
+__all__ = ["ChannelStats", "collect", "consumer_inputs", "static_batch"]
+
+
+@dataclass
+class ChannelStats:
+    """Running sums for one tensor, one entry per position along its channel axis."""
+
+    samples: int
+    abs_mean: np.ndarray  # sum over samples of |spatial mean|  (DropNet's mean activation)
+    zeros: np.ndarray  # count of exact zeros (APoZ)
+    total: np.ndarray  # sum of values
+    square: np.ndarray  # sum of squares
+    elements: int  # values per channel seen
+
+    @property
+    def mean_activation(self) -> np.ndarray:
+        return self.abs_mean / max(self.samples, 1)
+
+    @property
+    def apoz(self) -> np.ndarray:
+        return self.zeros / max(self.elements, 1)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.total / max(self.elements, 1)
+
+    @property
+    def variance(self) -> np.ndarray:
+        return np.maximum(self.square / max(self.elements, 1) - self.mean ** 2, 0.0)
+
+    @property
+    def rms(self) -> np.ndarray:
+        return np.sqrt(self.square / max(self.elements, 1))
+
+
+def consumer_inputs(analysis: Analysis) -> list[str]:
+    """The tensors consumers (Conv, Gemm, MatMul) read channels from: post-activation maps."""
+    names = []
+    for ref in analysis.weights:
+        if ref.role == "in":
+            name = analysis.graph.nodes[ref.node].input[0]
+            if name in analysis.labels and name not in names:
+                names.append(name)
+    return names
+
+
+def static_batch(model: onnx.ModelProto) -> int | None:
+    """The fixed batch size of a model whose inputs pin it (``None`` when the batch is free)."""
+    inits = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+            return dims[0].dim_value
+    return None
+
+
+def collect(model: onnx.ModelProto, tensors: list[str], axes: dict[str, int], data: Dataset,
+            batch_size: int = 32, limit: int | None = None, label: str = "calibrating") -> dict[str, ChannelStats]:
+    """Statistics of ``tensors`` (channel axis from ``axes``) over ``data``."""
+    def expose(light: onnx.ModelProto) -> None:
+        known = {o.name for o in light.graph.output}
+        light.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in tensors if n not in known)
+
+    session = Session(model, edit=expose)
+    outputs = [o.name for o in session.session.get_outputs()]
+    wanted = [outputs.index(n) for n in tensors]
+    fixed = static_batch(model)
+    batch = fixed or batch_size
+    stats: dict[str, ChannelStats] = {}
+    n = len(data) if limit is None else min(limit, len(data))
+    with Progress(label, n) as bar:
+        for feeds, part in data.batches(batch, limit):
+            if fixed and part.stop - part.start != fixed:
+                break  # a model with a pinned batch size cannot take the remainder
+            values = session.session.run([outputs[k] for k in wanted], feeds)
+            for name, value in zip(tensors, values):
+                _accumulate(stats, name, np.asarray(value, dtype=np.float64), axes[name])
+            bar.advance(part.stop - part.start)
+    return stats
+
+
+def _accumulate(stats: dict[str, ChannelStats], name: str, x: np.ndarray, axis: int) -> None:
+    x = np.moveaxis(x, axis, -1)  # [..., C]
+    samples = x.shape[0] if x.ndim > 1 else 1
+    per_sample = x.reshape(samples, -1, x.shape[-1])  # [N, positions, C]
+    flat = per_sample.reshape(-1, x.shape[-1])
+    part = ChannelStats(samples, np.abs(per_sample.mean(axis=1)).sum(axis=0), (flat == 0).sum(axis=0),
+                        flat.sum(axis=0), np.square(flat).sum(axis=0), flat.shape[0])
+    if name not in stats:
+        stats[name] = part
+        return
+    s = stats[name]
+    s.samples += part.samples
+    s.abs_mean += part.abs_mean
+    s.zeros += part.zeros
+    s.total += part.total
+    s.square += part.square
+    s.elements += part.elements
