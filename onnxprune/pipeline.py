@@ -26,7 +26,7 @@ from .verify import Verification, verify
 __all__ = ["PruneConfig", "PruneResult", "prune", "model_sha256", "DEFAULT_DATA_CRITERION", "SCHEDULES"]
 
 #: The criterion used when calibration data is given and none is named (see the issue notes for the measurement).
-DEFAULT_DATA_CRITERION = "mean-act"
+DEFAULT_DATA_CRITERION = "wanda"
 SCHEDULES = ("oneshot", "iterative")
 
 

@@ -59,7 +59,8 @@ def relative_error(got: np.ndarray, want: np.ndarray) -> float:
 
 def masked_edit(plan: Plan, graph: Graph):
     """An edit for :class:`Session` that multiplies each plan tensor by its keep-mask right after it is made
-    (written as ``Where(mask, x, 0)`` so that a removed channel's inf or NaN cannot leak through 0 * inf)."""
+    (written as ``Where(mask, x, 0)`` from opset 9 on, so that a removed channel's inf or NaN cannot leak
+    through 0 * inf; as ``Mul`` before)."""
     def edit(light: onnx.ModelProto) -> None:
         entries = {t.name: t for t in plan.tensors}
         nodes = list(light.graph.node)
@@ -82,12 +83,15 @@ def masked_edit(plan: Plan, graph: Graph):
                 mask = np.zeros(t.size, dtype=bool)
                 mask[list(t.keep)] = True
                 mask = mask.reshape([t.size] + [1] * (rank - 1 - t.axis))
-                elem = graph.elem_type(o) or TensorProto.FLOAT
-                zero = np.zeros((), dtype=helper.tensor_dtype_to_np_dtype(elem))
-                light.graph.initializer.append(onnx.numpy_helper.from_array(mask, o + "__keep"))
-                light.graph.initializer.append(onnx.numpy_helper.from_array(zero, o + "__zero"))
-                light.graph.node.append(helper.make_node(
-                    "Where", [o + "__keep", o + "__unmasked", o + "__zero"], [o], name=o + "__mask"))
+                dtype = helper.tensor_dtype_to_np_dtype(graph.elem_type(o) or TensorProto.FLOAT)
+                if graph.opset() >= 9:  # Where exists from opset 9
+                    light.graph.initializer.append(onnx.numpy_helper.from_array(mask, o + "__keep"))
+                    light.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((), dtype), o + "__zero"))
+                    inputs, op = [o + "__keep", o + "__unmasked", o + "__zero"], "Where"
+                else:
+                    light.graph.initializer.append(onnx.numpy_helper.from_array(mask.astype(dtype), o + "__keep"))
+                    inputs, op = [o + "__unmasked", o + "__keep"], "Mul"
+                light.graph.node.append(helper.make_node(op, inputs, [o], name=o + "__mask"))
     return edit
 
 
