@@ -166,6 +166,10 @@ def analyze(model: onnx.ModelProto | Graph, exclude: Sequence[str] = ()) -> Anal
         lab = ctx.labeled(name)
         if lab is not None:
             ctx.block(lab.atoms, f"reaches graph output '{name}'")
+    for name, lab in ctx.labels.items():
+        for i, port in graph.consumer_nodes(name):
+            if port < 0:  # read by name inside an If/Loop/Scan body
+                ctx.block(lab.atoms, f"read inside a subgraph of {graph.nodes[i].op_type} ({graph.label(i)})")
     return _close(ctx, exclude)
 
 

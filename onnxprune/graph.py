@@ -25,7 +25,11 @@ DEFAULT_DIM = 64
 RANK_PRESERVING = frozenset({
     "GroupNormalization", "LayerNormalization", "InstanceNormalization", "BatchNormalization", "Relu",
     "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Gelu", "Mish", "Softplus", "Identity", "Cast",
-    "Clip", "Elu", "Selu", "Celu", "Erf", "Dropout", "PRelu", "Softmax", "LogSoftmax"})
+    "Clip", "Elu", "Selu", "Celu", "Erf", "Dropout", "PRelu", "Softmax", "LogSoftmax", "Conv", "ConvTranspose",
+    "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Pad", "Resize", "Upsample", "Sqrt", "Exp",
+    "Neg", "Abs", "Reciprocal"})
+#: Ops whose output rank is the largest of their inputs' ranks.
+BROADCASTING = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where"})
 #: Constants up to this size stay cached after the first read.
 CACHE_LIMIT = 1 << 20
 #: Ops on constants whose result onnxprune treats as a constant (and folds when it must slice it).
@@ -200,8 +204,14 @@ class Graph:
         if s is not None:
             return len(s)
         producer = self.producer.get(name)
-        if producer is not None and self.nodes[producer].op_type in RANK_PRESERVING:
-            return self.rank(self.nodes[producer].input[0])  # inference gave up on a same-rank op
+        if producer is None:
+            return None
+        node = self.nodes[producer]
+        if node.op_type in RANK_PRESERVING:  # inference gave up on a same-rank op
+            return self.rank(node.input[0])
+        if node.op_type in BROADCASTING:
+            ranks = [self.rank(n) for n in node.input if n]
+            return None if any(r is None for r in ranks) else max(ranks)  # type: ignore[type-var]
         return None
 
     def static_shape(self, name: str) -> tuple[int, ...] | None:

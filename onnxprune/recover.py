@@ -174,8 +174,10 @@ def _least_squares(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis:
     shapes = _output_shapes(original, data)
     fit = [c for c in consumers if _fits(c, graph) and c.node.output[0] in shapes]
     n = len(data) if limit is None else min(limit, len(data))
-    if static_batch(original) not in (None, 1):
+    pinned = static_batch(original)
+    if pinned not in (None, 1):
         return set()
+    batch_size = pinned or batch_size
     rng = np.random.default_rng(seed)
     plans = [_choose_rows(c, shapes[c.node.output[0]], n, rng) for c in fit]
     _collect_targets(original, plans, data, batch_size)

@@ -31,7 +31,7 @@ class Session:
         if edit is not None:
             edit(light)
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # errors reach the caller as exceptions, not as log lines
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .errors import VerificationError
+from .errors import UnsupportedError, VerificationError
 from .graph import Graph, light_model
 from .io import EXTERNAL_DATA_THRESHOLD, _data_bytes
 from .plan import Plan
@@ -109,6 +109,16 @@ def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan, *, gr
     if _interface(original) != _interface(pruned):
         raise VerificationError("pruned model changed the graph's input or output names, types or shapes")
     feeds = random_inputs(original, seed, input_shapes)
+    graph = graph or Graph.build(original)
+    want = None
+    try:
+        want = Session(original, edit=masked_edit(plan, graph) if mask_check else None, optimize=False,
+                       arrays=graph.const).run(feeds)
+    except Exception as exc:  # noqa: BLE001 - tell a model onnxruntime cannot run from a broken mask
+        _require_runnable(original, graph, feeds)
+        if isinstance(exc, VerificationError):
+            raise
+        raise VerificationError(f"onnxruntime cannot run the masked original: {_line(exc)}") from exc
     try:
         got = Session(pruned, optimize=False).run(feeds)
     except Exception as exc:  # noqa: BLE001 - any runtime failure is a verification failure
@@ -116,13 +126,6 @@ def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan, *, gr
     names = [o.name for o in original.graph.output]
     if not mask_check:
         return Verification(True, True, True, None, 0.0)
-    graph = graph or Graph.build(original)
-    try:
-        want = Session(original, edit=masked_edit(plan, graph), optimize=False, arrays=graph.const).run(feeds)
-    except VerificationError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise VerificationError(f"onnxruntime cannot run the masked original: {_line(exc)}") from exc
     errors = {n: relative_error(g, w) for n, g, w in zip(names, got, want)}
     worst = max(errors.values(), default=0.0)
     tol = max(tolerance, 1e-2) if any(o.type.tensor_type.elem_type == TensorProto.FLOAT16
@@ -133,6 +136,15 @@ def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan, *, gr
             f"pruned model is not mask-equivalent to the original: output '{bad}' differs by "
             f"{errors[bad]:.3g} (relative, tolerance {tol:g})")
     return Verification(True, True, True, True, worst, errors)
+
+
+def _require_runnable(original: onnx.ModelProto, graph: Graph, feeds: dict) -> None:
+    """Raise :class:`UnsupportedError` when onnxruntime cannot run the original model at all."""
+    try:
+        Session(original, optimize=False, arrays=graph.const).run(feeds)
+    except Exception as exc:  # noqa: BLE001
+        raise UnsupportedError(f"cannot verify: onnxruntime cannot run the input model ({_line(exc)}); "
+                               "prune with --no-verify to skip verification") from exc
 
 
 def _line(exc: BaseException) -> str:

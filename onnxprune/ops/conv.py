@@ -17,6 +17,13 @@ def _grouped_in_view(groups: int):
     return view
 
 
+def fixed_output(i: int, node: NodeProto, ctx, reason: str) -> None:
+    """Show the channels of an output onnxprune cannot cut as a blocked group (when their count is known)."""
+    shape = ctx.graph.shape(node.output[0])
+    if shape is not None and len(shape) > 1 and isinstance(shape[1], int) and shape[1] > 0:
+        ctx.set(node.output[0], 1, ctx.fixed(i, node.output[0], shape[1], reason))
+
+
 def _check_groups(ctx, i: int, groups: int, filters: int, in_channels: int, lx) -> None:
     """A conv whose group count does not divide its channels is an invalid model, not a pruning problem."""
     if groups < 1 or filters % groups or in_channels % groups or (lx is not None and lx.size != in_channels):
@@ -32,7 +39,9 @@ def _read_conv(i: int, node: NodeProto, ctx):
     lx = ctx.labeled(x)
     label = f"{node.op_type} {ctx.node_label(i)}"
     if w is None or (b_name and not ctx.graph.is_const(b_name)):
-        ctx.block_inputs(i, f"{label} has non-constant weights")
+        reason = f"{label} has non-constant weights (quantized or computed)"
+        ctx.block_inputs(i, reason)
+        fixed_output(i, node, ctx, reason)
         return None
     if lx is not None and lx.axis != 1:
         ctx.block(lx.atoms, f"{label} reads channels on axis {lx.axis}")

@@ -1,0 +1,14 @@
+"""Quantized ops: their channels are shown as blocked groups, never cut (prune the float model first)."""
+from __future__ import annotations
+
+from onnx import NodeProto
+
+from . import propagates
+from .conv import fixed_output
+
+
+@propagates("ConvInteger", "QLinearConv", "MatMulInteger", "QLinearMatMul")
+def quantized(i: int, node: NodeProto, ctx) -> None:
+    reason = f"quantized op {node.op_type} ({ctx.node_label(i)}): prune the float model before quantizing"
+    ctx.block_inputs(i, reason)
+    fixed_output(i, node, ctx, reason)
