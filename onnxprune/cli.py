@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     except OnnxPruneError as exc:
         if debug:
             traceback.print_exc()
-        click.echo(f"onnxprune: error: {exc}", err=True)
+        click.echo(f"onnxprune: error: {' '.join(str(exc).split())}", err=True)
         return exc.exit_code
     except KeyboardInterrupt:
         click.echo("onnxprune: error: interrupted", err=True)
@@ -273,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the user sees one line, never a traceback
         if debug:
             traceback.print_exc()
-        click.echo(f"onnxprune: error: internal error ({type(exc).__name__}: {exc}); "
+        text = " ".join(str(exc).split())[:500]
+        click.echo(f"onnxprune: error: internal error ({type(exc).__name__}: {text}); "
                    "rerun with --debug and report it", err=True)
         return 1
 

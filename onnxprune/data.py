@@ -42,10 +42,20 @@ class ImageSpec:
         unknown = sorted(set(data) - known)
         if unknown:
             raise UsageError(f"preprocessing spec '{path}' has unknown keys: {', '.join(unknown)}")
+        if not isinstance(data, dict):
+            raise UsageError(f"preprocessing spec '{path}' must be a JSON object")
+        if isinstance(data.get("size"), (int, float)):
+            data["size"] = (int(data["size"]),) * 2  # a square size
         for key in ("size", "mean", "std"):
             if key in data and data[key] is not None:
-                data[key] = tuple(data[key]) if not isinstance(data[key], (int, float)) else (data[key],) * 2
+                data[key] = tuple(data[key]) if isinstance(data[key], (list, tuple)) else (data[key],)
         return cls(**data)
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("NCHW", "NHWC"):
+            raise UsageError(f"image layout must be NCHW or NHWC, got '{self.layout}'")
+        if self.color not in ("RGB", "BGR", "L"):
+            raise UsageError(f"image color must be RGB, BGR or L, got '{self.color}'")
 
 
 @dataclass
@@ -111,6 +121,8 @@ def load_data(path: str | Path, model: onnx.ModelProto, spec: ImageSpec | None =
         else:
             arrays = {n: archive[n] for n in inputs}
         labels = np.asarray(archive["labels"]).astype(np.int64) if "labels" in archive.files else None
+        if labels is not None and labels.ndim != 1:
+            raise UsageError(f"'{p}': labels must be a 1-D array of class indices, got shape {labels.shape}")
     else:
         raise UsageError(f"data '{p}' must be a .npz, a .npy or a folder of images")
     counts = {a.shape[0] if a.ndim else 0 for a in arrays.values()}
@@ -155,6 +167,10 @@ def _image_folder(root: Path, model: onnx.ModelProto, inputs: dict, spec: ImageS
         h_axis, w_axis = (2, 3) if spec.layout == "NCHW" else (1, 2)
         shape[h_axis], shape[w_axis] = spec.size
     dtype = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+    channels = shape[1] if spec.layout == "NCHW" else shape[-1]
+    if len(shape) != 4 or channels != (1 if spec.color == "L" else 3):
+        raise UsageError(f"model input '{name}' has shape {shape}: images in {spec.layout} with color "
+                         f"{spec.color} do not fit (use --color L for one channel, --layout for NHWC)")
     return Dataset({}, np.array(labels, dtype=np.int64) if classes else None, files, spec, name, shape, dtype)
 
 

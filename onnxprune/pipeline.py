@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -119,7 +120,10 @@ def prune(model: onnx.ModelProto, config: PruneConfig = PruneConfig(), *, calib:
     for k, ratio in enumerate(steps):
         stats = _statistics(current, step_analysis, calib, config) if calib is not None else None
         scores = score(step_analysis, criterion, config.seed, stats)
-        keep = step_analysis.keep_positions(choose(step_analysis, scores, config.plan_config(ratio)))
+        kept = None
+        if k > 0 and not config.global_ranking:  # count from the original sizes: rounding never accumulates
+            kept = _step_targets(analysis, step_analysis, 1.0 - float(np.prod([1 - r for r in steps[:k + 1]])))
+        keep = step_analysis.keep_positions(choose(step_analysis, scores, config.plan_config(ratio), kept))
         if not keep:
             break
         pruned = apply_keep(step_analysis, keep)
@@ -173,6 +177,20 @@ def _schedule(config: PruneConfig) -> list[float]:
         kept *= 1.0 - config.step
     ratios.append(1.0 - target / kept)
     return ratios
+
+
+def _step_targets(original: Analysis, current: Analysis, removed_fraction: float) -> dict[int, int]:
+    """Channels each current group keeps after removing ``removed_fraction`` of its ORIGINAL group's channels
+    (groups are matched through the tensors they carry, whose names the rewrite keeps)."""
+    targets = {}
+    for g in current.groups:
+        name = next((t for t in g.tensors if t in original.labels), None)
+        if name is None:
+            continue
+        gid = int(original.unit_group[original.labels[name].atoms[0]])
+        size = original.groups[gid].size
+        targets[g.id] = size - math.floor(removed_fraction * size + 1e-9)
+    return targets
 
 
 def _statistics(model: onnx.ModelProto, analysis: Analysis, data: Dataset, config: PruneConfig

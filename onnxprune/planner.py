@@ -36,13 +36,19 @@ class PlanConfig:
             raise UsageError(f"--min-channels must be >= 1, got {self.min_channels}")
 
 
-def choose(analysis: Analysis, scores: dict[int, np.ndarray], config: PlanConfig) -> dict[int, np.ndarray]:
-    """Sorted local indices of the units each prunable group loses (groups losing nothing are absent)."""
+def choose(analysis: Analysis, scores: dict[int, np.ndarray], config: PlanConfig,
+           kept: dict[int, int] | None = None) -> dict[int, np.ndarray]:
+    """Sorted local indices of the units each prunable group loses (groups losing nothing are absent).
+
+    ``kept`` gives explicit channel counts to keep per group id, instead of ``config.ratio``.
+    """
     config.validate()
     groups = [g for g in analysis.groups if g.prunable]
-    if config.ratio == 0 or not groups:
+    if (config.ratio == 0 and kept is None) or not groups:
         return {}
-    if config.global_ranking:
+    if kept is not None:
+        targets = {g.id: min(g.size, kept.get(g.id, g.size)) for g in groups}
+    elif config.global_ranking:
         targets = _global_targets(groups, scores, config.ratio)
     else:
         targets = {g.id: g.size - math.floor(config.ratio * g.size + 1e-9) for g in groups}
