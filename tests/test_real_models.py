@@ -55,3 +55,35 @@ def test_inspect_explains_blocked_groups():
     blocked = [g for g in groups if g.blocked]
     assert any("output0" in g.blocked for g in blocked)  # the detection head keeps its channels
     assert sum(1 for g in groups if g.prunable) >= 40
+
+
+def _orientation_data(tmp_path, model):
+    import importlib.util as iu
+
+    from onnxprune.data import load_data
+
+    spec = iu.spec_from_file_location("orientation_data", ROOT / "tools" / "orientation_data.py")
+    module = iu.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    calib, val = module.write(tmp_path, count=400)
+    return load_data(calib, model), load_data(val, model)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pretrained_classifier_recovers_without_training(tmp_path):
+    """PP-OCR's orientation classifier on rendered text: calibration + default recovery closes >= 2/3 of the
+    accuracy gap plain magnitude pruning opens (measured: 98.7 % -> 44 % -> 95 % at ratio 0.3)."""
+    pytest.importorskip("PIL")
+    from onnxprune.evaluate import evaluate
+
+    model = onnxprune.load(_locate("rapidocr_onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx"))
+    calib, val = _orientation_data(tmp_path, model)
+    shapes = {"x": [1, 3, 48, 192]}
+    base = evaluate(model, val).accuracy
+    plain = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.3, criterion="l2", input_shapes=shapes))
+    data = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.3, input_shapes=shapes), calib=calib)
+    low, high = evaluate(plain.model, val).accuracy, evaluate(data.model, val).accuracy
+    assert base > 0.95
+    assert high - low >= (2 / 3) * (base - low), (base, low, high)
