@@ -91,18 +91,23 @@ def collect(model: onnx.ModelProto, tensors: list[str], axes: dict[str, int], da
                 break  # a model with a pinned batch size cannot take the remainder
             values = session.session.run([outputs[k] for k in wanted], feeds)
             for name, value in zip(tensors, values):
-                _accumulate(stats, name, np.asarray(value, dtype=np.float64), axes[name])
+                _accumulate(stats, name, np.asarray(value), axes[name])
             bar.advance(part.stop - part.start)
     return stats
 
 
 def _accumulate(stats: dict[str, ChannelStats], name: str, x: np.ndarray, axis: int) -> None:
-    x = np.moveaxis(x, axis, -1)  # [..., C]
-    samples = x.shape[0] if x.ndim > 1 else 1
-    per_sample = x.reshape(samples, -1, x.shape[-1])  # [N, positions, C]
-    flat = per_sample.reshape(-1, x.shape[-1])
-    part = ChannelStats(samples, np.abs(per_sample.mean(axis=1)).sum(axis=0), (flat == 0).sum(axis=0),
-                        flat.sum(axis=0), np.square(flat).sum(axis=0), flat.shape[0])
+    """Fold one batch into the running sums: views and float32 reductions, no copies of the batch."""
+    if axis == 0 or x.ndim < 2:
+        x = x.reshape(1, 1, x.shape[0], -1) if x.ndim else x.reshape(1, 1, 1, 1)
+    else:
+        x = x.reshape(x.shape[0], int(np.prod(x.shape[1:axis])), x.shape[axis], -1)  # [N, pre, C, post]
+    n, pre, c, post = x.shape
+    per_sample = x.mean(axis=(1, 3), dtype=np.float64)  # [N, C]
+    square = np.einsum("npcq,npcq->c", x, x, dtype=np.float64) if x.dtype == np.float64 else \
+        np.einsum("npcq,npcq->c", x, x).astype(np.float64)
+    part = ChannelStats(n, np.abs(per_sample).sum(axis=0), np.count_nonzero(x == 0, axis=(0, 1, 3)),
+                        per_sample.sum(axis=0) * (pre * post), square, n * pre * post)
     if name not in stats:
         stats[name] = part
         return

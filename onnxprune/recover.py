@@ -28,6 +28,7 @@ __all__ = ["RECOVERY_MODES", "recover"]
 RECOVERY_MODES = ("none", "bias", "lstsq")
 _RIDGE = 1e-3
 _MAX_ROWS = 20_000
+_OVERSAMPLE = 4  # samples drawn per needed sample, so that rows spread over many inputs
 _MAX_SYSTEM_BYTES = 1 << 30
 
 
@@ -202,7 +203,7 @@ def _output_shapes(model: onnx.ModelProto, data: Dataset) -> dict[str, tuple[int
 def _choose_rows(c: _Consumer, out_shape: tuple[int, ...], n: int, rng: np.random.Generator) -> _Rows:
     positions = int(np.prod(out_shape[1:])) if c.node.op_type == "Conv" else 1
     rows = min(_MAX_ROWS, n * positions)
-    count = min(n, max(-(-rows // positions) * 4, 16))  # spread the rows over several samples
+    count = min(n, max(-(-rows // positions) * _OVERSAMPLE, 16))  # spread the rows over several samples
     samples = np.sort(rng.choice(n, size=count, replace=False))
     pick = rng.choice(count * positions, size=min(rows, count * positions), replace=False)
     if c.node.op_type == "Gemm":

@@ -124,7 +124,7 @@ def test_collect_does_not_depend_on_batching(batch_size):
     assert st.elements == whole.elements
     np.testing.assert_array_equal(st.zeros, whole.zeros)
     for key in ("mean_activation", "apoz", "mean", "variance", "rms"):
-        np.testing.assert_allclose(getattr(st, key), getattr(whole, key), rtol=1e-12, atol=1e-12, err_msg=key)
+        np.testing.assert_allclose(getattr(st, key), getattr(whole, key), rtol=1e-5, atol=1e-9, err_msg=key)
 
 
 @pytest.mark.parametrize("limit,batch_size", [(1, 4), (4, 3), (5, 7), (10, 4), (50, 4)])
@@ -279,7 +279,7 @@ def test_data_criteria_score_every_unit_deterministically(mnist_scores, criterio
         assert np.all(np.isfinite(s)) and np.all(s >= 0) and np.any(s > 0)
     repeat = score(analysis, criterion, stats=again)  # other batching, same samples
     for gid in scores:
-        np.testing.assert_allclose(repeat[gid], scores[gid], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(repeat[gid], scores[gid], rtol=1e-5, atol=1e-9)
 
 
 @pytest.mark.parametrize("criterion", DATA_CRITERIA)
