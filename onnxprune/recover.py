@@ -55,7 +55,32 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analys
         if c.index not in refit and stats is not None and c.node.input[0] in stats:
             _compensate_bias(c, analysis, stats[c.node.input[0]].mean, edits)
     edits.finish()
+    if data is not None:
+        compensated = {c.node.output[0] for c in consumers if c.index not in refit}
+        _recalibrate_norms(pruned, compensated, data, batch_size, limit)
     return pruned
+
+
+def _recalibrate_norms(pruned: onnx.ModelProto, changed: set[str], data: Dataset, batch_size: int,
+                       limit: int | None) -> None:
+    """Re-estimate the running statistics of the unfused BatchNorms right after a consumer whose inputs lost
+    channels and that was not refitted: bias compensation fixes the mean, this fixes the spread too."""
+    from .calibrate import collect
+
+    norms = [n for n in pruned.graph.node if n.op_type == "BatchNormalization" and n.input[0] in changed
+             and len(n.input) == 5]
+    if not norms:
+        return
+    names = [n.input[0] for n in norms]
+    stats = collect(pruned, names, {n: 1 for n in names}, data, batch_size, limit, label="re-estimating norms")
+    edits = _PrunedEdits(pruned)
+    for node in norms:
+        st = stats[node.input[0]]
+        mean_t = edits.inits.get(node.input[3])
+        dtype = mean_t.data_type if mean_t is not None else onnx.TensorProto.FLOAT
+        edits.set_input(node, 3, st.mean, dtype)
+        edits.set_input(node, 4, st.variance, dtype)
+    edits.finish()
 
 
 def _consumers(analysis: Analysis, keep: dict[str, np.ndarray]) -> list[_Consumer]:
