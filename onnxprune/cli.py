@@ -14,6 +14,11 @@ from pathlib import Path
 
 import click
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
 from . import __version__
 from .criteria import CRITERIA
 from .dependency import analyze
@@ -25,7 +30,7 @@ from .data import ImageSpec, load_data
 from .evaluate import evaluate
 from .pipeline import DEFAULT_DATA_CRITERION, SCHEDULES, PruneConfig, prune
 from .recover import RECOVERY_MODES
-from .report import format_evaluation, format_groups, format_summary, group_rows, model_stats
+from .report import format_evaluation, format_groups, format_summary, group_rows, model_stats, summary_document
 
 __all__ = ["main"]
 
@@ -120,7 +125,36 @@ def cli() -> None:
     """
 
 
+def _read_config(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """``--config FILE``: TOML whose keys are the long option names; flags on the command line win."""
+    if value is None:
+        return None
+    try:
+        with open(value, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise UsageError(f"cannot read config '{value}': {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config '{value}' is not valid TOML: {exc}") from exc
+    names: dict[str, str] = {}
+    for p in ctx.command.params:
+        if p.name in ("config_path", "debug"):
+            continue
+        for opt in list(p.opts) + [p.name]:
+            names[opt.lstrip("-").replace("-", "_")] = p.name
+    defaults = {}
+    for key, item in data.items():
+        target = names.get(key.replace("-", "_"))
+        if target is None:
+            raise UsageError(f"config '{value}': unknown key '{key}'")
+        defaults[target] = item
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
 @cli.command("prune")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), is_eager=True,
+              callback=_read_config, help="TOML file pinning options (keys = long option names); flags override.")
 @click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output model [default: <stem>.pruned.onnx].")
 @click.option("--ratio", type=float, default=0.5, show_default=True,
@@ -150,19 +184,23 @@ def cli() -> None:
 @click.option("--eval", "eval_path", type=click.Path(path_type=Path),
               help="Evaluation samples: accuracy (labels) and fidelity before and after, in the report.")
 @data_options
+@click.option("--tolerance", type=float, default=1e-4, show_default=True,
+              help="Largest relative error the mask-equivalence check accepts.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON document on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str | None, global_ranking: bool,
               round_to: int, min_channels: int, exclude: tuple[str, ...], seed: int, plan_path: Path | None,
               report_path: Path | None, no_verify: bool, input_shape: tuple[str, ...], calib: Path | None,
               calib_samples: int, recover: str | None, schedule: str, step: float, eval_path: Path | None,
-              quiet: bool, debug: bool, **data_opts) -> None:
+              tolerance: float, as_json: bool, quiet: bool, debug: bool, config_path: Path | None,
+              **data_opts) -> None:
     """Prune MODEL and write a smaller, verified model."""
     output = output or model.with_name(model.stem + ".pruned.onnx")
     config = PruneConfig(ratio=ratio, criterion=criterion, global_ranking=global_ranking, round_to=round_to,
                          min_channels=min_channels, exclude=tuple(exclude), seed=seed, verify=not no_verify,
                          input_shapes=_parse_shapes(input_shape), recover=recover, calib_samples=calib_samples,
-                         batch_size=data_opts["batch_size"], schedule=schedule, step=step)
+                         batch_size=data_opts["batch_size"], schedule=schedule, step=step, tolerance=tolerance)
     config.resolved(calib is not None)
     _check_outputs(model, [p for p in (output, plan_path, report_path) if p is not None])
     original = load_model(model)
@@ -173,6 +211,8 @@ def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str | N
     try:
         result.report["input"] = {"path": str(model), "bytes": model.stat().st_size}
         result.report["output"] = {"path": str(output), "bytes": sum(p.stat().st_size for p in written)}
+        if config_path is not None:
+            result.report["config_file"] = {"path": str(config_path), "sha256": file_sha256(config_path)}
         if plan_path is not None:
             write_text_atomic(plan_path, result.plan.to_json())
         if report_path is not None:
@@ -181,7 +221,9 @@ def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str | N
         for p in written:
             p.unlink(missing_ok=True)
         raise
-    if not quiet:
+    if as_json:
+        click.echo(json.dumps(summary_document(result.report, plan_path, report_path)))
+    elif not quiet:
         click.echo(f"onnxprune: {model} -> {output}", err=True)
         click.echo(format_summary(result.report), err=True)
 

@@ -11,7 +11,8 @@ from .graph import light_model
 from .io import _data_bytes
 from .macs import count_macs, count_params
 
-__all__ = ["ModelStats", "model_stats", "group_rows", "format_summary", "format_groups", "format_evaluation"]
+__all__ = ["ModelStats", "model_stats", "group_rows", "format_summary", "format_groups", "format_evaluation",
+           "summary_document"]
 
 
 @dataclass(frozen=True)
@@ -124,3 +125,24 @@ def format_evaluation(e) -> str:
         lines.append(f"cosine similarity to reference: {e.cosine:.4f}")
         lines.append(f"relative error to reference: {e.rel_error:.4g}")
     return "\n".join(lines)
+
+
+def summary_document(report: dict, plan_path=None, report_path=None) -> dict:
+    """The summary as one JSON-ready document (``--json``) for pipeline steps."""
+    groups = report["groups"]
+    return {
+        "tool": report["tool"],
+        "input": report.get("input"),
+        "output": report.get("output"),
+        "plan": str(plan_path) if plan_path is not None else None,
+        "report": str(report_path) if report_path is not None else None,
+        "before": report["before"],
+        "after": report["after"],
+        "macs_kept": report["macs_kept"],
+        "params_kept": report["params_kept"],
+        "groups": {"found": len(groups), "pruned": sum(1 for g in groups if g["kept"] < g["size"]),
+                   "blocked": sum(1 for g in groups if g["blocked"])},
+        "verification": report.get("verification"),
+        "evaluation": report.get("evaluation"),
+        "options": report["options"],
+    }
