@@ -28,7 +28,8 @@ from .io import file_sha256, load_model, save_model, write_text_atomic
 from .graph import static_input_shapes
 from .data import ImageSpec, load_data
 from .evaluate import evaluate
-from .pipeline import DEFAULT_DATA_CRITERION, SCHEDULES, PruneConfig, prune
+from .pipeline import DEFAULT_DATA_CRITERION, SCHEDULES, PruneConfig, apply_plan, prune
+from .plan import Plan
 from .recover import RECOVERY_MODES
 from .report import format_evaluation, format_groups, format_summary, group_rows, model_stats, summary_document
 
@@ -122,6 +123,7 @@ def cli() -> None:
     onnxprune inspect model.onnx           show the channel groups and what blocks them
     onnxprune model.onnx --calib data.npz  data-driven scores and training-free recovery
     onnxprune eval small.onnx --data val.npz --reference model.onnx
+    onnxprune apply model.onnx --plan plan.json   re-apply a saved plan
     """
 
 
@@ -161,6 +163,10 @@ def _read_config(ctx: click.Context, param: click.Parameter, value: Path | None)
               help="Fraction of the channels removed from every prunable group, in [0, 1).")
 @click.option("--criterion", type=click.Choice(CRITERIA),
               help=f"Channel importance criterion [default: l2; {DEFAULT_DATA_CRITERION} with --calib].")
+@click.option("--target-macs", type=float, metavar="F",
+              help="Keep this fraction of the MACs (global ranking and a cost-model search; overrides --ratio).")
+@click.option("--target-params", type=float, metavar="F",
+              help="Keep this fraction of the parameters (overrides --ratio).")
 @click.option("--global", "global_ranking", is_flag=True,
               help="Rank all groups together (normalised scores) instead of cutting each group by --ratio.")
 @click.option("--round-to", type=int, default=1, show_default=True, help="Kept channel counts are multiples of N.")
@@ -189,7 +195,8 @@ def _read_config(ctx: click.Context, param: click.Parameter, value: Path | None)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON document on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str | None, global_ranking: bool,
+def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str | None, target_macs: float | None,
+              target_params: float | None, global_ranking: bool,
               round_to: int, min_channels: int, exclude: tuple[str, ...], seed: int, plan_path: Path | None,
               report_path: Path | None, no_verify: bool, input_shape: tuple[str, ...], calib: Path | None,
               calib_samples: int, recover: str | None, schedule: str, step: float, eval_path: Path | None,
@@ -200,7 +207,8 @@ def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str | N
     config = PruneConfig(ratio=ratio, criterion=criterion, global_ranking=global_ranking, round_to=round_to,
                          min_channels=min_channels, exclude=tuple(exclude), seed=seed, verify=not no_verify,
                          input_shapes=_parse_shapes(input_shape), recover=recover, calib_samples=calib_samples,
-                         batch_size=data_opts["batch_size"], schedule=schedule, step=step, tolerance=tolerance)
+                         batch_size=data_opts["batch_size"], schedule=schedule, step=step, tolerance=tolerance,
+                         target_macs=target_macs, target_params=target_params)
     config.resolved(calib is not None)
     _check_outputs(model, [p for p in (output, plan_path, report_path) if p is not None])
     original = load_model(model)
@@ -264,6 +272,43 @@ def inspect_cmd(model: Path, as_json: bool, input_shape: tuple[str, ...], debug:
         click.echo(format_groups(rows, stats.macs))
 
 
+@cli.command("apply")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--plan", "plan_path", type=click.Path(path_type=Path), required=True,
+              help="A plan written by --plan (onnxprune.plan/1), possibly edited.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output model [default: <stem>.pruned.onnx].")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the report (JSON) here.")
+@click.option("--no-verify", is_flag=True, help="Skip verification.")
+@click.option("--input-shape", multiple=True, metavar="NAME:1x3x224x224", help="Concrete shape for checks.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for verification inputs.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def apply_cmd(model: Path, plan_path: Path, output: Path | None, report_path: Path | None, no_verify: bool,
+              input_shape: tuple[str, ...], seed: int, quiet: bool, debug: bool) -> None:
+    """Re-apply a saved plan to MODEL (same architecture, e.g. another checkpoint)."""
+    output = output or model.with_name(model.stem + ".pruned.onnx")
+    _check_outputs(model, [p for p in (output, report_path) if p is not None])
+    try:
+        text = plan_path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read plan '{plan_path}': {exc.strerror or exc}") from exc
+    plan = Plan.from_json(text)
+    original = load_model(model)
+    result = apply_plan(original, plan, verify_result=not no_verify, seed=seed,
+                        input_shapes=_parse_shapes(input_shape))
+    written = save_model(result.model, output)
+    if report_path is not None:
+        try:
+            write_text_atomic(report_path, json.dumps(result.report, indent=1) + "\n")
+        except Exception:
+            for p in written:
+                p.unlink(missing_ok=True)
+            raise
+    if not quiet:
+        click.echo(f"onnxprune: {model} -> {output} (plan {plan_path})", err=True)
+        click.echo(format_summary(result.report), err=True)
+
+
 @cli.command("eval")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--data", "data_path", type=click.Path(path_type=Path), required=True,
@@ -309,6 +354,12 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         click.echo(f"onnxprune: error: {' '.join(str(exc).split())}", err=True)
         return exc.exit_code
+    except OSError as exc:  # a file the user named cannot be reached: their problem, not an internal error
+        if debug:
+            traceback.print_exc()
+        where = f": '{exc.filename}'" if getattr(exc, "filename", None) else ""
+        click.echo(f"onnxprune: error: {exc.strerror or type(exc).__name__}{where}", err=True)
+        return 1
     except KeyboardInterrupt:
         click.echo("onnxprune: error: interrupted", err=True)
         return 130

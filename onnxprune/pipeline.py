@@ -9,11 +9,12 @@ import numpy as np
 import onnx
 
 from . import __version__
+from .budget import plan_for_budget
 from .calibrate import ChannelStats, collect, consumer_inputs
 from .criteria import CRITERIA, DATA_CRITERIA, score
 from .data import Dataset
 from .dependency import Analysis, analyze
-from .errors import UsageError
+from .errors import PlanError, UsageError
 from .evaluate import evaluate
 from .recover import RECOVERY_MODES, recover
 from .graph import Graph, light_model
@@ -24,7 +25,8 @@ from .report import group_rows, model_stats
 from .rewrite import apply_keep
 from .verify import Verification, verify
 
-__all__ = ["PruneConfig", "PruneResult", "prune", "model_sha256", "DEFAULT_DATA_CRITERION", "SCHEDULES"]
+__all__ = ["PruneConfig", "PruneResult", "prune", "apply_plan", "model_sha256", "DEFAULT_DATA_CRITERION",
+           "SCHEDULES"]
 
 #: The criterion used when calibration data is given and none is named (see the issue notes for the measurement).
 DEFAULT_DATA_CRITERION = "wanda"
@@ -54,6 +56,8 @@ class PruneConfig:
     batch_size: int = 32
     schedule: str = "oneshot"
     step: float = 0.2
+    target_macs: float | None = None
+    target_params: float | None = None
 
     def plan_config(self, ratio: float | None = None) -> PlanConfig:
         return PlanConfig(self.ratio if ratio is None else ratio, self.global_ranking, self.round_to,
@@ -74,6 +78,13 @@ class PruneConfig:
             raise UsageError(f"unknown schedule '{self.schedule}' (choose from {', '.join(SCHEDULES)})")
         if not 0.0 < self.step < 1.0:
             raise UsageError(f"--step must be in (0, 1), got {self.step}")
+        targets = [t for t in (self.target_macs, self.target_params) if t is not None]
+        if len(targets) > 1:
+            raise UsageError("give one budget: --target-macs or --target-params")
+        if targets and not 0.0 < targets[0] <= 1.0:
+            raise UsageError(f"a budget is the fraction to keep, in (0, 1]; got {targets[0]}")
+        if targets and self.schedule != "oneshot":
+            raise UsageError("budgets (--target-macs/--target-params) work with the one-shot schedule")
         if self.batch_size < 1 or (self.calib_samples is not None and self.calib_samples < 1):
             raise UsageError("--batch-size and --calib-samples must be >= 1")
         self.plan_config().validate()
@@ -123,7 +134,14 @@ def prune(model: onnx.ModelProto, config: PruneConfig = PruneConfig(), *, calib:
         kept = None
         if k > 0 and not config.global_ranking:  # count from the original sizes: rounding never accumulates
             kept = _step_targets(analysis, step_analysis, 1.0 - float(np.prod([1 - r for r in steps[:k + 1]])))
-        keep = step_analysis.keep_positions(choose(step_analysis, scores, config.plan_config(ratio), kept))
+        if config.target_macs is not None or config.target_params is not None:
+            kind, target = ("macs", config.target_macs) if config.target_macs is not None else \
+                ("params", config.target_params)
+            removed_now = plan_for_budget(current, step_analysis, scores, config.plan_config(ratio), kind, target,
+                                          static_input_shapes(model, config.input_shapes))
+        else:
+            removed_now = choose(step_analysis, scores, config.plan_config(ratio), kept)
+        keep = step_analysis.keep_positions(removed_now)
         if not keep:
             break
         pruned = apply_keep(step_analysis, keep)
@@ -167,6 +185,47 @@ def prune(model: onnx.ModelProto, config: PruneConfig = PruneConfig(), *, calib:
     return PruneResult(current, plan, report, analysis, verification, removed)
 
 
+def apply_plan(model: onnx.ModelProto, plan: Plan, *, verify_result: bool = True, seed: int = 0,
+               input_shapes: dict[str, list[int]] | None = None, tolerance: float = 1e-4) -> PruneResult:
+    """Re-apply a saved (or hand-edited) plan to ``model``: the same architecture, maybe other weights.
+
+    Every plan entry must name a channel tensor of the model with the same axis and size. A channel dropped
+    from any listed tensor is removed from its whole group (so a hand edit of one tensor is enough); the
+    result's plan lists every tensor that shrank.
+    """
+    graph = Graph.build(model)
+    analysis = analyze(graph)
+    wanted = plan.keep_map()
+    for t in plan.tensors:
+        lab = analysis.labels.get(t.name)
+        if lab is None or lab.axis != t.axis or lab.size != t.size:
+            raise PlanError(f"plan entry '{t.name}' (axis {t.axis}, size {t.size}) does not match the model")
+    removed = _dropped_units(analysis, wanted)
+    for gid in removed:
+        group = analysis.groups[gid]
+        if group.blocked:
+            raise PlanError(f"the plan cuts group {gid}, which cannot be pruned: {group.blocked}")
+        if group.cells is not None and len({int(np.isin(c, removed[gid]).sum()) for c in group.cells}) > 1:
+            raise PlanError(f"the plan cuts group {gid} unevenly across its grouped-convolution groups")
+        if len(removed[gid]) >= group.size:
+            raise PlanError(f"the plan removes every channel of group {gid}")
+    keep = analysis.keep_positions(removed)
+    order = [o for node in graph.nodes for o in node.output]
+    plan = Plan.from_keep(keep, analysis.labels, plan.model_sha256, order)  # the whole groups, as applied
+    pruned = apply_keep(analysis, keep) if keep else model
+    verification = verify(model, pruned, plan, graph=graph, seed=seed, input_shapes=input_shapes,
+                          tolerance=tolerance) if verify_result else None
+    shapes = static_input_shapes(model, input_shapes)
+    before, after = model_stats(model, shapes), model_stats(pruned, shapes)
+    report = {"tool": {"name": "onnxprune", "version": __version__}, "plan_model_sha256": plan.model_sha256,
+              "before": before.to_dict(), "after": after.to_dict(),
+              "macs_kept": after.macs / before.macs if before.macs else 1.0,
+              "params_kept": after.params / before.params if before.params else 1.0,
+              "groups": group_rows(analysis, removed, before.macs_per_node),
+              "verification": verification.to_dict() if verification else None, "options": {"plan": True}}
+    return PruneResult(pruned, plan, report, analysis, verification, removed)
+
+
 def _schedule(config: PruneConfig) -> list[float]:
     """Ratios of the steps: one for one-shot; for ``iterative`` remove ``step`` of what remains each time."""
     if config.schedule == "oneshot" or config.ratio == 0:
@@ -206,6 +265,18 @@ def _compose(total: dict[str, np.ndarray], step: dict[str, np.ndarray]) -> dict[
     for name, kept in step.items():
         out[name] = total[name][kept] if name in total else kept
     return out
+
+
+def _dropped_units(analysis: Analysis, keep: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
+    """The units dropped from at least one of the listed tensors."""
+    dropped: dict[int, set[int]] = {}
+    for name, kept in keep.items():
+        gids, local = analysis.unit_index(analysis.labels[name].atoms)
+        gone = np.ones(len(gids), dtype=bool)
+        gone[kept] = False
+        for gid, unit in zip(gids[gone].tolist(), local[gone].tolist()):
+            dropped.setdefault(gid, set()).add(unit)
+    return {gid: np.array(sorted(units), dtype=np.int64) for gid, units in dropped.items()}
 
 
 def _removed_units(analysis: Analysis, keep: dict[str, np.ndarray]) -> dict[int, np.ndarray]:

@@ -1,0 +1,120 @@
+"""Budgets (--target-macs / --target-params) and re-applying plans (onnxprune apply)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxprune
+from onnxprune.budget import CostModel
+from onnxprune.cli import main
+from onnxprune.graph import static_input_shapes
+from onnxprune.rewrite import apply_keep
+
+import builders
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST = ROOT / "models" / "mnist_resnet.onnx"
+
+
+@pytest.mark.parametrize("kind", ["macs", "params"])
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.7])
+def test_budget_lands_on_target(kind, target):
+    model = onnxprune.load(MNIST)
+    config = onnxprune.PruneConfig(**{f"target_{kind}": target})
+    result = onnxprune.prune(model, config)
+    assert result.verification.mask_equivalent is True
+    got = result.report[f"{kind}_kept"]
+    assert got <= target + 0.02 and got >= target - 0.06  # a 16-channel model moves in coarse steps
+
+
+@pytest.mark.parametrize("build", [builders.residual_add, builders.se_block, builders.flatten_gemm_head,
+                                   builders.depthwise_separable, builders.concat_branches])
+def test_cost_model_matches_the_rewritten_model(build):
+    model = build()
+    analysis = onnxprune.analyze(model)
+    shapes = static_input_shapes(model)
+    rng = np.random.default_rng(0)
+    removed = {}
+    for g in analysis.groups:
+        if g.prunable and g.cells is None:
+            removed[g.id] = np.sort(rng.choice(g.size, size=g.size // 2, replace=False))
+    pruned = apply_keep(analysis, analysis.keep_positions(removed))
+    from onnxprune.report import model_stats
+
+    before, after = model_stats(model, shapes), model_stats(pruned, shapes)
+    macs, params = CostModel(model, analysis, shapes).fractions(removed)
+    assert macs == pytest.approx(after.macs / before.macs)
+    assert params == pytest.approx(after.params / before.params)
+
+
+def test_budget_options_are_checked(tmp_path, capsys):
+    model = tmp_path / "m.onnx"
+    shutil.copy(MNIST, model)
+    for args in (["--target-macs", "0.4", "--target-params", "0.4"], ["--target-macs", "0"],
+                 ["--target-macs", "1.5"], ["--target-params", "0.5", "--schedule", "iterative"]):
+        assert main([str(model), *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("onnxprune: error:")
+    assert not (tmp_path / "m.pruned.onnx").exists()
+
+
+def test_apply_reproduces_a_prune_byte_for_byte(tmp_path):
+    model = tmp_path / "m.onnx"
+    shutil.copy(MNIST, model)
+    assert main([str(model), "-o", str(tmp_path / "a.onnx"), "--plan", str(tmp_path / "p.json"), "-q"]) == 0
+    assert main(["apply", str(model), "--plan", str(tmp_path / "p.json"), "-o", str(tmp_path / "b.onnx"),
+                 "-q"]) == 0
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_apply_to_another_checkpoint(tmp_path):
+    """Same architecture, other weights: the plan's channels are cut and the result is mask-equivalent."""
+    model = onnxprune.load(MNIST)
+    plan = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.5)).plan
+    other = onnx.ModelProto()
+    other.CopyFrom(model)
+    rng = np.random.default_rng(1)
+    for t in other.graph.initializer:
+        value = onnx.numpy_helper.to_array(t)
+        if value.dtype == np.float32 and value.size > 1:
+            t.CopyFrom(onnx.numpy_helper.from_array((value * rng.uniform(0.5, 1.5, value.shape)).astype(
+                np.float32), t.name))
+    result = onnxprune.apply_plan(other, plan)
+    assert result.verification.mask_equivalent is True
+    assert result.plan.keep_map().keys() == plan.keep_map().keys()
+
+
+def test_hand_edited_plan_cuts_the_whole_group(tmp_path):
+    model = onnxprune.load(MNIST)
+    plan = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.5)).plan.to_dict()
+    first = plan["tensors"][0]
+    first["keep"] = first["keep"][:-1]  # drop one more channel from one tensor only
+    result = onnxprune.apply_plan(model, onnxprune.Plan.from_dict(plan))
+    assert result.verification.mask_equivalent is True
+    assert len(result.plan.tensors[0].keep) == len(first["keep"])
+    shrunk = {t.name: len(t.keep) for t in result.plan.tensors}
+    assert shrunk["/stem/stem.2/Relu_output_0"] == len(first["keep"])  # the group followed
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda p: p["tensors"][0].update(size=99), "does not match the model"),
+    (lambda p: p["tensors"][0].update(name="nope"), "does not match the model"),
+    (lambda p: p["tensors"][0].update(keep=[]), "removes every channel"),
+    (lambda p: p.update(format="other"), "plan"),
+])
+def test_bad_plans_are_refused(tmp_path, capsys, edit, needle):
+    model = tmp_path / "m.onnx"
+    shutil.copy(MNIST, model)
+    assert main([str(model), "-o", str(tmp_path / "a.onnx"), "--plan", str(tmp_path / "p.json"), "-q"]) == 0
+    plan = json.loads((tmp_path / "p.json").read_text())
+    edit(plan)
+    (tmp_path / "p.json").write_text(json.dumps(plan))
+    assert main(["apply", str(model), "--plan", str(tmp_path / "p.json"), "-o", str(tmp_path / "b.onnx")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("onnxprune: error:") and needle in err[0]
+    assert not (tmp_path / "b.onnx").exists()
