@@ -84,3 +84,11 @@ def test_external_data_round_trip(exports, tmp_path):
     a = Session(reloaded).run(feeds)[0]
     b = Session(result.model).run(feeds)[0]
     assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2", "densenet121", "efficientnet_b0", "regnet_x_400mf"])
+def test_target_macs_lands_within_two_points(exports, arch):
+    model = onnxprune.load(exports(arch, "legacy", False))
+    result = onnxprune.prune(model, onnxprune.PruneConfig(target_macs=0.4))
+    assert 0.38 <= result.report["macs_kept"] <= 0.42
+    assert result.verification.mask_equivalent is True
