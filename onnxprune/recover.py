@@ -88,7 +88,7 @@ def _consumers(analysis: Analysis, keep: dict[str, np.ndarray]) -> list[_Consume
     seen = set()
     for ref in analysis.weights:
         node = analysis.graph.nodes[ref.node]
-        if ref.role != "in" or ref.node in seen or node.op_type not in ("Conv", "Gemm"):
+        if ref.role != "in" or ref.node in seen or node.op_type not in ("Conv", "Gemm", "MatMul"):
             continue
         seen.add(ref.node)
         x = node.input[0]
@@ -148,6 +148,8 @@ class _PrunedEdits:
 def _compensate_bias(c: _Consumer, analysis: Analysis, mean: np.ndarray, edits: _PrunedEdits) -> None:
     graph = analysis.graph
     node, target = c.node, edits.node(c.node)
+    if node.op_type == "MatMul":
+        return  # no bias input to fold into
     removed = np.setdiff1d(np.arange(mean.shape[0]), c.keep_in)
     if not len(removed):
         return
@@ -219,7 +221,7 @@ def _least_squares(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis:
 
 def _output_shapes(model: onnx.ModelProto, data: Dataset) -> dict[str, tuple[int, ...]]:
     """Per-sample output shapes of every Conv/Gemm, from one run on the first sample."""
-    names = [n.output[0] for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
+    names = [n.output[0] for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
     feeds, _ = next(data.batches(1))
     values = Session(model, edit=_expose(names)).session.run(names, feeds)
     return {n: v.shape[1:] for n, v in zip(names, values)}
@@ -231,7 +233,7 @@ def _choose_rows(c: _Consumer, out_shape: tuple[int, ...], n: int, rng: np.rando
     count = min(n, max(-(-rows // positions) * _OVERSAMPLE, 16))  # spread the rows over several samples
     samples = np.sort(rng.choice(n, size=count, replace=False))
     pick = rng.choice(count * positions, size=min(rows, count * positions), replace=False)
-    if c.node.op_type == "Gemm":
+    if c.node.op_type != "Conv":
         return _Rows(c, samples, (pick,))
     which, rest = np.divmod(pick, positions)
     oh, ow = np.divmod(rest, out_shape[2])
@@ -293,7 +295,7 @@ def _collect_inputs(pruned: onnx.ModelProto, r: _Rows, data: Dataset, batch_size
         in_batch = (r.where[0] >= start) & (r.where[0] < start + x.shape[0])
         rows = np.nonzero(in_batch)[0]
         local = r.where[0][rows] - start
-        if node.op_type == "Gemm":
+        if node.op_type in ("Gemm", "MatMul"):
             blocks.append((rows, x.reshape(x.shape[0], -1)[local]))
         else:
             blocks.append((rows, _patches(node, kernel, x, local, r.where[1][rows], r.where[2][rows])))
@@ -324,9 +326,11 @@ def _fits(c: _Consumer, graph) -> bool:
     node = c.node
     if node.op_type == "Gemm":
         return not int(attr(node, "transA", 0))
+    if node.op_type == "MatMul":
+        return graph.rank(node.input[0]) == 2
     w = graph.const_shape(node.input[1])
-    return int(attr(node, "group", 1)) == 1 and w is not None and len(w) == 4 \
-        and attr(node, "auto_pad", "NOTSET") in (b"NOTSET", "NOTSET")
+    depthwise = int(attr(node, "group", 1)) > 1 and w is not None and w[1] == 1
+    return not depthwise and w is not None and len(w) == 4 and attr(node, "auto_pad", "NOTSET") in (b"NOTSET", "NOTSET")
 
 
 def _expose(names: list[str]):
@@ -337,23 +341,37 @@ def _expose(names: list[str]):
 
 
 def _solve(r: _Rows, x: np.ndarray, graph, edits: _PrunedEdits) -> bool:
+    """Ridge least squares per conv group (one group for Gemm/MatMul), then write weights and bias back."""
     node = r.consumer.node
     y = r.target.astype(np.float64)
-    x = np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
-    gram, cross = x.T @ x, x.T @ y
-    d = gram.shape[0]
-    damp = _RIDGE * max(np.trace(gram) / d, 1e-12)
-    try:
-        theta = np.linalg.solve(gram + damp * np.eye(d), cross)  # [d, outputs]
-    except np.linalg.LinAlgError:
-        return False
-    if not np.all(np.isfinite(theta)):
-        return False
-    weights, bias = theta[:-1].T, theta[-1]
+    groups = int(attr(node, "group", 1)) if node.op_type == "Conv" else 1
+    intercept = node.op_type != "MatMul"  # MatMul has no bias to absorb the offset
+    rows = x.reshape(x.shape[0], groups, -1)  # [R, groups, inputs of one group]
+    outputs = y.shape[1] // groups
+    thetas = []
+    for j in range(groups):
+        xj = rows[:, j]
+        if intercept:
+            xj = np.concatenate([xj, np.ones((xj.shape[0], 1))], axis=1)
+        gram, cross = xj.T @ xj, xj.T @ y[:, j * outputs:(j + 1) * outputs]
+        d = gram.shape[0]
+        damp = _RIDGE * max(np.trace(gram) / d, 1e-12)
+        try:
+            theta = np.linalg.solve(gram + damp * np.eye(d), cross)  # [d, outputs of the group]
+        except np.linalg.LinAlgError:
+            return False
+        if not np.all(np.isfinite(theta)):
+            return False
+        thetas.append(theta)
+    theta = np.concatenate(thetas, axis=1)
+    weights, bias = (theta[:-1].T, theta[-1]) if intercept else (theta.T, None)
     target = edits.node(node)
     dtype = graph.elem_type(node.input[1]) or onnx.TensorProto.FLOAT
     if node.op_type == "Conv":
-        weights = weights.reshape(weights.shape[0], len(r.consumer.keep_in), *graph.const_shape(node.input[1])[2:])
+        kernel = graph.const_shape(node.input[1])[2:]
+        weights = weights.reshape(weights.shape[0], len(r.consumer.keep_in) // groups, *kernel)
+    elif node.op_type == "MatMul":
+        weights = weights.T  # B is [inputs, outputs]
     else:
         weights = weights / float(attr(node, "alpha", 1.0))
         if int(attr(node, "transB", 0)) == 0:
@@ -361,5 +379,6 @@ def _solve(r: _Rows, x: np.ndarray, graph, edits: _PrunedEdits) -> bool:
         has_bias = len(node.input) > 2 and node.input[2]
         bias = bias / (float(attr(node, "beta", 1.0)) if has_bias else 1.0)
     edits.set_input(target, 1, weights, dtype)
-    edits.set_input(target, 2, bias, dtype)
+    if bias is not None:
+        edits.set_input(target, 2, bias, dtype)
     return True
