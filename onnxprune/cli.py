@@ -28,7 +28,7 @@ from .io import file_sha256, load_model, save_model, write_text_atomic
 from .graph import static_input_shapes
 from .data import ImageSpec, load_data
 from .evaluate import evaluate
-from .pipeline import DEFAULT_DATA_CRITERION, SCHEDULES, PruneConfig, apply_plan, prune
+from .pipeline import DEFAULT_DATA_CRITERION, SCHEDULES, PruneConfig, apply_plan, prune, prune_within
 from .plan import Plan
 from .recover import RECOVERY_MODES
 from .report import format_evaluation, format_groups, format_summary, group_rows, model_stats, summary_document
@@ -167,6 +167,8 @@ def _read_config(ctx: click.Context, param: click.Parameter, value: Path | None)
               help="Keep this fraction of the MACs (global ranking and a cost-model search; overrides --ratio).")
 @click.option("--target-params", type=float, metavar="F",
               help="Keep this fraction of the parameters (overrides --ratio).")
+@click.option("--max-drop", type=float, metavar="D",
+              help="Prune as deep as keeps the --eval accuracy drop (or top-1 disagreement) within D, e.g. 0.01.")
 @click.option("--global", "global_ranking", is_flag=True,
               help="Rank all groups together (normalised scores) instead of cutting each group by --ratio.")
 @click.option("--round-to", type=int, default=1, show_default=True, help="Kept channel counts are multiples of N.")
@@ -196,7 +198,7 @@ def _read_config(ctx: click.Context, param: click.Parameter, value: Path | None)
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str | None, target_macs: float | None,
-              target_params: float | None, global_ranking: bool,
+              target_params: float | None, max_drop: float | None, global_ranking: bool,
               round_to: int, min_channels: int, exclude: tuple[str, ...], seed: int, plan_path: Path | None,
               report_path: Path | None, no_verify: bool, input_shape: tuple[str, ...], calib: Path | None,
               calib_samples: int, recover: str | None, schedule: str, step: float, eval_path: Path | None,
@@ -214,7 +216,13 @@ def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str | N
     original = load_model(model)
     calib_data = _load_data(calib, model, original, data_opts)
     eval_data = _load_data(eval_path, model, original, data_opts)
-    result = prune(original, config, calib=calib_data, eval_data=eval_data, source_sha256=file_sha256(model))
+    if max_drop is not None:
+        if eval_data is None:
+            raise UsageError("--max-drop needs evaluation data (--eval)")
+        result = prune_within(original, config, max_drop, eval_data, calib=calib_data,
+                              source_sha256=file_sha256(model))
+    else:
+        result = prune(original, config, calib=calib_data, eval_data=eval_data, source_sha256=file_sha256(model))
     written = save_model(result.model, output)
     try:
         result.report["input"] = {"path": str(model), "bytes": model.stat().st_size}

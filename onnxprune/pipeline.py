@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -25,8 +25,8 @@ from .report import group_rows, model_stats
 from .rewrite import apply_keep
 from .verify import Verification, verify
 
-__all__ = ["PruneConfig", "PruneResult", "prune", "apply_plan", "model_sha256", "DEFAULT_DATA_CRITERION",
-           "SCHEDULES"]
+__all__ = ["PruneConfig", "PruneResult", "prune", "prune_within", "apply_plan", "model_sha256",
+           "DEFAULT_DATA_CRITERION", "SCHEDULES"]
 
 #: The criterion used when calibration data is given and none is named (see the issue notes for the measurement).
 DEFAULT_DATA_CRITERION = "wanda"
@@ -183,6 +183,39 @@ def prune(model: onnx.ModelProto, config: PruneConfig = PruneConfig(), *, calib:
             "after": evaluate(current, eval_data, model, config.batch_size, limit, "evaluating pruned").to_dict(),
         }
     return PruneResult(current, plan, report, analysis, verification, removed)
+
+
+def prune_within(model: onnx.ModelProto, config: PruneConfig, max_drop: float, eval_data: Dataset, *,
+                 calib: Dataset | None = None, source_sha256: str | None = None, steps: int = 7) -> PruneResult:
+    """The deepest pruning whose accuracy drop on ``eval_data`` (top-1 disagreement with the original where
+    there are no labels) stays within ``max_drop``: a bisection over the MACs budget, evaluating each
+    candidate. The report records every candidate tried."""
+    if not 0.0 <= max_drop < 1.0:
+        raise UsageError(f"--max-drop must be in [0, 1), got {max_drop}")
+    baseline = evaluate(model, eval_data, None, config.batch_size, None, "evaluating original")
+    labelled = baseline.accuracy is not None
+
+    def drop_of(result: PruneResult) -> float:
+        e = evaluate(result.model, eval_data, model, config.batch_size, None, "evaluating candidate")
+        return (baseline.accuracy - e.accuracy) if labelled else (1.0 - e.agreement)
+
+    quick = replace(config, verify=False, target_params=None)
+    lo, hi, best, tried = 0.0, 1.0, None, []
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        candidate = prune(model, replace(quick, target_macs=mid), calib=calib)
+        drop = drop_of(candidate)
+        tried.append({"target_macs": mid, "macs_kept": candidate.report["macs_kept"], "drop": drop})
+        if drop <= max_drop:
+            best, hi = mid, mid
+        else:
+            lo = mid
+    final_config = replace(config, target_macs=best, target_params=None) if best is not None else \
+        replace(config, ratio=0.0, target_macs=None, target_params=None)
+    result = prune(model, final_config, calib=calib, eval_data=eval_data, source_sha256=source_sha256)
+    result.report["max_drop"] = {"limit": max_drop, "metric": "accuracy" if labelled else "top-1 agreement",
+                                 "candidates": tried}
+    return result
 
 
 def apply_plan(model: onnx.ModelProto, plan: Plan, *, verify_result: bool = True, seed: int = 0,
