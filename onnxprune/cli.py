@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 
 import click
+import numpy as np
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,7 +32,8 @@ from .evaluate import evaluate
 from .pipeline import DEFAULT_DATA_CRITERION, SCHEDULES, PruneConfig, apply_plan, prune, prune_within
 from .plan import Plan
 from .recover import RECOVERY_MODES
-from .report import format_evaluation, format_groups, format_summary, group_rows, model_stats, summary_document
+from .report import (format_evaluation, format_groups, format_sensitivity, format_summary, group_rows, model_stats,
+                     summary_document)
 
 __all__ = ["main"]
 
@@ -315,6 +317,44 @@ def apply_cmd(model: Path, plan_path: Path, output: Path | None, report_path: Pa
     if not quiet:
         click.echo(f"onnxprune: {model} -> {output} (plan {plan_path})", err=True)
         click.echo(format_summary(result.report), err=True)
+
+
+@cli.command("analyze")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--data", "data_path", type=click.Path(path_type=Path),
+              help="Samples to measure on [default: 64 seeded random inputs].")
+@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Folder for analysis.json and sensitivity.png.")
+@click.option("--fractions", default="0.25,0.5,0.75", show_default=True, help="Fractions of each group to try.")
+@click.option("--criterion", type=click.Choice(["l1", "l2", "bn-scale", "random"]), default="l2", show_default=True)
+@click.option("--limit", type=int, default=256, show_default=True, help="Use at most N samples.")
+@click.option("--tolerance", type=float, default=0.01, show_default=True,
+              help="Largest accuracy drop (or disagreement) a recommended ratio may cost.")
+@data_options
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def analyze_cmd(model: Path, data_path: Path | None, out_dir: Path, fractions: str, criterion: str, limit: int,
+                tolerance: float, debug: bool, **data_opts) -> None:
+    """Per-group sensitivity of MODEL, MACs share per group and recommended per-group ratios."""
+    from .analyze import plot, sensitivity
+    from .data import Dataset
+    from .runtime import random_inputs
+
+    steps = tuple(f for f in _floats(fractions) or ())
+    if not steps or not all(0 < f < 1 for f in steps):
+        raise UsageError(f"--fractions must be numbers in (0, 1), got '{fractions}'")
+    original = load_model(model)
+    data = _load_data(data_path, model, original, data_opts)
+    if data is None:
+        feeds = random_inputs(original, 0)
+        data = Dataset({k: np.repeat(v, 64, axis=0) + np.random.default_rng(1).standard_normal(
+            (64,) + v.shape[1:]).astype(v.dtype) for k, v in feeds.items()})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = sensitivity(original, data, steps, criterion, data_opts["batch_size"], limit, tolerance)
+    write_text_atomic(out_dir / "analysis.json", json.dumps(result.to_dict(), indent=1) + "\n")
+    plotted = plot(result, out_dir / "sensitivity.png")
+    click.echo(format_sensitivity(result))
+    click.echo(f"wrote {out_dir / 'analysis.json'}" + (f" and {out_dir / 'sensitivity.png'}" if plotted else
+                                                          " (no plot: pip install 'onnxprune[plot]')"))
 
 
 @cli.command("eval")

@@ -142,3 +142,28 @@ def test_max_drop_needs_eval(tmp_path, capsys):
     shutil.copy(MNIST, model)
     assert main([str(model), "--max-drop", "0.01"]) == 2
     assert "needs evaluation data" in capsys.readouterr().err
+
+
+def test_analyze_writes_json_plot_and_table(tmp_path, capsys):
+    model = tmp_path / "m.onnx"
+    shutil.copy(MNIST, model)
+    out = tmp_path / "an"
+    assert main(["analyze", str(model), "--data", str(ROOT / "models" / "mnist_calib.npz"), "-o", str(out),
+                 "--fractions", "0.25,0.5", "--limit", "64"]) == 0
+    table = capsys.readouterr().out
+    doc = json.loads((out / "analysis.json").read_text())
+    curves = [g for g in doc["groups"] if "curve" in g]
+    assert len(curves) == 6 and all(len(g["curve"]) == 2 for g in curves)
+    assert all(0.0 <= p["agreement"] <= 1.0 for g in curves for p in g["curve"])
+    assert all(g["recommended_ratio"] in (0.0, 0.25, 0.5) for g in curves)
+    assert doc["baseline_accuracy"] > 0.9 and "created by" in table
+    pytest.importorskip("matplotlib")
+    assert (out / "sensitivity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_analyze_without_data_uses_random_inputs(tmp_path):
+    model = tmp_path / "m.onnx"
+    shutil.copy(MNIST, model)
+    assert main(["analyze", str(model), "-o", str(tmp_path / "an"), "--fractions", "0.5"]) == 0
+    doc = json.loads((tmp_path / "an" / "analysis.json").read_text())
+    assert doc["baseline_accuracy"] is None and doc["fractions"] == [0.5]

@@ -1,0 +1,117 @@
+"""Sensitivity analysis: how much each channel group matters. For every prunable group and fraction, remove
+that fraction of the group alone (lowest scores first), run the data through the result and compare it with
+the original (accuracy where there are labels, top-1 agreement and relative error always). Also the share of
+MACs each group touches, and a recommended per-group ratio: the deepest tried fraction whose loss stays within
+the tolerance."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .calibrate import static_batch
+from .criteria import score
+from .data import Dataset
+from .dependency import analyze as find_groups
+from .graph import Graph, static_input_shapes
+from .planner import PlanConfig, choose
+from .progress import Progress
+from .report import group_rows, model_stats
+from .rewrite import apply_keep
+from .runtime import Session
+
+__all__ = ["Sensitivity", "sensitivity", "plot"]
+
+
+@dataclass
+class Sensitivity:
+    fractions: list[float]
+    rows: list[dict]  # per group: id, size, macs share, blocked, and per fraction: agreement, rel_error, accuracy
+    baseline_accuracy: float | None
+
+    def to_dict(self) -> dict:
+        return {"fractions": self.fractions, "baseline_accuracy": self.baseline_accuracy, "groups": self.rows}
+
+
+def _outputs(model: onnx.ModelProto, data: Dataset, batch: int, limit: int) -> np.ndarray:
+    session = Session(model)
+    fixed = static_batch(model)
+    parts = []
+    for feeds, part in data.batches(fixed or batch, limit):
+        if fixed and part.stop - part.start != fixed:
+            break
+        parts.append(np.asarray(session.run(feeds)[0], dtype=np.float64).reshape(part.stop - part.start, -1))
+    return np.concatenate(parts)
+
+
+def sensitivity(model: onnx.ModelProto, data: Dataset, fractions: tuple[float, ...] = (0.25, 0.5, 0.75),
+                criterion: str = "l2", batch_size: int = 32, limit: int = 256, tolerance: float = 0.01
+                ) -> Sensitivity:
+    """Per-group sensitivity of ``model`` on ``data`` (at most ``limit`` samples)."""
+    graph = Graph.build(model)
+    analysis = find_groups(graph)
+    scores = score(analysis, criterion)
+    stats = model_stats(model, static_input_shapes(model))
+    rows = group_rows(analysis, {}, stats.macs_per_node)
+    reference = _outputs(model, data, batch_size, limit)
+    labels = data.labels[:len(reference)] if data.labels is not None else None
+    base_acc = float((reference.argmax(1) == labels).mean()) if labels is not None else None
+    prunable = [g for g in analysis.groups if g.prunable]
+    with Progress("analysing", len(prunable) * len(fractions)) as bar:
+        for g in prunable:
+            row = rows[g.id]
+            row["macs_share"] = row["macs"] / stats.macs if stats.macs else 0.0
+            row["curve"] = []
+            for f in fractions:
+                kept = {g.id: g.size - math.floor(f * g.size + 1e-9)}
+                removed = {gid: r for gid, r in choose(analysis, scores, PlanConfig(ratio=f), kept).items()
+                           if gid == g.id}
+                if not removed:
+                    row["curve"].append({"fraction": f, "agreement": 1.0, "rel_error": 0.0, "accuracy": base_acc})
+                    bar.advance()
+                    continue
+                out = _outputs(apply_keep(analysis, analysis.keep_positions(removed)), data, batch_size, limit)
+                point = {"fraction": f, "agreement": float((out.argmax(1) == reference.argmax(1)).mean()),
+                         "rel_error": float(np.linalg.norm(out - reference) / max(np.linalg.norm(reference), 1e-30)),
+                         "accuracy": float((out.argmax(1) == labels).mean()) if labels is not None else None}
+                row["curve"].append(point)
+                bar.advance()
+            ok = [p["fraction"] for p in row["curve"]
+                  if (p["accuracy"] is not None and base_acc - p["accuracy"] <= tolerance)
+                  or (p["accuracy"] is None and 1.0 - p["agreement"] <= tolerance)]
+            row["recommended_ratio"] = max(ok, default=0.0)
+    for row in rows:
+        row.setdefault("macs_share", row["macs"] / stats.macs if stats.macs else 0.0)
+    return Sensitivity(list(fractions), rows, base_acc)
+
+
+def plot(result: Sensitivity, path: Path) -> bool:
+    """Write a PNG of the sensitivity curves (needs matplotlib: ``pip install 'onnxprune[plot]'``)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for row in result.rows:
+        if "curve" in row:
+            xs = [0.0] + [p["fraction"] for p in row["curve"]]
+            ys = [1.0] + [p["agreement"] for p in row["curve"]]
+            left.plot(xs, ys, marker="o", linewidth=1, label=f"group {row['id']}")
+    left.set_xlabel("fraction of the group removed")
+    left.set_ylabel("top-1 agreement with the original")
+    left.set_title("sensitivity per group")
+    left.legend(fontsize="small", ncol=2)
+    shown = [r for r in result.rows if "curve" in r]
+    right.bar([str(r["id"]) for r in shown], [r["macs_share"] for r in shown])
+    right.set_xlabel("group")
+    right.set_ylabel("share of MACs touched")
+    right.set_title("where the MACs are")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
