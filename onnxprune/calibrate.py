@@ -79,7 +79,7 @@ def collect(model: onnx.ModelProto, tensors: list[str], axes: dict[str, int], da
         light.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in tensors if n not in known)
 
     session = Session(model, edit=expose)
-    outputs = [o.name for o in session.session.get_outputs()]
+    outputs = session.output_names()
     wanted = [outputs.index(n) for n in tensors]
     fixed = static_batch(model)
     batch = fixed or batch_size
@@ -89,7 +89,7 @@ def collect(model: onnx.ModelProto, tensors: list[str], axes: dict[str, int], da
         for feeds, part in data.batches(batch, limit):
             if fixed and part.stop - part.start != fixed:
                 break  # a model with a pinned batch size cannot take the remainder
-            values = session.session.run([outputs[k] for k in wanted], feeds)
+            values = session.run(feeds, [outputs[k] for k in wanted])
             for name, value in zip(tensors, values):
                 _accumulate(stats, name, np.asarray(value), axes[name])
             bar.advance(part.stop - part.start)

@@ -335,7 +335,7 @@ def apply_cmd(model: Path, plan_path: Path, output: Path | None, report_path: Pa
 def analyze_cmd(model: Path, data_path: Path | None, out_dir: Path, fractions: str, criterion: str, limit: int,
                 tolerance: float, debug: bool, **data_opts) -> None:
     """Per-group sensitivity of MODEL, MACs share per group and recommended per-group ratios."""
-    from .analyze import plot, sensitivity
+    from .sensitivity import plot, sensitivity
     from .data import Dataset
     from .runtime import random_inputs
 

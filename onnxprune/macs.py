@@ -76,8 +76,8 @@ def _measured_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]],
 
     try:
         session = Session(model, edit=expose, optimize=False)
-        wanted = [o.name for o in session.session.get_outputs()]
-        values = session.session.run(None, random_inputs(model, shapes=input_shapes))
+        wanted = session.output_names()
+        values = session.run(random_inputs(model, shapes=input_shapes))
     except Exception:  # noqa: BLE001 - counting stays best effort
         return {}
     return {n: list(v.shape) for n, v in zip(wanted, values) if n in names}

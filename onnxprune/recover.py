@@ -223,7 +223,7 @@ def _output_shapes(model: onnx.ModelProto, data: Dataset) -> dict[str, tuple[int
     """Per-sample output shapes of every Conv/Gemm, from one run on the first sample."""
     names = [n.output[0] for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
     feeds, _ = next(data.batches(1))
-    values = Session(model, edit=_expose(names)).session.run(names, feeds)
+    values = Session(model, edit=_expose(names)).run(feeds, names)
     return {n: v.shape[1:] for n, v in zip(names, values)}
 
 
@@ -247,7 +247,7 @@ def _run_samples(model: onnx.ModelProto, names: list[str], data: Dataset, sample
     for start in range(0, len(samples), batch_size):
         chosen = samples[start:start + batch_size]
         feeds = _gather(data, chosen)
-        yield start, session.session.run(names, feeds)
+        yield start, session.run(feeds, names)
 
 
 def _gather(data: Dataset, indices: np.ndarray) -> dict[str, np.ndarray]:

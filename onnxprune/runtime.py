@@ -13,39 +13,73 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from .graph import SMALL_CONSTANT, copy_fields, subgraph_reads as _subgraph_reads
+from .graph import SMALL_CONSTANT, copy_fields, light_model, subgraph_reads as _subgraph_reads
 from .graph import static_input_shapes
 
 __all__ = ["Session", "random_inputs"]
 
 
 class Session:
-    """An ``onnxruntime.InferenceSession`` on ``model`` that keeps the weight arrays it borrows alive."""
+    """An ``onnxruntime.InferenceSession`` on ``model`` that keeps the weight arrays it borrows alive.
+
+    ``optimize=True`` (calibration, evaluation) hands large initializers to onnxruntime as external
+    initializers, which it copies and prepacks for speed. ``optimize=False`` (one-off checks) turns the weights
+    into graph inputs fed with every run: onnxruntime reads the numpy arrays in place, so a check costs no
+    second copy of the weights. ``arrays`` may supply constant values already in memory.
+    """
 
     def __init__(self, model: onnx.ModelProto, edit: Callable[[onnx.ModelProto], None] | None = None,
                  threads: int = 0, optimize: bool = True,
                  arrays: Callable[[str], np.ndarray | None] | None = None) -> None:
-        """``optimize=False`` turns off graph optimizations and weight prepacking (a one-off check needs
-        neither, and both copy weights); ``arrays`` may supply initializer values already in memory."""
-        light, names, arrays = _split(model, arrays)
-        if edit is not None:
-            edit(light)
         options = ort.SessionOptions()
         options.log_severity_level = 4  # errors reach the caller as exceptions, not as log lines
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        if not optimize:
+        self._weights: dict[str, np.ndarray] = {}
+        if optimize:
+            light, names, values = _split(model, arrays)
+            self._values = [ort.OrtValue.ortvalue_from_numpy(a) for a in values]
+            if names:
+                options.add_external_initializers(names, self._values)
+            self._arrays = values
+        else:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             options.add_session_config_entry("session.disable_prepacking", "1")
-        self._values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
-        if names:
-            options.add_external_initializers(names, self._values)
-        self._arrays = arrays
+            light, self._weights = _as_inputs(model, arrays)
+        if edit is not None:
+            edit(light)
         self.session = ort.InferenceSession(light.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(None, feeds)
+    def run(self, feeds: dict[str, np.ndarray], names: list[str] | None = None) -> list[np.ndarray]:
+        return self.session.run(names, {**self._weights, **feeds} if self._weights else feeds)
+
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.session.get_outputs()]
+
+
+def _as_inputs(model: onnx.ModelProto, known: Callable[[str], np.ndarray | None] | None
+               ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The light model (large constants as graph inputs) and the arrays to feed them with."""
+    light = light_model(model)
+    stored = {t.name for t in model.graph.initializer}
+    kept = {t.name for t in light.graph.initializer}  # small constants stay inside the light model
+    real = {vi.name for vi in model.graph.input} - stored
+    weights: dict[str, np.ndarray] = {}
+    for vi in light.graph.input:
+        if vi.name in real or vi.name in kept:
+            continue
+        value = known(vi.name) if known is not None else None
+        if value is None:
+            t = next((t for t in model.graph.initializer if t.name == vi.name), None)
+            if t is not None:
+                value = numpy_helper.to_array(t)
+            else:  # a large Constant node turned into an input
+                from .graph import constant_node_value
+                node = next(n for n in model.graph.node if n.output and n.output[0] == vi.name)
+                value = constant_node_value(node)
+        weights[vi.name] = np.ascontiguousarray(value)
+    return light, weights
 
 
 _BORROWABLE = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.INT64, TensorProto.INT32,
