@@ -327,13 +327,15 @@ def apply_cmd(model: Path, plan_path: Path, output: Path | None, report_path: Pa
               help="Folder for analysis.json and sensitivity.png.")
 @click.option("--fractions", default="0.25,0.5,0.75", show_default=True, help="Fractions of each group to try.")
 @click.option("--criterion", type=click.Choice(["l1", "l2", "bn-scale", "random"]), default="l2", show_default=True)
-@click.option("--limit", type=int, default=256, show_default=True, help="Use at most N samples.")
+@click.option("--limit", type=int, default=256, show_default=True, help="Samples for the channel statistics.")
+@click.option("--probe", type=int, default=32, show_default=True,
+              help="Samples each candidate (one group cut) is measured on.")
 @click.option("--tolerance", type=float, default=0.01, show_default=True,
               help="Largest accuracy drop (or disagreement) a recommended ratio may cost.")
 @data_options
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def analyze_cmd(model: Path, data_path: Path | None, out_dir: Path, fractions: str, criterion: str, limit: int,
-                tolerance: float, debug: bool, **data_opts) -> None:
+                probe: int, tolerance: float, debug: bool, **data_opts) -> None:
     """Per-group sensitivity of MODEL, MACs share per group and recommended per-group ratios."""
     from .sensitivity import plot, sensitivity
     from .data import Dataset
@@ -349,7 +351,9 @@ def analyze_cmd(model: Path, data_path: Path | None, out_dir: Path, fractions: s
         data = Dataset({k: np.repeat(v, 64, axis=0) + np.random.default_rng(1).standard_normal(
             (64,) + v.shape[1:]).astype(v.dtype) for k, v in feeds.items()})
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = sensitivity(original, data, steps, criterion, data_opts["batch_size"], limit, tolerance)
+    if limit < 1 or probe < 1:
+        raise UsageError("--limit and --probe must be >= 1")
+    result = sensitivity(original, data, steps, criterion, data_opts["batch_size"], limit, tolerance, probe)
     write_text_atomic(out_dir / "analysis.json", json.dumps(result.to_dict(), indent=1) + "\n")
     plotted = plot(result, out_dir / "sensitivity.png")
     click.echo(format_sensitivity(result))

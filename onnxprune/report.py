@@ -150,13 +150,13 @@ def summary_document(report: dict, plan_path=None, report_path=None) -> dict:
 
 def format_sensitivity(result) -> str:
     """The table ``onnxprune analyze`` prints: agreement per tried fraction and the recommended ratio."""
-    head = "".join(f"{f:>9.2f}" for f in result.fractions)
+    head = "".join(f"{f:>10.2f}" for f in result.fractions)
     lines = [f"{'group':>5} {'size':>6} {'MACs':>7} {head}  {'ratio':>6}  created by",
-             f"{'':>5} {'':>6} {'share':>7} {'(top-1 agreement after removing that fraction)':>{9 * len(result.fractions)}}"]
+             f"{'':>5} {'':>6} {'share':>7}  (per fraction: top-1 agreement measured / input energy removed)"]
     for r in result.rows:
         if "curve" not in r:
             continue
-        cells = "".join(f"{p['agreement']:>9.3f}" for p in r["curve"])
+        cells = "".join(f"{p['agreement']:>5.2f}/{p['energy_lost']:<3.2f}" for p in r["curve"])
         lines.append(f"{r['id']:>5} {r['size']:>6} {r['macs_share']:>7.1%} {cells}  {r['recommended_ratio']:>6.2f}  "
                      f"{', '.join(r['sources'][:2])}")
     skipped = sum(1 for r in result.rows if "curve" not in r)
