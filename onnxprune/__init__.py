@@ -20,7 +20,7 @@ from .errors import (  # noqa: E402
 )
 from .io import load_model as load  # noqa: E402
 from .io import save_model as save  # noqa: E402
-from .pipeline import PruneConfig, PruneResult, apply_plan, prune, prune_within  # noqa: E402
+from .pipeline import PruneConfig, PruneResult, apply_plan, prune, prune_to_latency, prune_within  # noqa: E402
 from .plan import Plan  # noqa: E402
 from .verify import Verification, verify  # noqa: E402
 
@@ -42,6 +42,7 @@ __all__ = [
     "apply_plan",
     "load",
     "prune",
+    "prune_to_latency",
     "prune_within",
     "save",
     "verify",

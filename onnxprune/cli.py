@@ -29,7 +29,8 @@ from .io import file_sha256, load_model, save_model, write_text_atomic
 from .graph import static_input_shapes
 from .data import ImageSpec, load_data
 from .evaluate import evaluate
-from .pipeline import DEFAULT_DATA_CRITERION, SCHEDULES, PruneConfig, apply_plan, prune, prune_within
+from .pipeline import (DEFAULT_DATA_CRITERION, SCHEDULES, PruneConfig, apply_plan, prune, prune_to_latency,
+                       prune_within)
 from .plan import Plan
 from .recover import RECOVERY_MODES
 from .report import (format_evaluation, format_groups, format_sensitivity, format_summary, group_rows, model_stats,
@@ -169,6 +170,8 @@ def _read_config(ctx: click.Context, param: click.Parameter, value: Path | None)
               help="Keep this fraction of the MACs (global ranking and a cost-model search; overrides --ratio).")
 @click.option("--target-params", type=float, metavar="F",
               help="Keep this fraction of the parameters (overrides --ratio).")
+@click.option("--target-latency", type=float, metavar="F",
+              help="Keep this fraction of the onnxruntime CPU latency (1 thread, measured side by side).")
 @click.option("--max-drop", type=float, metavar="D",
               help="Prune as deep as keeps the --eval accuracy drop (or top-1 disagreement) within D, e.g. 0.01.")
 @click.option("--global", "global_ranking", is_flag=True,
@@ -200,7 +203,8 @@ def _read_config(ctx: click.Context, param: click.Parameter, value: Path | None)
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str | None, target_macs: float | None,
-              target_params: float | None, max_drop: float | None, global_ranking: bool,
+              target_params: float | None, target_latency: float | None, max_drop: float | None,
+              global_ranking: bool,
               round_to: int, min_channels: int, exclude: tuple[str, ...], seed: int, plan_path: Path | None,
               report_path: Path | None, no_verify: bool, input_shape: tuple[str, ...], calib: Path | None,
               calib_samples: int, recover: str | None, schedule: str, step: float, eval_path: Path | None,
@@ -218,7 +222,12 @@ def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str | N
     original = load_model(model)
     calib_data = _load_data(calib, model, original, data_opts)
     eval_data = _load_data(eval_path, model, original, data_opts)
-    if max_drop is not None:
+    if target_latency is not None:
+        if max_drop is not None or target_macs is not None or target_params is not None:
+            raise UsageError("give one budget: --target-latency, --target-macs, --target-params or --max-drop")
+        result = prune_to_latency(original, config, target_latency, calib=calib_data, eval_data=eval_data,
+                                  source_sha256=file_sha256(model))
+    elif max_drop is not None:
         if eval_data is None:
             raise UsageError("--max-drop needs evaluation data (--eval)")
         result = prune_within(original, config, max_drop, eval_data, calib=calib_data,

@@ -16,6 +16,7 @@ from .data import Dataset
 from .dependency import Analysis, analyze
 from .errors import PlanError, UsageError
 from .evaluate import evaluate
+from .latency import latency_ratio
 from .recover import RECOVERY_MODES, recover
 from .graph import Graph, light_model
 from .graph import static_input_shapes
@@ -25,7 +26,7 @@ from .report import group_rows, model_stats
 from .rewrite import apply_keep
 from .verify import Verification, verify
 
-__all__ = ["PruneConfig", "PruneResult", "prune", "prune_within", "apply_plan", "model_sha256",
+__all__ = ["PruneConfig", "PruneResult", "prune", "prune_within", "prune_to_latency", "apply_plan", "model_sha256",
            "DEFAULT_DATA_CRITERION", "SCHEDULES"]
 
 #: The criterion used when calibration data is given and none is named (see the issue notes for the measurement).
@@ -215,6 +216,38 @@ def prune_within(model: onnx.ModelProto, config: PruneConfig, max_drop: float, e
     result = prune(model, final_config, calib=calib, eval_data=eval_data, source_sha256=source_sha256)
     result.report["max_drop"] = {"limit": max_drop, "metric": "accuracy" if labelled else "top-1 agreement",
                                  "candidates": tried}
+    return result
+
+
+def prune_to_latency(model: onnx.ModelProto, config: PruneConfig, target: float, *, calib: Dataset | None = None,
+                     eval_data: Dataset | None = None, source_sha256: str | None = None, steps: int = 6,
+                     threads: int = 1) -> PruneResult:
+    """Prune until onnxruntime runs the model in ``target`` of the original's latency (CPU, ``threads``
+    threads): a bisection over the MACs budget with the latency measured side by side at every candidate."""
+    if not 0.0 < target <= 1.0:
+        raise UsageError(f"--target-latency is the fraction of the latency to keep, in (0, 1]; got {target}")
+    # Candidates skip calibration and recovery: neither changes the shapes, so neither changes the latency.
+    quick = replace(config, verify=False, target_params=None, criterion=None, recover=None)
+    lo, hi, tried = 0.0, 1.0, []
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        candidate = prune(model, replace(quick, target_macs=mid))
+        ratio, ms_before, ms_after = latency_ratio(model, candidate.model, threads=threads,
+                                                   input_shapes=config.input_shapes)
+        tried.append({"target_macs": mid, "macs_kept": candidate.report["macs_kept"], "latency_ratio": ratio,
+                      "ms_original": ms_before, "ms_pruned": ms_after})
+        if ratio <= target:
+            lo = mid  # fast enough: try keeping more
+        else:
+            hi = mid
+    chosen = max((t for t in tried if t["latency_ratio"] <= target), key=lambda t: t["target_macs"], default=None)
+    macs = chosen["target_macs"] if chosen is not None else min(t["target_macs"] for t in tried)
+    result = prune(model, replace(config, target_macs=macs, target_params=None), calib=calib, eval_data=eval_data,
+                   source_sha256=source_sha256)
+    final, ms_before, ms_after = latency_ratio(model, result.model, threads=threads, rounds=25,
+                                               input_shapes=config.input_shapes)
+    result.report["latency"] = {"target": target, "threads": threads, "ratio": final, "ms_original": ms_before,
+                                "ms_pruned": ms_after, "candidates": tried}
     return result
 
 

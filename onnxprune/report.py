@@ -77,6 +77,10 @@ def format_summary(report: dict) -> str:
         f"MACs:   {_human(b['macs'])} -> {_human(a['macs'])} ({ratio(b['macs'], a['macs'])})",
         f"size:   {_human(b['bytes'])}B -> {_human(a['bytes'])}B ({ratio(b['bytes'], a['bytes'])})",
     ]
+    if report.get("latency"):
+        lat = report["latency"]
+        lines.append(f"latency: {lat['ms_original']:.2f} ms -> {lat['ms_pruned']:.2f} ms ({lat['ratio']:.3f}x, "
+                     f"onnxruntime CPU, {lat['threads']} thread{'s' if lat['threads'] != 1 else ''})")
     if report.get("evaluation"):
         before, after = report["evaluation"]["before"], report["evaluation"]["after"]
         if before.get("accuracy") is not None:
