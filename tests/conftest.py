@@ -137,3 +137,26 @@ def example_model(tmp_path: Path) -> Path:
     dst = tmp_path / "mnist_resnet.onnx"
     dst.write_bytes(EXAMPLE_MODEL.read_bytes())
     return dst
+
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+def write_mnist_pngs(root: Path, per_class: int = 2, stray_file: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """PNGs of MNIST calibration samples in class subfolders 0..9 (plus a non-image file the loader must skip);
+    returns (inputs, labels) in folder order."""
+    from PIL import Image
+
+    with np.load(ROOT / "models" / "mnist_calib.npz") as a:
+        x, y = a["input"], a["labels"]
+    xs, ys = [], []
+    for c in range(10):
+        (root / str(c)).mkdir(parents=True)
+        for i in np.nonzero(y == c)[0][:per_class]:
+            pixels = np.clip(np.rint((x[i, 0] * MNIST_STD + MNIST_MEAN) * 255), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, mode="L").save(root / str(c) / f"{i:04d}.png")
+            xs.append(x[i])
+            ys.append(c)
+    if stray_file:
+        (root / "notes.txt").write_text("not an image\n")
+    return np.stack(xs), np.array(ys)

@@ -4,7 +4,6 @@ the report, and loading samples (.npz, .npy, image folders, preprocessing specs)
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -19,7 +18,7 @@ from onnxprune.errors import UsageError
 from onnxprune.evaluate import evaluate
 from onnxprune.graph import Graph
 
-from conftest import EXAMPLE_MODEL, assert_mask_equivalent, interface, run_ort, tensor_shapes
+from conftest import EXAMPLE_MODEL, assert_mask_equivalent, interface, run_ort, tensor_shapes, write_mnist_pngs
 
 MODELS = EXAMPLE_MODEL.parent
 CALIB = MODELS / "mnist_calib.npz"
@@ -557,26 +556,8 @@ def test_labels_column_vector(tmp_path, mnist):
 
 
 # -- image folders -------------------------------------------------------------------------------------------------
-def _write_mnist_pngs(root: Path, per_class: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """PNGs of MNIST calibration samples in class subfolders 0..9; returns (inputs, labels) in folder order."""
-    from PIL import Image
-
-    with np.load(CALIB) as a:
-        x, y = a["input"], a["labels"]
-    xs, ys = [], []
-    for c in range(10):
-        (root / str(c)).mkdir(parents=True)
-        for i in np.nonzero(y == c)[0][:per_class]:
-            pixels = np.clip(np.rint((x[i, 0] * MNIST_STD + MNIST_MEAN) * 255), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels, mode="L").save(root / str(c) / f"{i:04d}.png")
-            xs.append(x[i])
-            ys.append(c)
-    (root / "notes.txt").write_text("not an image\n")
-    return np.stack(xs), np.array(ys)
-
-
 def test_image_folder_with_class_subfolders(tmp_path, mnist):
-    want_x, want_y = _write_mnist_pngs(tmp_path / "imgs")
+    want_x, want_y = write_mnist_pngs(tmp_path / "imgs")
     ds = load_data(tmp_path / "imgs", mnist, ImageSpec(color="L", mean=(MNIST_MEAN,), std=(MNIST_STD,)))
     assert len(ds) == 20
     np.testing.assert_array_equal(ds.labels, want_y)
@@ -620,7 +601,7 @@ def test_empty_image_folder(tmp_path, mnist):
 
 
 def test_image_folder_needs_single_input_model(tmp_path):
-    _write_mnist_pngs(tmp_path / "imgs", per_class=1)
+    write_mnist_pngs(tmp_path / "imgs", per_class=1)
     with pytest.raises(UsageError, match="single-input"):
         load_data(tmp_path / "imgs", _two_input_model())
 

@@ -17,7 +17,7 @@ from onnxprune.cli import main
 from onnxprune.data import Dataset
 from onnxprune.evaluate import evaluate
 
-from conftest import EXAMPLE_MODEL, interface
+from conftest import EXAMPLE_MODEL, interface, write_mnist_pngs
 
 MODELS = EXAMPLE_MODEL.parent
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -58,23 +58,6 @@ def _assert_fails(argv: list, directory: Path, code: int | None = None, contains
         assert contains.lower() in lines[0].lower(), lines[0]
     assert _snapshot(directory) == before, "files changed"
     return lines[0]
-
-
-def _write_mnist_pngs(root: Path, per_class: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """PNGs of MNIST calibration samples in class subfolders 0..9; returns (inputs, labels) in folder order."""
-    from PIL import Image
-
-    with np.load(MODELS / "mnist_calib.npz") as a:
-        x, y = a["input"], a["labels"]
-    xs, ys = [], []
-    for c in range(10):
-        (root / str(c)).mkdir(parents=True)
-        for i in np.nonzero(y == c)[0][:per_class]:
-            pixels = np.clip(np.rint((x[i, 0] * MNIST_STD + MNIST_MEAN) * 255), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels, mode="L").save(root / str(c) / f"{i:04d}.png")
-            xs.append(x[i])
-            ys.append(c)
-    return np.stack(xs), np.array(ys)
 
 
 # -- prune with --calib and --eval (run once) ----------------------------------------------------------------------
@@ -231,7 +214,7 @@ def test_bad_calib_file(bundle, case, contains):
 
 def test_preprocess_unknown_key(bundle):
     root = bundle["model"].parent
-    _write_mnist_pngs(root / "imgs", per_class=1)
+    write_mnist_pngs(root / "imgs", per_class=1)
     spec = root / "spec.json"
     spec.write_text(json.dumps({"color": "L", "normalize": True}))
     _assert_fails([bundle["model"], "--calib", root / "imgs", "--preprocess", spec], root, 2, "normalize")
@@ -240,7 +223,7 @@ def test_preprocess_unknown_key(bundle):
 
 def test_bad_image_flags(bundle):
     root = bundle["model"].parent
-    _write_mnist_pngs(root / "imgs", per_class=1)
+    write_mnist_pngs(root / "imgs", per_class=1)
     _assert_fails(["eval", bundle["model"], "--data", root / "imgs", "--mean", "a,b"], root, 2, "numbers")
     _assert_fails(["eval", bundle["model"], "--data", root / "imgs", "--size", "axb"], root, 2, "--size")
     _assert_fails(["eval", bundle["model"], "--data", root / "imgs", "--color", "CMYK"], root, 2)
@@ -249,7 +232,7 @@ def test_bad_image_flags(bundle):
 # -- image folders -------------------------------------------------------------------------------------------------
 def test_image_folder_calibration(bundle):
     root = bundle["model"].parent
-    want_x, want_y = _write_mnist_pngs(root / "imgs")
+    want_x, want_y = write_mnist_pngs(root / "imgs")
     out = root / "small.onnx"
     code, _, err = _run([bundle["model"], "--calib", root / "imgs", *GREY, "--ratio", "0.3", "-o", out,
                          "--eval", root / "imgs", "--report", root / "r.json"])
@@ -268,7 +251,7 @@ def test_image_folder_calibration(bundle):
 
 def test_image_folder_eval_matches_arrays(bundle):
     root = bundle["model"].parent
-    want_x, want_y = _write_mnist_pngs(root / "imgs", per_class=3)
+    want_x, want_y = write_mnist_pngs(root / "imgs", per_class=3)
     original = onnxprune.load(bundle["model"])
     want = evaluate(original, Dataset({"input": want_x}, want_y)).accuracy
     code, out, err = _run(["eval", bundle["model"], "--data", root / "imgs", *GREY, "--json"])
@@ -285,5 +268,5 @@ def test_image_folder_eval_matches_arrays(bundle):
 
 def test_image_folder_wrong_channel_count(bundle):
     root = bundle["model"].parent
-    _write_mnist_pngs(root / "imgs", per_class=1)
+    write_mnist_pngs(root / "imgs", per_class=1)
     _assert_fails(["eval", bundle["model"], "--data", root / "imgs"], root)
