@@ -171,16 +171,10 @@ def _compensate_bias(c: _Consumer, analysis: Analysis, mean: np.ndarray, edits: 
         delta = delta[c.keep_out]
     bias_name = target.input[2] if len(target.input) > 2 and target.input[2] else ""
     dtype = graph.elem_type(node.input[1]) or onnx.TensorProto.FLOAT
-    if node.op_type == "Gemm" and bias_name:
-        bias = edits.value(bias_name)
-        beta = float(attr(node, "beta", 1.0))
-        new = bias.astype(np.float64) + np.broadcast_to(delta / beta, bias.shape[-1:] if bias.ndim else delta.shape)
-        edits.set_input(target, 2, new, dtype)
-        return
     base = edits.value(bias_name).astype(np.float64) if bias_name else np.zeros_like(delta)
-    if node.op_type == "Gemm" and not bias_name:
-        target.attribute.append(helper.make_attribute("beta", 1.0)) if attr(node, "beta") is None else None
-    edits.set_input(target, 2, base + delta, dtype)
+    if node.op_type == "Gemm":
+        delta = delta / float(attr(node, "beta", 1.0))  # Gemm scales C by beta
+    edits.set_input(target, 2, base + delta, dtype)  # broadcasts over a [N], [1, N] or [M, N] bias
 
 
 # -- least squares -----------------------------------------------------------------------------------------
