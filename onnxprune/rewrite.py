@@ -106,6 +106,7 @@ def _assemble(rw: Rewriter, analysis: Analysis, keep: dict[str, np.ndarray]) -> 
     renamed: dict[tuple[int, int], str] = {}
     replaced: dict[str, np.ndarray] = {}  # constant name -> new value, same name
     created: dict[str, tuple[np.ndarray, int]] = {}  # new constant name -> (value, onnx data type)
+    as_nodes: dict[str, tuple[np.ndarray, int]] = {}  # the same, to be written as Constant nodes
     by_const: dict[str, list[tuple[int, int]]] = {}
     for (i, port) in rw.new_inputs:
         by_const.setdefault(graph.nodes[i].input[port], []).append((i, port))
@@ -122,7 +123,10 @@ def _assemble(rw: Rewriter, analysis: Analysis, keep: dict[str, np.ndarray]) -> 
             key = keys[use]
             if key not in names_by_key:
                 names_by_key[key] = fresh(f"{name}_pruned")
-                created[names_by_key[key]] = (rw.new_inputs[use], graph.elem_type(name))
+                if _from_constant_nodes(graph, name):  # Paddle-style models keep weights in Constant nodes
+                    as_nodes[names_by_key[key]] = (rw.new_inputs[use], graph.elem_type(name))
+                else:
+                    created[names_by_key[key]] = (rw.new_inputs[use], graph.elem_type(name))
             renamed[use] = names_by_key[key]
 
     out = onnx.ModelProto()
@@ -139,6 +143,12 @@ def _assemble(rw: Rewriter, analysis: Analysis, keep: dict[str, np.ndarray]) -> 
         changes = (i in rw.attrs or i in rw.removed_attrs or i in rw.added_inputs
                    or any((i, p) in renamed for p in range(len(node.input)))
                    or (node.op_type == "Constant" and node.output and node.output[0] in replaced))
+        for p in range(len(node.input)):
+            name = renamed.get((i, p))
+            if name in as_nodes:  # emitted right before its first reader
+                value, dtype = as_nodes.pop(name)
+                g_out.node.append(helper.make_node("Constant", [], [name], name=name,
+                                                   value=_tensor(value, name, dtype)))
         new = g_out.node.add()
         new.CopyFrom(node)
         if not changes:
@@ -200,6 +210,16 @@ def _assemble(rw: Rewriter, analysis: Analysis, keep: dict[str, np.ndarray]) -> 
                 dims[axis].Clear()
                 dims[axis].dim_value = len(keep[vi.name])
     return out
+
+
+def _from_constant_nodes(graph, name: str) -> bool:
+    """True when ``name`` is a Constant node's output or computed (Reshape, Identity, ...) from such outputs."""
+    if name in graph.constant_nodes:
+        return True
+    if name in graph.derived:
+        node = graph.nodes[graph.derived[name]]
+        return all(_from_constant_nodes(graph, n) for n in node.input if n)
+    return False
 
 
 def _drop_dead_folds(g: onnx.GraphProto, graph) -> None:

@@ -304,9 +304,6 @@ def test_paddle_style_prunes_in_constant_nodes():
     assert_mask_equivalent(model, result.model, result.plan)
 
 
-@pytest.mark.xfail(strict=True, reason="biases written as Reshape(Constant[C], Constant[1,C,1,1]) are folded into "
-                                        "new initializers '<reshape>_out_pruned' although no constant had to be "
-                                        "split (README: weights stored in Constant nodes stay there)")
 def test_paddle_style_needs_no_new_initializers():
     result = onnxprune.prune(paddle_style(), onnxprune.PruneConfig(ratio=RATIO))
     assert [t.name for t in result.model.graph.initializer] == []
