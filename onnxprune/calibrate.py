@@ -3,17 +3,17 @@ per-channel statistics (memory stays flat in the number of samples)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from .data import Dataset
 from .dependency import Analysis
 from .progress import Progress
-from .runtime import Session
+from .runtime import Session, expose
 
-__all__ = ["ChannelStats", "collect", "consumer_inputs", "static_batch"]
+__all__ = ["ChannelStats", "collect", "consumer_inputs", "model_batches", "static_batch"]
 
 
 @dataclass
@@ -71,25 +71,26 @@ def static_batch(model: onnx.ModelProto) -> int | None:
     return None
 
 
+def model_batches(model: onnx.ModelProto, data: Dataset, batch_size: int, limit: int | None = None
+                  ) -> Iterator[tuple[dict[str, np.ndarray], slice]]:
+    """``data.batches`` sized for ``model``: a model that pins its batch size gets exactly that many samples a
+    run, and the remainder it cannot take is left out."""
+    fixed = static_batch(model)
+    for feeds, part in data.batches(fixed or batch_size, limit):
+        if fixed and part.stop - part.start != fixed:
+            return
+        yield feeds, part
+
+
 def collect(model: onnx.ModelProto, tensors: list[str], axes: dict[str, int], data: Dataset,
             batch_size: int = 32, limit: int | None = None, label: str = "calibrating") -> dict[str, ChannelStats]:
     """Statistics of ``tensors`` (channel axis from ``axes``) over ``data``."""
-    def expose(light: onnx.ModelProto) -> None:
-        known = {o.name for o in light.graph.output}
-        light.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in tensors if n not in known)
-
-    session = Session(model, edit=expose)
-    outputs = session.output_names()
-    wanted = [outputs.index(n) for n in tensors]
-    fixed = static_batch(model)
-    batch = fixed or batch_size
+    session = Session(model, edit=expose(tensors))
     stats: dict[str, ChannelStats] = {}
     n = len(data) if limit is None else min(limit, len(data))
     with Progress(label, n) as bar:
-        for feeds, part in data.batches(batch, limit):
-            if fixed and part.stop - part.start != fixed:
-                break  # a model with a pinned batch size cannot take the remainder
-            values = session.run(feeds, [outputs[k] for k in wanted])
+        for feeds, part in model_batches(model, data, batch_size, limit):
+            values = session.run(feeds, tensors)
             for name, value in zip(tensors, values):
                 _accumulate(stats, name, np.asarray(value), axes[name])
             bar.advance(part.stop - part.start)

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import onnx
 
-from .calibrate import static_batch
+from .calibrate import model_batches
 from .data import Dataset
 from .progress import Progress
 from .runtime import Session
@@ -31,15 +31,11 @@ def evaluate(model: onnx.ModelProto, data: Dataset, reference: onnx.ModelProto |
     """Run ``model`` (and ``reference``) over ``data`` and compare their first outputs."""
     session = Session(model)
     ref = Session(reference) if reference is not None else None
-    fixed = static_batch(model)
-    batch = fixed or batch_size
     n = len(data) if limit is None else min(limit, len(data))
     seen = correct = agree = 0
     cos_sum = diff_sq = ref_sq = 0.0
     with Progress(label, n) as bar:
-        for feeds, part in data.batches(batch, limit):
-            if fixed and part.stop - part.start != fixed:
-                break
+        for feeds, part in model_batches(model, data, batch_size, limit):
             out = np.asarray(session.run(feeds)[0], dtype=np.float64).reshape(part.stop - part.start, -1)
             seen += out.shape[0]
             if data.labels is not None:

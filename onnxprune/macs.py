@@ -68,14 +68,10 @@ _COUNTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 def _measured_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]], names: list[str]
                      ) -> dict[str, list[int]]:
     """Shapes shape inference could not reach (computed Slice bounds, say), read off one onnxruntime run."""
-    from .runtime import Session, random_inputs  # the runtime needs this module's neighbours, not vice versa
-
-    def expose(light: onnx.ModelProto) -> None:
-        known = {o.name for o in light.graph.output}
-        light.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in known)
+    from .runtime import Session, expose, random_inputs  # the runtime imports graph helpers, not vice versa
 
     try:
-        session = Session(model, edit=expose, optimize=False)
+        session = Session(model, edit=expose(names), optimize=False)
         wanted = session.output_names()
         values = session.run(random_inputs(model, shapes=input_shapes))
     except Exception:  # noqa: BLE001 - counting stays best effort

@@ -21,7 +21,7 @@ from .data import Dataset
 from .dependency import Analysis
 from .ops import attr
 from .progress import Progress
-from .runtime import Session
+from .runtime import Session, expose
 
 __all__ = ["RECOVERY_MODES", "recover"]
 
@@ -217,7 +217,7 @@ def _output_shapes(model: onnx.ModelProto, data: Dataset) -> dict[str, tuple[int
     """Per-sample output shapes of every Conv/Gemm, from one run on the first sample."""
     names = [n.output[0] for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
     feeds, _ = next(data.batches(1))
-    values = Session(model, edit=_expose(names)).run(feeds, names)
+    values = Session(model, edit=expose(names)).run(feeds, names)
     return {n: v.shape[1:] for n, v in zip(names, values)}
 
 
@@ -237,7 +237,7 @@ def _choose_rows(c: _Consumer, out_shape: tuple[int, ...], n: int, rng: np.rando
 def _run_samples(model: onnx.ModelProto, names: list[str], data: Dataset, samples: np.ndarray,
                  batch_size: int):
     """Yield (offset, outputs) running ``model`` on the chosen samples only."""
-    session = Session(model, edit=_expose(names))
+    session = Session(model, edit=expose(names))
     for start in range(0, len(samples), batch_size):
         chosen = samples[start:start + batch_size]
         feeds = _gather(data, chosen)
@@ -325,13 +325,6 @@ def _fits(c: _Consumer, graph) -> bool:
     w = graph.const_shape(node.input[1])
     depthwise = int(attr(node, "group", 1)) > 1 and w is not None and w[1] == 1
     return not depthwise and w is not None and len(w) == 4 and attr(node, "auto_pad", "NOTSET") in (b"NOTSET", "NOTSET")
-
-
-def _expose(names: list[str]):
-    def edit(light: onnx.ModelProto) -> None:
-        known = {o.name for o in light.graph.output}
-        light.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in known)
-    return edit
 
 
 def _solve(r: _Rows, x: np.ndarray, graph, edits: _PrunedEdits) -> bool:

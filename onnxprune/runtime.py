@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from .graph import SMALL_CONSTANT, copy_fields, light_model, subgraph_reads as _subgraph_reads
 from .graph import static_input_shapes
 
-__all__ = ["Session", "random_inputs"]
+__all__ = ["Session", "expose", "random_inputs"]
 
 
 class Session:
@@ -56,6 +56,14 @@ class Session:
 
     def output_names(self) -> list[str]:
         return [o.name for o in self.session.get_outputs()]
+
+
+def expose(names: list[str]) -> Callable[[onnx.ModelProto], None]:
+    """A :class:`Session` edit that makes the intermediate tensors ``names`` graph outputs too."""
+    def edit(light: onnx.ModelProto) -> None:
+        known = {o.name for o in light.graph.output}
+        light.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in known)
+    return edit
 
 
 def _as_inputs(model: onnx.ModelProto, known: Callable[[str], np.ndarray | None] | None

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .calibrate import collect, consumer_inputs, static_batch
+from .calibrate import collect, consumer_inputs, model_batches
 from .criteria import score
 from .data import Dataset
 from .dependency import analyze as find_groups
@@ -39,11 +39,8 @@ class Sensitivity:
 
 def _outputs(model: onnx.ModelProto, data: Dataset, batch: int, limit: int) -> np.ndarray:
     session = Session(model)
-    fixed = static_batch(model)
     parts = []
-    for feeds, part in data.batches(fixed or batch, limit):
-        if fixed and part.stop - part.start != fixed:
-            break
+    for feeds, part in model_batches(model, data, batch, limit):
         parts.append(np.asarray(session.run(feeds)[0], dtype=np.float64).reshape(part.stop - part.start, -1))
     return np.concatenate(parts)
 

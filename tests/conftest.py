@@ -71,13 +71,7 @@ def count_params(model: onnx.ModelProto) -> int:
 
 
 def tensor_ranks(model: onnx.ModelProto) -> dict[str, int]:
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    g = inferred.graph
-    ranks = {}
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        if vi.type.tensor_type.HasField("shape"):
-            ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
-    return ranks
+    return {name: len(shape) for name, shape in tensor_shapes(model).items()}
 
 
 def tensor_shapes(model: onnx.ModelProto) -> dict[str, list]:
