@@ -29,10 +29,14 @@ from .io import file_sha256, load_model, save_model, write_text_atomic
 from .graph import static_input_shapes
 from .data import ImageSpec, load_data
 from .evaluate import evaluate
-from .pipeline import (DEFAULT_DATA_CRITERION, SCHEDULES, PruneConfig, apply_plan, prune, prune_to_latency,
-                       prune_within)
+from .cli_finetune import register as register_finetune
+from .cli_options import finetune_config, training_options
+from .pipeline import (DEFAULT_DATA_CRITERION, SCHEDULES, TRAINING_SCHEDULES, PruneConfig, apply_plan, prune,
+                       prune_to_latency, prune_within)
 from .plan import Plan
 from .recover import RECOVERY_MODES
+from .schedules import training_hooks
+from .runtime import CPU, check_provider
 from .report import (format_evaluation, format_groups, format_sensitivity, format_summary, group_rows, model_stats,
                      summary_document)
 
@@ -59,6 +63,20 @@ def _parse_shapes(values: tuple[str, ...]) -> dict[str, list[int]] | None:
         except ValueError:
             raise UsageError(f"--input-shape expects NAME:D1xD2x..., got '{value}'") from None
     return shapes or None
+
+
+def _round_to(value: str | int) -> int | str:
+    """``--round-to``: a positive integer or ``auto``."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise UsageError(f"--round-to expects a positive integer or 'auto', got '{value}'")
+    return n
 
 
 def _floats(value: str | None) -> tuple[float, ...] | None:
@@ -171,12 +189,16 @@ def _read_config(ctx: click.Context, param: click.Parameter, value: Path | None)
 @click.option("--target-params", type=float, metavar="F",
               help="Keep this fraction of the parameters (overrides --ratio).")
 @click.option("--target-latency", type=float, metavar="F",
-              help="Keep this fraction of the onnxruntime CPU latency (1 thread, measured side by side).")
+              help="Keep this fraction of the onnxruntime latency (1 thread, --provider, measured side by side).")
+@click.option("--provider", default=CPU, show_default=True, metavar="NAME",
+              help="onnxruntime execution provider that --target-latency and --round-to auto measure on.")
 @click.option("--max-drop", type=float, metavar="D",
               help="Prune as deep as keeps the --eval accuracy drop (or top-1 disagreement) within D, e.g. 0.01.")
 @click.option("--global", "global_ranking", is_flag=True,
               help="Rank all groups together (normalised scores) instead of cutting each group by --ratio.")
-@click.option("--round-to", type=int, default=1, show_default=True, help="Kept channel counts are multiples of N.")
+@click.option("--round-to", default="1", show_default=True, metavar="N|auto",
+              help="Kept channel counts are multiples of N; auto: per group, the multiple onnxruntime runs "
+                   "fastest (measured on --provider).")
 @click.option("--min-channels", type=int, default=1, show_default=True, help="Fewest channels a group keeps.")
 @click.option("--exclude", multiple=True, metavar="PATTERN",
               help="Leave groups touching a node or tensor matching this glob intact (repeatable).")
@@ -193,7 +215,16 @@ def _read_config(ctx: click.Context, param: click.Parameter, value: Path | None)
               help="Training-free recovery [default: lstsq with --calib, none without].")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default="oneshot", show_default=True,
               help="iterative: remove --step of the remaining channels, re-measure and recover, repeat.")
-@click.option("--step", type=float, default=0.2, show_default=True, help="Fraction removed per iterative step.")
+@click.option("--step", type=float, default=0.2, show_default=True,
+              help="Fraction of the remaining channels removed per iterative/dropnet step.")
+@click.option("--data", "train_path", type=click.Path(path_type=Path),
+              help="Training samples for the dropnet/auto-balanced schedules (labels optional: without them the "
+                   "original model's outputs are the targets).")
+@click.option("--kappa", type=float, default=0.99, show_default=True,
+              help="dropnet: stop before the --eval metric falls below kappa x the original's.")
+@click.option("--alpha", type=float, default=5e-3, show_default=True,
+              help="auto-balanced: strength of the regulariser.")
+@training_options
 @click.option("--eval", "eval_path", type=click.Path(path_type=Path),
               help="Evaluation samples: accuracy (labels) and fidelity before and after, in the report.")
 @data_options
@@ -204,36 +235,51 @@ def _read_config(ctx: click.Context, param: click.Parameter, value: Path | None)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str | None, target_macs: float | None,
               target_params: float | None, target_latency: float | None, max_drop: float | None,
-              global_ranking: bool,
-              round_to: int, min_channels: int, exclude: tuple[str, ...], seed: int, plan_path: Path | None,
+              provider: str, global_ranking: bool,
+              round_to: str, min_channels: int, exclude: tuple[str, ...], seed: int, plan_path: Path | None,
               report_path: Path | None, no_verify: bool, input_shape: tuple[str, ...], calib: Path | None,
               calib_samples: int, recover: str | None, schedule: str, step: float, eval_path: Path | None,
               tolerance: float, as_json: bool, quiet: bool, debug: bool, config_path: Path | None,
-              **data_opts) -> None:
+              train_path: Path | None, kappa: float, alpha: float, **data_opts) -> None:
     """Prune MODEL and write a smaller, verified model."""
+    training = finetune_config(data_opts, data_opts["batch_size"], seed)
     output = output or model.with_name(model.stem + ".pruned.onnx")
-    config = PruneConfig(ratio=ratio, criterion=criterion, global_ranking=global_ranking, round_to=round_to,
+    check_provider(provider)
+    config = PruneConfig(ratio=ratio, criterion=criterion, global_ranking=global_ranking,
+                         round_to=_round_to(round_to),
                          min_channels=min_channels, exclude=tuple(exclude), seed=seed, verify=not no_verify,
                          input_shapes=_parse_shapes(input_shape), recover=recover, calib_samples=calib_samples,
                          batch_size=data_opts["batch_size"], schedule=schedule, step=step, tolerance=tolerance,
                          target_macs=target_macs, target_params=target_params)
-    config.resolved(calib is not None)
+    config.resolved(calib is not None or (schedule in TRAINING_SCHEDULES and train_path is not None))
+    if schedule in TRAINING_SCHEDULES and (target_latency is not None or max_drop is not None):
+        raise UsageError(f"--schedule {schedule} works with --ratio; not with --target-latency or --max-drop")
     _check_outputs(model, [p for p in (output, plan_path, report_path) if p is not None])
     original = load_model(model)
     calib_data = _load_data(calib, model, original, data_opts)
     eval_data = _load_data(eval_path, model, original, data_opts)
+    train_data = _load_data(train_path, model, original, data_opts)
+    hooks = None
+    if schedule in TRAINING_SCHEDULES:
+        hooks = training_hooks(schedule, original, train_data, eval_data, training, kappa, alpha)
+        calib_data = calib_data or train_data
+    elif train_data is not None:
+        raise UsageError("--data (training samples) needs --schedule dropnet or auto-balanced; "
+                         "use --calib for calibration")
+    config = config.measure_round_to(original, provider=provider)
     if target_latency is not None:
         if max_drop is not None or target_macs is not None or target_params is not None:
             raise UsageError("give one budget: --target-latency, --target-macs, --target-params or --max-drop")
         result = prune_to_latency(original, config, target_latency, calib=calib_data, eval_data=eval_data,
-                                  source_sha256=file_sha256(model))
+                                  source_sha256=file_sha256(model), provider=provider)
     elif max_drop is not None:
         if eval_data is None:
             raise UsageError("--max-drop needs evaluation data (--eval)")
         result = prune_within(original, config, max_drop, eval_data, calib=calib_data,
                               source_sha256=file_sha256(model))
     else:
-        result = prune(original, config, calib=calib_data, eval_data=eval_data, source_sha256=file_sha256(model))
+        result = prune(original, config, calib=calib_data, eval_data=eval_data, source_sha256=file_sha256(model),
+                       hooks=hooks)
     written = save_model(result.model, output)
     try:
         result.report["input"] = {"path": str(model), "bytes": model.stat().st_size}
@@ -341,10 +387,18 @@ def apply_cmd(model: Path, plan_path: Path, output: Path | None, report_path: Pa
               help="Samples each candidate (one group cut) is measured on.")
 @click.option("--tolerance", type=float, default=0.01, show_default=True,
               help="Largest accuracy drop (or disagreement) a recommended ratio may cost.")
+@click.option("--no-latency", is_flag=True, help="Skip timing the groups (the latency share column).")
+@click.option("--latency-groups", type=int, default=48, show_default=True,
+              help="Time only the N groups touching the most MACs (0: like --no-latency).")
+@click.option("--latency-rounds", type=int, default=5, show_default=True,
+              help="Interleaved timing rounds per group.")
+@click.option("--provider", default=CPU, show_default=True, metavar="NAME",
+              help="onnxruntime execution provider the latency is measured on.")
 @data_options
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def analyze_cmd(model: Path, data_path: Path | None, out_dir: Path, fractions: str, criterion: str, limit: int,
-                probe: int, tolerance: float, debug: bool, **data_opts) -> None:
+                probe: int, tolerance: float, no_latency: bool, latency_groups: int, latency_rounds: int,
+                provider: str, debug: bool, **data_opts) -> None:
     """Per-group sensitivity of MODEL, MACs share per group and recommended per-group ratios."""
     from .sensitivity import plot, sensitivity
     from .data import Dataset
@@ -353,6 +407,9 @@ def analyze_cmd(model: Path, data_path: Path | None, out_dir: Path, fractions: s
     steps = tuple(f for f in _floats(fractions) or ())
     if not steps or not all(0 < f < 1 for f in steps):
         raise UsageError(f"--fractions must be numbers in (0, 1), got '{fractions}'")
+    if latency_groups < 0 or latency_rounds < 1:
+        raise UsageError("--latency-groups must be >= 0 and --latency-rounds >= 1")
+    check_provider(provider)
     original = load_model(model)
     data = _load_data(data_path, model, original, data_opts)
     if data is None:
@@ -363,6 +420,8 @@ def analyze_cmd(model: Path, data_path: Path | None, out_dir: Path, fractions: s
     if limit < 1 or probe < 1:
         raise UsageError("--limit and --probe must be >= 1")
     result = sensitivity(original, data, steps, criterion, data_opts["batch_size"], limit, tolerance, probe)
+    if not no_latency and latency_groups > 0:
+        result.add_latency(original, provider=provider, max_groups=latency_groups, rounds=latency_rounds)
     write_text_atomic(out_dir / "analysis.json", json.dumps(result.to_dict(), indent=1) + "\n")
     plotted = plot(result, out_dir / "sensitivity.png")
     click.echo(format_sensitivity(result))
@@ -392,12 +451,16 @@ def eval_cmd(model: Path, data_path: Path, reference: Path | None, limit: int | 
     click.echo(format_evaluation(result))
 
 
+register_finetune(cli, data_options, _load_data, _check_outputs)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn every failure into one line and an exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     if not args:
-        click.echo(cli.get_help(click.Context(cli, info_name="onnxprune", help_option_names=["-h", "--help"])), err=True)
+        context = click.Context(cli, info_name="onnxprune", help_option_names=["-h", "--help"])
+        click.echo(cli.get_help(context), err=True)
         return 2
     try:
         cli.main(args=args, prog_name="onnxprune", standalone_mode=False)

@@ -10,10 +10,12 @@ import numpy as np
 from .dependency import Analysis
 from .errors import UsageError
 
-__all__ = ["CRITERIA", "DATA_CRITERIA", "score"]
+__all__ = ["CRITERIA", "DATA_CRITERIA", "GRADIENT_CRITERIA", "score"]
 
 DATA_CRITERIA = ("mean-act", "apoz", "act-var", "wanda")
-CRITERIA = ("l1", "l2", "bn-scale", "random", *DATA_CRITERIA)
+#: Criteria computed from gradients through the torch bridge (:mod:`onnxprune.taylor`).
+GRADIENT_CRITERIA = ("taylor",)
+CRITERIA = ("l1", "l2", "bn-scale", "random", *DATA_CRITERIA, *GRADIENT_CRITERIA)
 _MAGNITUDE_ROLES = ("out", "in", "norm")
 
 
@@ -21,12 +23,13 @@ def score(analysis: Analysis, criterion: str = "l2", seed: int = 0, stats: dict 
           ) -> dict[int, np.ndarray]:
     """Scores per group id, one per unit of the group (blocked groups are scored too, for reports).
 
-    Data-driven criteria need ``stats`` (:func:`onnxprune.calibrate.collect` over the consumer inputs); groups
-    no consumer reads fall back to ``l2``.
+    Data-driven criteria need ``stats`` (:func:`onnxprune.calibrate.collect` over the consumer inputs, or for
+    ``taylor`` the per-channel arrays of :func:`onnxprune.taylor.taylor_statistics`); groups no consumer reads
+    fall back to ``l2``.
     """
     if criterion not in CRITERIA:
         raise UsageError(f"unknown criterion '{criterion}' (choose from {', '.join(CRITERIA)})")
-    if criterion in DATA_CRITERIA:
+    if criterion in DATA_CRITERIA + GRADIENT_CRITERIA:
         if stats is None:
             raise UsageError(f"criterion '{criterion}' needs calibration data (--calib)")
         measured = _activation(analysis, criterion, stats)
@@ -83,11 +86,11 @@ def _activation(analysis: Analysis, kind: str, stats: dict) -> dict[int, np.ndar
             np.add.at(sums[int(gid)], local[mine], per[mine])
             np.add.at(counts[int(gid)], local[mine], 1.0)
 
-    if kind in ("mean-act", "apoz"):
+    if kind in ("mean-act", "apoz", "taylor"):
         for name, st in stats.items():
             lab = analysis.labels.get(name)
             if lab is not None:
-                add(lab.atoms, st.mean_activation if kind == "mean-act" else 1.0 - st.apoz)
+                add(lab.atoms, st if kind == "taylor" else st.mean_activation if kind == "mean-act" else 1.0 - st.apoz)
     else:
         for ref in analysis.weights:
             name = analysis.graph.nodes[ref.node].input[0]

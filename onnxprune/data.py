@@ -85,6 +85,12 @@ class Dataset:
             else:
                 yield {k: np.ascontiguousarray(v[part]) for k, v in self.inputs.items()}, part
 
+    def take(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """Feeds for the samples at ``indices`` (any order), e.g. a shuffled training batch."""
+        if self.files:
+            return {self.image_input: self._images([self.files[i] for i in indices])}
+        return {k: np.ascontiguousarray(v[indices]) for k, v in self.inputs.items()}
+
     def _images(self, paths: list[Path]) -> np.ndarray:
         return np.stack([_read_image(p, self.spec, self.image_shape) for p in paths]).astype(self.image_dtype)
 

@@ -7,7 +7,7 @@ from onnx import TensorProto, helper
 
 from .graph import light_model, node_label
 
-__all__ = ["count_macs", "count_params"]
+__all__ = ["concrete_shapes", "count_macs", "count_params"]
 
 _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 
@@ -28,6 +28,18 @@ def count_params(model: onnx.ModelProto) -> int:
 
 def count_macs(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> tuple[int, dict[str, int]]:
     """Total MACs of Conv, ConvTranspose, Gemm and MatMul for concrete inputs, and MACs per node label."""
+    shapes = concrete_shapes(model, input_shapes)
+    per_node: dict[str, int] = {}
+    for i, node in enumerate(model.graph.node):
+        macs = _node_macs(node, shapes)
+        if macs:
+            per_node[node_label(node, i)] = macs
+    return sum(per_node.values()), per_node
+
+
+def concrete_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Concrete shapes of the tensors shape inference reaches for these input shapes (and of the inputs and
+    outputs of every Conv/Gemm/MatMul, measured in onnxruntime where inference stops)."""
     light = light_model(model)
     for vi in light.graph.input:
         if vi.name in input_shapes:
@@ -54,12 +66,7 @@ def count_macs(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> tu
                for n in (node.input[0], node.output[0]) if n not in shapes]
     if missing:
         shapes.update(_measured_shapes(model, input_shapes, sorted(set(missing))))
-    per_node: dict[str, int] = {}
-    for i, node in enumerate(model.graph.node):
-        macs = _node_macs(node, shapes)
-        if macs:
-            per_node[node_label(node, i)] = macs
-    return sum(per_node.values()), per_node
+    return shapes
 
 
 _COUNTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")

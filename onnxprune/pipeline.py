@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import asdict, dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -11,12 +12,13 @@ import onnx
 from . import __version__
 from .budget import plan_for_budget
 from .calibrate import ChannelStats, collect, consumer_inputs
-from .criteria import CRITERIA, DATA_CRITERIA, score
+from .criteria import CRITERIA, DATA_CRITERIA, GRADIENT_CRITERIA, score
 from .data import Dataset
 from .dependency import Analysis, analyze
 from .errors import PlanError, UsageError
 from .evaluate import evaluate
 from .latency import latency_ratio
+from .runtime import check_provider
 from .recover import RECOVERY_MODES, recover
 from .graph import Graph, light_model
 from .graph import static_input_shapes
@@ -27,11 +29,29 @@ from .rewrite import apply_keep
 from .verify import Verification, verify
 
 __all__ = ["PruneConfig", "PruneResult", "prune", "prune_within", "prune_to_latency", "apply_plan", "model_sha256",
-           "DEFAULT_DATA_CRITERION", "SCHEDULES"]
+           "DEFAULT_DATA_CRITERION", "SCHEDULES", "TRAINING_SCHEDULES", "StepHooks"]
 
 #: The criterion used when calibration data is given and none is named (see the issue notes for the measurement).
 DEFAULT_DATA_CRITERION = "wanda"
-SCHEDULES = ("oneshot", "iterative")
+SCHEDULES = ("oneshot", "iterative", "dropnet", "auto-balanced")
+#: Schedules that train between steps (through the torch bridge): they need :class:`StepHooks`.
+TRAINING_SCHEDULES = ("dropnet", "auto-balanced")
+#: Cumulative fractions of the target removed by the rounds of ``auto-balanced`` (all layers abreast).
+AUTO_BALANCED_ROUNDS = (0.5, 0.75, 1.0)
+
+
+class StepHooks(Protocol):
+    """Training between the steps of a schedule (see :mod:`onnxprune.schedules`)."""
+
+    def before(self, step: int, model: onnx.ModelProto, analysis: Analysis, kept: dict[int, int]
+               ) -> tuple[onnx.ModelProto, dict[int, np.ndarray] | None]:
+        """Train ``model`` before a step that keeps ``kept[group id]`` channels; may return the scores."""
+
+    def after(self, step: int, model: onnx.ModelProto) -> onnx.ModelProto | None:
+        """Train the pruned ``model``; ``None`` rejects the step and ends the schedule."""
+
+    def report(self) -> dict:
+        """What the training did, for the report."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +65,7 @@ class PruneConfig:
     ratio: float = 0.5
     criterion: str | None = None
     global_ranking: bool = False
-    round_to: int = 1
+    round_to: int | str = 1  # or "auto": measured per group by measure_round_to()
     min_channels: int = 1
     exclude: tuple[str, ...] = ()
     seed: int = 0
@@ -59,21 +79,40 @@ class PruneConfig:
     step: float = 0.2
     target_macs: float | None = None
     target_params: float | None = None
+    round_to_map: dict[int, int] | None = None  # per group id, overrides round_to (what "auto" measured)
 
     def plan_config(self, ratio: float | None = None) -> PlanConfig:
-        return PlanConfig(self.ratio if ratio is None else ratio, self.global_ranking, self.round_to,
-                          self.min_channels)
+        if self.round_to == "auto" and self.round_to_map is None:
+            raise UsageError("round_to='auto' is measured per model first: "
+                             "config = config.measure_round_to(model)")
+        return PlanConfig(self.ratio if ratio is None else ratio, self.global_ranking,
+                          self.round_to if isinstance(self.round_to, int) else 1, self.min_channels,
+                          self.round_to_map)
+
+    def measure_round_to(self, model: onnx.ModelProto, *, provider: str = "CPUExecutionProvider",
+                         threads: int = 1) -> "PruneConfig":
+        """With ``round_to="auto"``: this config with ``round_to_map`` set to the multiple onnxruntime rewards
+        per group of ``model`` (see :mod:`onnxprune.rounding`); otherwise this config unchanged."""
+        if self.round_to != "auto" or self.round_to_map is not None:
+            return self
+        from .rounding import auto_round_to
+        analysis = analyze(Graph.build(model), self.exclude)
+        found = auto_round_to(model, analysis, provider=provider, threads=threads, input_shapes=self.input_shapes)
+        return replace(self, round_to_map=found.multiples)
 
     def resolved(self, calibrated: bool) -> tuple[str, str]:
         """(criterion, recovery) after defaults, checked against the data at hand."""
-        criterion = self.criterion or (DEFAULT_DATA_CRITERION if calibrated else "l2")
-        recovery = self.recover or ("lstsq" if calibrated else "none")
+        training = self.schedule in TRAINING_SCHEDULES
+        criterion = self.criterion or ({"dropnet": "mean-act", "auto-balanced": "l1"}.get(self.schedule) or
+                                       (DEFAULT_DATA_CRITERION if calibrated else "l2"))
+        recovery = self.recover or ("lstsq" if calibrated and not training else "none")
         if criterion not in CRITERIA:
             raise UsageError(f"unknown criterion '{criterion}' (choose from {', '.join(CRITERIA)})")
         if recovery not in RECOVERY_MODES:
             raise UsageError(f"unknown recovery '{recovery}' (choose from {', '.join(RECOVERY_MODES)})")
-        if not calibrated and (criterion in DATA_CRITERIA or recovery != "none"):
-            what = f"criterion '{criterion}'" if criterion in DATA_CRITERIA else f"--recover {recovery}"
+        needs_data = criterion in DATA_CRITERIA + GRADIENT_CRITERIA
+        if not calibrated and (needs_data or recovery != "none"):
+            what = f"criterion '{criterion}'" if needs_data else f"--recover {recovery}"
             raise UsageError(f"{what} needs calibration data (--calib)")
         if self.schedule not in SCHEDULES:
             raise UsageError(f"unknown schedule '{self.schedule}' (choose from {', '.join(SCHEDULES)})")
@@ -88,7 +127,9 @@ class PruneConfig:
             raise UsageError("budgets (--target-macs/--target-params) work with the one-shot schedule")
         if self.batch_size < 1 or (self.calib_samples is not None and self.calib_samples < 1):
             raise UsageError("--batch-size and --calib-samples must be >= 1")
-        self.plan_config().validate()
+        if not (self.round_to == "auto" or (isinstance(self.round_to, int) and not isinstance(self.round_to, bool))):
+            raise UsageError(f"--round-to must be a positive integer or 'auto', got {self.round_to!r}")
+        replace(self, round_to_map=self.round_to_map or {}).plan_config().validate()
         return criterion, recovery
 
 
@@ -115,26 +156,41 @@ def model_sha256(model: onnx.ModelProto) -> str:
 
 
 def prune(model: onnx.ModelProto, config: PruneConfig = PruneConfig(), *, calib: Dataset | None = None,
-          eval_data: Dataset | None = None, source_sha256: str | None = None) -> PruneResult:
+          eval_data: Dataset | None = None, source_sha256: str | None = None,
+          hooks: StepHooks | None = None) -> PruneResult:
     """Prune ``model`` (never modified) and return the new model, its plan and a report.
 
     With ``calib`` the channels are scored on how the model behaves on those samples and the pruned model is
     repaired without training (``config.recover``); ``eval_data`` adds accuracy/fidelity before and after.
+    ``hooks`` train the model between the steps of the ``dropnet`` and ``auto-balanced`` schedules.
     Raises :class:`~onnxprune.errors.UsageError` for bad options and
     :class:`~onnxprune.errors.VerificationError` when the result fails verification.
     """
     criterion, recovery = config.resolved(calib is not None)
+    config = config.measure_round_to(model)  # round_to="auto": measured once per model, on the CPU
+    if (config.schedule in TRAINING_SCHEDULES) != (hooks is not None):
+        raise UsageError(f"the {config.schedule} schedule trains between steps: it needs training data (--data)"
+                         if hooks is None else f"training hooks need a training schedule, not {config.schedule}")
     graph = Graph.build(model)
     analysis = analyze(graph, config.exclude)
     current, step_analysis = model, analysis
     total_keep: dict[str, np.ndarray] = {}
     steps = _schedule(config)
     for k, ratio in enumerate(steps):
-        stats = _statistics(current, step_analysis, calib, config) if calib is not None else None
-        scores = score(step_analysis, criterion, config.seed, stats)
         kept = None
         if k > 0 and not config.global_ranking:  # count from the original sizes: rounding never accumulates
             kept = _step_targets(analysis, step_analysis, 1.0 - float(np.prod([1 - r for r in steps[:k + 1]])))
+        trained_scores = None
+        if hooks is not None:
+            targets = kept or {g.id: g.size - math.floor(ratio * g.size + 1e-9) for g in step_analysis.groups}
+            trained, trained_scores = hooks.before(k, current, step_analysis, targets)
+            if trained is not current:
+                current, step_analysis = trained, analyze(Graph.build(trained), config.exclude)
+        stats = _statistics(current, step_analysis, calib, config, criterion) if calib is not None else None
+        scores = score(step_analysis, criterion, config.seed, stats)
+        if criterion == "taylor" and recovery in ("bias", "lstsq"):  # recovery reads activation statistics
+            stats = _statistics(current, step_analysis, calib, config, "mean-act")
+        scores.update(trained_scores or {})
         if config.target_macs is not None or config.target_params is not None:
             kind, target = ("macs", config.target_macs) if config.target_macs is not None else \
                 ("params", config.target_params)
@@ -146,8 +202,13 @@ def prune(model: onnx.ModelProto, config: PruneConfig = PruneConfig(), *, calib:
         if not keep:
             break
         pruned = apply_keep(step_analysis, keep)
-        current = recover(current, pruned, step_analysis, keep, recovery, stats, calib, config.batch_size,
-                          config.calib_samples, config.seed)
+        pruned = recover(current, pruned, step_analysis, keep, recovery, stats, calib, config.batch_size,
+                         config.calib_samples, config.seed)
+        if hooks is not None:
+            pruned = hooks.after(k, pruned)
+            if pruned is None:
+                break
+        current = pruned
         total_keep = _compose(total_keep, keep)
         if k + 1 < len(steps):
             step_analysis = analyze(Graph.build(current), config.exclude)
@@ -160,7 +221,7 @@ def prune(model: onnx.ModelProto, config: PruneConfig = PruneConfig(), *, calib:
     if config.verify:
         verification = verify(model, current, plan, graph=graph, seed=config.seed,
                               input_shapes=config.input_shapes, tolerance=config.tolerance,
-                              mask_check=recovery == "none")
+                              mask_check=recovery == "none" and hooks is None)
     shapes = static_input_shapes(model, config.input_shapes)
     before = model_stats(model, shapes)
     after = model_stats(current, shapes) if current is not model else before
@@ -177,6 +238,8 @@ def prune(model: onnx.ModelProto, config: PruneConfig = PruneConfig(), *, calib:
         "groups": group_rows(analysis, removed, before.macs_per_node),
         "verification": verification.to_dict() if verification else None,
     }
+    if hooks is not None:
+        report["training"] = {**hooks.report(), "planned_steps": len(steps)}
     if eval_data is not None:
         limit = None
         report["evaluation"] = {
@@ -221,11 +284,14 @@ def prune_within(model: onnx.ModelProto, config: PruneConfig, max_drop: float, e
 
 def prune_to_latency(model: onnx.ModelProto, config: PruneConfig, target: float, *, calib: Dataset | None = None,
                      eval_data: Dataset | None = None, source_sha256: str | None = None, steps: int = 6,
-                     threads: int = 1) -> PruneResult:
-    """Prune until onnxruntime runs the model in ``target`` of the original's latency (CPU, ``threads``
-    threads): a bisection over the MACs budget with the latency measured side by side at every candidate."""
+                     threads: int = 1, provider: str = "CPUExecutionProvider") -> PruneResult:
+    """Prune until onnxruntime runs the model in ``target`` of the original's latency (execution ``provider``,
+    ``threads`` threads): a bisection over the MACs budget with the latency measured side by side at every
+    candidate. ``round_to="auto"`` is measured on the same provider first."""
     if not 0.0 < target <= 1.0:
         raise UsageError(f"--target-latency is the fraction of the latency to keep, in (0, 1]; got {target}")
+    check_provider(provider)
+    config = config.measure_round_to(model, provider=provider, threads=threads)
     # Candidates skip calibration and recovery: neither changes the shapes, so neither changes the latency.
     quick = replace(config, verify=False, target_params=None, criterion=None, recover=None)
     lo, hi, tried = 0.0, 1.0, []
@@ -233,7 +299,7 @@ def prune_to_latency(model: onnx.ModelProto, config: PruneConfig, target: float,
         mid = (lo + hi) / 2
         candidate = prune(model, replace(quick, target_macs=mid))
         ratio, ms_before, ms_after = latency_ratio(model, candidate.model, threads=threads,
-                                                   input_shapes=config.input_shapes)
+                                                   input_shapes=config.input_shapes, provider=provider)
         tried.append({"target_macs": mid, "macs_kept": candidate.report["macs_kept"], "latency_ratio": ratio,
                       "ms_original": ms_before, "ms_pruned": ms_after})
         if ratio <= target:
@@ -245,9 +311,9 @@ def prune_to_latency(model: onnx.ModelProto, config: PruneConfig, target: float,
     result = prune(model, replace(config, target_macs=macs, target_params=None), calib=calib, eval_data=eval_data,
                    source_sha256=source_sha256)
     final, ms_before, ms_after = latency_ratio(model, result.model, threads=threads, rounds=25,
-                                               input_shapes=config.input_shapes)
-    result.report["latency"] = {"target": target, "threads": threads, "ratio": final, "ms_original": ms_before,
-                                "ms_pruned": ms_after, "candidates": tried}
+                                               input_shapes=config.input_shapes, provider=provider)
+    result.report["latency"] = {"target": target, "provider": provider, "threads": threads, "ratio": final,
+                                "ms_original": ms_before, "ms_pruned": ms_after, "candidates": tried}
     return result
 
 
@@ -296,6 +362,9 @@ def _schedule(config: PruneConfig) -> list[float]:
     """Ratios of the steps: one for one-shot; for ``iterative`` remove ``step`` of what remains each time."""
     if config.schedule == "oneshot" or config.ratio == 0:
         return [config.ratio]
+    if config.schedule == "auto-balanced":
+        removed = [config.ratio * f for f in AUTO_BALANCED_ROUNDS]
+        return [1.0 - (1.0 - r) / (1.0 - p) for p, r in zip([0.0] + removed[:-1], removed)]
     target, kept, ratios = 1.0 - config.ratio, 1.0, []
     while kept * (1.0 - config.step) > target + 1e-9:
         ratios.append(config.step)
@@ -318,9 +387,13 @@ def _step_targets(original: Analysis, current: Analysis, removed_fraction: float
     return targets
 
 
-def _statistics(model: onnx.ModelProto, analysis: Analysis, data: Dataset, config: PruneConfig
-                ) -> dict[str, ChannelStats]:
+def _statistics(model: onnx.ModelProto, analysis: Analysis, data: Dataset, config: PruneConfig,
+                criterion: str) -> dict[str, ChannelStats] | dict[str, np.ndarray]:
     names = consumer_inputs(analysis)
+    if criterion == "taylor":
+        from .taylor import taylor_statistics
+        return taylor_statistics(model, names, {n: analysis.labels[n].axis for n in names}, data,
+                                 config.batch_size, config.calib_samples)
     return collect(model, names, {n: analysis.labels[n].axis for n in names}, data, config.batch_size,
                    config.calib_samples)
 

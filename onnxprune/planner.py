@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,19 +20,27 @@ class PlanConfig:
     ``ratio`` is the fraction of channels removed from every prunable group (rounded down, so a group of 3 at
     0.5 loses 1); with ``global_ranking`` all groups share one ranking of normalised scores and ``ratio`` is the
     fraction of all prunable channels removed. ``round_to`` makes every kept count a multiple of N (where the
-    group is large enough), ``min_channels`` is the fewest channels a group keeps.
+    group is large enough), ``min_channels`` is the fewest channels a group keeps. ``round_to_map`` overrides
+    ``round_to`` for the group ids it lists (``--round-to auto`` measures one multiple per group).
     """
 
     ratio: float = 0.5
     global_ranking: bool = False
     round_to: int = 1
     min_channels: int = 1
+    round_to_map: Mapping[int, int] | None = None
+
+    def multiple(self, gid: int) -> int:
+        """The multiple group ``gid``'s kept count is rounded up to."""
+        return self.round_to_map.get(gid, self.round_to) if self.round_to_map else self.round_to
 
     def validate(self) -> None:
         if not isinstance(self.ratio, (int, float)) or math.isnan(self.ratio) or not 0.0 <= self.ratio < 1.0:
             raise UsageError(f"--ratio must be in [0, 1), got {self.ratio}")
         if self.round_to < 1:
             raise UsageError(f"--round-to must be >= 1, got {self.round_to}")
+        if any(int(m) < 1 for m in (self.round_to_map or {}).values()):
+            raise UsageError("per-group round-to multiples must be >= 1")
         if self.min_channels < 1:
             raise UsageError(f"--min-channels must be >= 1, got {self.min_channels}")
 
@@ -75,7 +84,7 @@ def _keep_tensors_nonempty(analysis: Analysis, removed: dict[int, np.ndarray], s
             gid = int(gids[0])
             mine = local[gids == gid]
             best = int(mine[np.argmax(scores[gid][mine])])
-            back = _give_back(by_id[gid], removed[gid], scores[gid], best, config.round_to)
+            back = _give_back(by_id[gid], removed[gid], scores[gid], best, config.multiple(gid))
             removed[gid] = np.setdiff1d(removed[gid], back)
             if not len(removed[gid]):
                 del removed[gid]
@@ -125,11 +134,11 @@ def _select(g: PruneGroup, s: np.ndarray, target: int, config: PlanConfig) -> np
     order_key = -s  # higher score first; ties keep the lower index (stable sort)
     if g.cells is None:
         k = max(target, config.min_channels, 1)
-        k = _round_up(k, config.round_to, g.size)
+        k = _round_up(k, config.multiple(g.id), g.size)
         return np.sort(np.argsort(order_key, kind="stable")[: min(k, g.size)])
     n_cells, cell = g.cells.shape
     k = max(math.ceil(target / n_cells), math.ceil(config.min_channels / n_cells), 1)
-    step = config.round_to // math.gcd(config.round_to, n_cells)
+    step = config.multiple(g.id) // math.gcd(config.multiple(g.id), n_cells)
     k = _round_up(k, step, cell)
     picks = np.argsort(order_key[g.cells], axis=1, kind="stable")[:, :k]
     return np.sort(np.take_along_axis(g.cells, picks, axis=1).ravel())

@@ -79,8 +79,11 @@ def format_summary(report: dict) -> str:
     ]
     if report.get("latency"):
         lat = report["latency"]
+        where = lat.get("provider", "CPUExecutionProvider").removesuffix("ExecutionProvider")
         lines.append(f"latency: {lat['ms_original']:.2f} ms -> {lat['ms_pruned']:.2f} ms ({lat['ratio']:.3f}x, "
-                     f"onnxruntime CPU, {lat['threads']} thread{'s' if lat['threads'] != 1 else ''})")
+                     f"onnxruntime {where}, {lat['threads']} thread{'s' if lat['threads'] != 1 else ''})")
+    if report.get("training"):
+        lines.append(_training_line(report["training"]))
     if report.get("evaluation"):
         before, after = report["evaluation"]["before"], report["evaluation"]["after"]
         if before.get("accuracy") is not None:
@@ -90,7 +93,8 @@ def format_summary(report: dict) -> str:
                      f"relative error {after['rel_error']:.3g}")
     v = report.get("verification")
     if v and v.get("mask_equivalent") is None:
-        lines.append("verified: checker ok, onnxruntime ok (recovery changed weights: mask equivalence not "
+        why = "training" if report.get("training") else "recovery"
+        lines.append(f"verified: checker ok, onnxruntime ok ({why} changed weights: mask equivalence not "
                      "applicable)")
     elif v:
         lines.append(f"verified: checker ok, onnxruntime ok, mask-equivalent "
@@ -98,6 +102,18 @@ def format_summary(report: dict) -> str:
     else:
         lines.append("verification skipped (--no-verify)")
     return "\n".join(lines)
+
+
+def _training_line(t: dict) -> str:
+    """One line on a training schedule: steps kept and why it stopped."""
+    steps = t.get("steps", [])
+    kept = sum(1 for s in steps if s["accepted"])
+    line = f"{t.get('schedule', 'training')}: {kept} of {t.get('planned_steps', len(steps))} steps kept"
+    rejected = next((s for s in steps if not s["accepted"]), None)
+    if rejected is not None:
+        line += (f" (stopped at step {rejected['step']}: metric {rejected['metric']:.4f} < kappa {t['kappa']} x "
+                 f"baseline {t['baseline']:.4f})")
+    return line
 
 
 def format_groups(rows: list[dict], total_macs: int) -> str:
@@ -155,15 +171,24 @@ def summary_document(report: dict, plan_path=None, report_path=None) -> dict:
 def format_sensitivity(result) -> str:
     """The table ``onnxprune analyze`` prints: agreement per tried fraction and the recommended ratio."""
     head = "".join(f"{f:>10.2f}" for f in result.fractions)
-    lines = [f"{'group':>5} {'size':>6} {'MACs':>7} {head}  {'ratio':>6}  created by",
-             f"{'':>5} {'':>6} {'share':>7}  (per fraction: top-1 agreement measured / input energy removed)"]
+    timed = result.latency is not None
+    lat_head, lat_sub = (f" {'latency':>7}", f" {'share':>7}") if timed else ("", "")
+    lines = [f"{'group':>5} {'size':>6} {'MACs':>7}{lat_head} {head}  {'ratio':>6}  created by",
+             f"{'':>5} {'':>6} {'share':>7}{lat_sub}  (per fraction: top-1 agreement measured / input energy removed)"]
     for r in result.rows:
         if "curve" not in r:
             continue
         cells = "".join(f"{p['agreement']:>5.2f}/{p['energy_lost']:<3.2f}" for p in r["curve"])
-        lines.append(f"{r['id']:>5} {r['size']:>6} {r['macs_share']:>7.1%} {cells}  {r['recommended_ratio']:>6.2f}  "
-                     f"{', '.join(r['sources'][:2])}")
+        lat = "" if not timed else (f" {r['latency_share']:>7.1%}" if r.get("latency_share") is not None
+                                    else f" {'-':>7}")
+        lines.append(f"{r['id']:>5} {r['size']:>6} {r['macs_share']:>7.1%}{lat} {cells}  "
+                     f"{r['recommended_ratio']:>6.2f}  {', '.join(r['sources'][:2])}")
     skipped = sum(1 for r in result.rows if "curve" not in r)
     if skipped:
         lines.append(f"({skipped} groups not prunable: see onnxprune inspect)")
+    if timed:
+        lat = result.latency
+        lines.append(f"(latency share: time saved when the group alone keeps half its channels; onnxruntime "
+                     f"{lat['provider'].removesuffix('ExecutionProvider')}, {lat['threads']} thread, "
+                     f"{lat['ms_original']:.2f} ms; {len(lat['groups_not_timed'])} groups not timed: -)")
     return "\n".join(lines)

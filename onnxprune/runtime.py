@@ -6,17 +6,35 @@ mask-equivalence check inserts its masks that way).
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from .errors import UsageError
 from .graph import SMALL_CONSTANT, copy_fields, light_model, subgraph_reads as _subgraph_reads
 from .graph import static_input_shapes
 
-__all__ = ["Session", "expose", "random_inputs"]
+__all__ = ["CPU", "Session", "check_provider", "expose", "provider_list", "random_inputs"]
+
+CPU = "CPUExecutionProvider"
+
+
+def check_provider(name: str) -> str:
+    """``name`` if onnxruntime offers that execution provider here, else a :class:`UsageError` naming those it
+    offers."""
+    available = ort.get_available_providers()
+    if name not in available:
+        raise UsageError(f"execution provider '{name}' is not available in this onnxruntime "
+                         f"(available: {', '.join(available)})")
+    return name
+
+
+def provider_list(name: str) -> list[str]:
+    """The providers a session on ``name`` asks for: ``name`` first, the CPU for the ops it lacks."""
+    return [name] if name == CPU else [name, CPU]
 
 
 class Session:
@@ -25,12 +43,14 @@ class Session:
     ``optimize=True`` (calibration, evaluation) hands large initializers to onnxruntime as external
     initializers, which it copies and prepacks for speed. ``optimize=False`` (one-off checks) turns the weights
     into graph inputs fed with every run: onnxruntime reads the numpy arrays in place, so a check costs no
-    second copy of the weights. ``arrays`` may supply constant values already in memory.
+    second copy of the weights. ``arrays`` may supply constant values already in memory. ``providers`` are the
+    onnxruntime execution providers in order of preference (default: the CPU).
     """
 
     def __init__(self, model: onnx.ModelProto, edit: Callable[[onnx.ModelProto], None] | None = None,
                  threads: int = 0, optimize: bool = True,
-                 arrays: Callable[[str], np.ndarray | None] | None = None) -> None:
+                 arrays: Callable[[str], np.ndarray | None] | None = None,
+                 providers: Sequence[str] | None = None) -> None:
         options = ort.SessionOptions()
         options.log_severity_level = 4  # errors reach the caller as exceptions, not as log lines
         if threads:
@@ -49,7 +69,8 @@ class Session:
             light, self._weights = _as_inputs(model, arrays)
         if edit is not None:
             edit(light)
-        self.session = ort.InferenceSession(light.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(light.SerializeToString(), options,
+                                            providers=list(providers or [CPU]))
 
     def run(self, feeds: dict[str, np.ndarray], names: list[str] | None = None) -> list[np.ndarray]:
         return self.session.run(names, {**self._weights, **feeds} if self._weights else feeds)

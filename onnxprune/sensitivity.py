@@ -18,11 +18,12 @@ from .criteria import score
 from .data import Dataset
 from .dependency import analyze as find_groups
 from .graph import Graph, static_input_shapes
+from .latency import latency_table
 from .planner import PlanConfig, choose
 from .progress import Progress
 from .report import group_rows, model_stats
 from .rewrite import apply_keep
-from .runtime import Session
+from .runtime import CPU, Session
 
 __all__ = ["Sensitivity", "sensitivity", "plot"]
 
@@ -32,9 +33,32 @@ class Sensitivity:
     fractions: list[float]
     rows: list[dict]  # per group: id, size, macs share, blocked, and per fraction: agreement, rel_error, accuracy
     baseline_accuracy: float | None
+    latency: dict | None = None  # how the latency columns were measured (see add_latency)
 
     def to_dict(self) -> dict:
-        return {"fractions": self.fractions, "baseline_accuracy": self.baseline_accuracy, "groups": self.rows}
+        return {"fractions": self.fractions, "baseline_accuracy": self.baseline_accuracy, "latency": self.latency,
+                "groups": self.rows}
+
+    def add_latency(self, model: onnx.ModelProto, *, provider: str = CPU, max_groups: int | None = 48,
+                    rounds: int = 5) -> None:
+        """Add each prunable group's latency share (the latency saved when it alone keeps half its channels,
+        as a fraction of the model's) and its latency at every kept fraction (``1 - fractions``).
+
+        Only the ``max_groups`` groups touching the most MACs are timed (``None``: all); the others get
+        ``latency_share: null``. Each group costs one rewrite and one session per fraction, timed with the
+        original over ``rounds`` interleaved rounds on one thread."""
+        curves = sorted((r for r in self.rows if "curve" in r), key=lambda r: (-r["macs"], r["id"]))
+        chosen = [r["id"] for r in curves[:max_groups]]
+        table = latency_table(model, [1.0 - f for f in self.fractions], groups=chosen, provider=provider,
+                              rounds=rounds)
+        for r in curves:
+            row = table.groups.get(r["id"])
+            r["latency_share"] = row["share"] if row else None
+            if row:
+                r["latency"] = {"kept": table.kept, "widths": row["widths"], "ms": row["ms"]}
+        self.latency = {"provider": provider, "threads": table.threads, "rounds": rounds,
+                        "ms_original": table.ms_original, "groups_timed": len(table.groups),
+                        "groups_not_timed": table.skipped}
 
 
 def _outputs(model: onnx.ModelProto, data: Dataset, batch: int, limit: int) -> np.ndarray:
@@ -134,10 +158,17 @@ def plot(result: Sensitivity, path: Path) -> bool:
     left.set_title("sensitivity per group")
     left.legend(fontsize="small", ncol=2)
     shown = [r for r in result.rows if "curve" in r]
-    right.bar([str(r["id"]) for r in shown], [r["macs_share"] for r in shown])
+    xs = np.arange(len(shown))
+    width = 0.4 if result.latency else 0.8
+    right.bar(xs, [r["macs_share"] for r in shown], width, label="MACs touched")
+    if result.latency:
+        right.bar(xs + width, [r.get("latency_share") or 0.0 for r in shown], width,
+                  label="latency saved at half width")
+        right.legend(fontsize="small")
+    right.set_xticks(xs + (width / 2 if result.latency else 0), [str(r["id"]) for r in shown])
     right.set_xlabel("group")
-    right.set_ylabel("share of MACs touched")
-    right.set_title("where the MACs are")
+    right.set_ylabel("share of the model")
+    right.set_title("where the MACs and the time are")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

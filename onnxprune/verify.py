@@ -101,10 +101,12 @@ def _interface(model: onnx.ModelProto) -> list[tuple[str, str]]:
            [("->" + vi.name, vi.type.SerializeToString().hex()) for vi in model.graph.output]
 
 
-def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan, *, graph: Graph | None = None,
+def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan | None, *, graph: Graph | None = None,
            seed: int = 0, input_shapes: dict[str, list[int]] | None = None, tolerance: float = 1e-4,
            mask_check: bool = True) -> Verification:
-    """Check ``pruned`` against ``original``; raise :class:`VerificationError` on the first failure."""
+    """Check ``pruned`` against ``original``; raise :class:`VerificationError` on the first failure.
+
+    ``mask_check=False`` (weights changed by recovery or training) checks validity and the interface only."""
     check_model(pruned)
     if _interface(original) != _interface(pruned):
         raise VerificationError("pruned model changed the graph's input or output names, types or shapes")
