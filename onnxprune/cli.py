@@ -145,6 +145,7 @@ def cli() -> None:
     onnxprune model.onnx --calib data.npz  data-driven scores and training-free recovery
     onnxprune eval small.onnx --data val.npz --reference model.onnx
     onnxprune apply model.onnx --plan plan.json   re-apply a saved plan
+    onnxprune finetune small.onnx --data train.npz --teacher model.onnx   train through torch
     """
 
 

@@ -10,7 +10,7 @@ __all__ = ["training_options", "finetune_config"]
 
 
 def training_options(fn):
-    """--epochs, --lr, --loss, --optimizer, --temperature, --bn, --device."""
+    """--epochs, --lr, --loss, --optimizer, --lr-schedule, --temperature, --bn, --device."""
     for option in reversed([
         click.option("--epochs", type=int, default=5, show_default=True,
                      help="Training epochs (per step for the dropnet/auto-balanced schedules)."),
@@ -19,6 +19,8 @@ def training_options(fn):
                      help="distill: match the teacher's outputs (no labels needed); ce: labels; both; "
                           "auto: distill with a teacher, ce without."),
         click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True),
+        click.option("--lr-schedule", type=click.Choice(["cosine", "constant"]), default="cosine",
+                     show_default=True, help="Learning rate over the run: cosine decay to zero, or constant."),
         click.option("--temperature", type=float, default=2.0, show_default=True,
                      help="Softens class scores for distillation."),
         click.option("--bn", type=click.Choice(["train", "frozen"]), default="train", show_default=True,
@@ -33,6 +35,7 @@ def finetune_config(opts: dict, batch_size: int, seed: int) -> FinetuneConfig:
     """The :class:`FinetuneConfig` the training options describe (removes them from ``opts``)."""
     config = FinetuneConfig(epochs=opts.pop("epochs"), lr=opts.pop("lr"), batch_size=batch_size,
                             loss=opts.pop("loss"), optimizer=opts.pop("optimizer"),
+                            lr_schedule=opts.pop("lr_schedule"),
                             temperature=opts.pop("temperature"), bn=opts.pop("bn"), seed=seed,
                             device=opts.pop("device"))
     config.validate()

@@ -1,7 +1,7 @@
 """Fine-tuning through the torch bridge: distillation from a teacher's outputs (no labels needed), cross-entropy
 where labels exist, or both; validation each epoch with the best weights kept; data-parallel under ``torchrun``.
 
-The teacher runs in onnxruntime; the student is the ONNX model as an :class:`~onnxprune.torch_bridge.OnnxModule`,
+The teacher runs in onnxruntime; the student is the ONNX model as an :class:`~onnxprune.bridge.OnnxModule`,
 and the result is the same graph with the trained values written back.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ LOSSES = ("auto", "distill", "ce", "both")
 class FinetuneConfig:
     """Training options. ``loss='auto'``: distillation with a teacher, cross-entropy without one.
 
+    ``lr_schedule='cosine'`` decays the learning rate to zero over the run ('constant' keeps it).
     ``bn='train'`` trains BatchNormalization with batch statistics (running statistics updated and written
     back); ``'frozen'`` keeps them fixed. ``temperature`` softens logits for distillation.
     """
@@ -38,6 +39,7 @@ class FinetuneConfig:
     batch_size: int = 64
     loss: str = "auto"
     optimizer: str = "adam"
+    lr_schedule: str = "cosine"
     weight_decay: float = 0.0
     temperature: float = 2.0
     bn: str = "train"
@@ -52,6 +54,8 @@ class FinetuneConfig:
             raise UsageError(f"unknown loss '{self.loss}' (choose from {', '.join(LOSSES)})")
         if self.optimizer not in ("adam", "sgd"):
             raise UsageError(f"unknown optimizer '{self.optimizer}' (choose from adam, sgd)")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise UsageError(f"--lr-schedule must be cosine or constant, got '{self.lr_schedule}'")
         if self.bn not in ("train", "frozen"):
             raise UsageError(f"--bn must be train or frozen, got '{self.bn}'")
 
@@ -86,13 +90,15 @@ def finetune(model: onnx.ModelProto, train: Dataset, config: FinetuneConfig = Fi
     averaged (DistributedDataParallel), which gives the single-process result up to rounding.
     """
     torch = require_torch()
-    from .torch_bridge import OnnxModule, write_back
+    from .bridge import OnnxModule, write_back
 
     config.validate()
     mode = _loss_mode(config.loss, teacher is not None, train.labels is not None)
     rank, world = _distributed(torch, config.device)
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
+    if device.type == "cuda" and device.index is None and world > 1:  # one GPU per process under torchrun
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     module = OnnxModule(model, train_bn=config.bn == "train").to(device)
     net = module
     if world > 1:
@@ -103,9 +109,14 @@ def finetune(model: onnx.ModelProto, train: Dataset, config: FinetuneConfig = Fi
         optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     else:
         optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    steps_per_epoch = -(-len(train) // config.batch_size)
+    scheduler = None
+    if config.lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, config.epochs * steps_per_epoch))
     teacher_session = Session(teacher) if teacher is not None else None
     teacher_batch = static_batch(teacher) if teacher is not None else None
-    micro = static_batch(model) or config.batch_size
+    fixed = static_batch(model)  # a pinned batch size: train in micro-batches of exactly that size
+    micro = fixed or config.batch_size
     initial = _evaluate(model, eval_data, teacher, config, rank, world, torch)
     history: list[dict] = [{"epoch": 0, "loss": None, "eval": initial.to_dict() if initial else None}]
     best = _Best(module, _score(initial))
@@ -121,6 +132,8 @@ def finetune(model: onnx.ModelProto, train: Dataset, config: FinetuneConfig = Fi
                 optimizer.zero_grad(set_to_none=True)
                 for m0 in range(0, len(mine), micro):
                     part = mine[m0:m0 + micro]
+                    if fixed and len(part) < fixed:
+                        continue  # the remainder a pinned batch size cannot take
                     feeds = train.take(part)
                     targets = _teacher_outputs(teacher_session, feeds, teacher_batch) if teacher_session else None
                     labels = train.labels[part] if train.labels is not None else None
@@ -133,6 +146,8 @@ def finetune(model: onnx.ModelProto, train: Dataset, config: FinetuneConfig = Fi
                     total += float(loss.detach()) * len(batch) / world
                     seen += len(part)
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
                 bar.advance(len(batch))
             trained = write_back(model, module)
             evaluation = _evaluate(trained, eval_data, teacher, config, rank, world, torch)

@@ -127,12 +127,12 @@ class BalancedRegularizer:
             present = [(module.weight(name), idx, local) for name, idx, local in entries if module.has_param(name)]
             if not present:
                 continue
-            size = self.sizes[gid]
-            sq = torch.zeros(size, dtype=present[0][0].dtype)
-            l1 = torch.zeros(size, dtype=present[0][0].dtype)
+            size, like = self.sizes[gid], present[0][0]
+            sq = torch.zeros(size, dtype=like.dtype, device=like.device)
+            l1 = torch.zeros(size, dtype=like.dtype, device=like.device)
             for weight, idx, local in present:
-                rows = weight.reshape(-1)[torch.from_numpy(idx)]
-                unit = torch.from_numpy(local)
+                rows = weight.reshape(-1)[torch.from_numpy(idx).to(weight.device)]
+                unit = torch.from_numpy(local).to(weight.device)
                 sq = sq.index_add(0, unit, rows.pow(2).sum(dim=1))
                 l1 = l1.index_add(0, unit, rows.abs().sum(dim=1))
             lam, weak = _balance(torch, l1.detach(), self.kept[gid])
@@ -143,7 +143,7 @@ class BalancedRegularizer:
                 tau = -self.alpha * weak_term.detach() / strong_term.detach()
                 term = term + tau * strong_term
             total = term if total is None else total + term
-        return total if total is not None else torch.zeros(())
+        return total if total is not None else torch.zeros((), device=next(module.parameters()).device)
 
     def scores(self, model: onnx.ModelProto) -> dict[int, np.ndarray]:
         """Per-unit filter L1 norms of ``model`` (the trained weights), for every group the regulariser saw.

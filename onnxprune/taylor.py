@@ -22,7 +22,7 @@ def taylor_statistics(model: onnx.ModelProto, tensors: list[str], axes: dict[str
                       batch_size: int = 32, limit: int | None = None) -> dict[str, np.ndarray]:
     """Per-channel Taylor scores of ``tensors`` (channel axis from ``axes``) over ``data``."""
     torch = require_torch()
-    from .torch_bridge import OnnxModule
+    from .bridge import OnnxModule
 
     module = OnnxModule(model, train_bn=False).eval()
     F = torch.nn.functional

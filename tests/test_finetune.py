@@ -23,7 +23,7 @@ from onnxprune.evaluate import evaluate  # noqa: E402
 from onnxprune.finetune import FinetuneConfig, finetune  # noqa: E402
 from onnxprune.graph import Graph  # noqa: E402
 from onnxprune.schedules import BalancedRegularizer, DropNet  # noqa: E402
-from onnxprune.torch_bridge import OnnxModule  # noqa: E402
+from onnxprune.bridge import OnnxModule  # noqa: E402
 
 import builders  # noqa: E402
 from conftest import EXAMPLE_MODEL, ROOT  # noqa: E402
@@ -191,3 +191,15 @@ def test_torchrun_two_processes_match_one(tmp_path, example):
         np.testing.assert_allclose(y, x, rtol=1e-3, atol=1e-5 * max(float(np.abs(x).max()), 1.0))
         moved += not np.array_equal(x, before[a.name])
     assert moved > 0
+
+
+def test_pinned_batch_trains_in_micro_batches():
+    """A graph with a hard-coded batch of 1 (Reshape to [1, 8]) trains sample by sample."""
+    model = builders.reshape_gemm(seed=0)
+    pruned = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.5)).model
+    x = np.random.default_rng(0).standard_normal((10, 3, 8, 8)).astype(np.float32)
+    data = Dataset({"x": x})
+    result = finetune(pruned, data, FinetuneConfig(epochs=2, batch_size=4), teacher=model, eval_data=data)
+    onnx.checker.check_model(result.model, full_check=True)
+    assert result.history[-1]["loss"] < result.history[1]["loss"] or result.best_epoch > 0
+    assert evaluate(result.model, data, model).rel_error <= evaluate(pruned, data, model).rel_error

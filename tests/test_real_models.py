@@ -87,3 +87,25 @@ def test_pretrained_classifier_recovers_without_training(tmp_path):
     low, high = evaluate(plain.model, val).accuracy, evaluate(data.model, val).accuracy
     assert base > 0.95
     assert high - low >= (2 / 3) * (base - low), (base, low, high)
+
+
+@pytest.mark.parametrize("package,relative", [m[:2] for m in MODELS], ids=[Path(m[1]).stem for m in MODELS])
+def test_torch_bridge_matches_onnxruntime(package, relative):
+    """The torch bridge runs every model (weights in initializers or Constant nodes, NHWC, PRelu, SE blocks)
+    with outputs equal to onnxruntime's without graph optimisations, and each float weight as a parameter."""
+    import numpy as np
+    import torch
+
+    from onnxprune.bridge import OnnxModule
+    from onnxprune.runtime import Session, random_inputs
+
+    model = onnxprune.load(_locate(package, relative))
+    feeds = random_inputs(model, 0)
+    want = Session(model, optimize=False).run(feeds)
+    module = OnnxModule(model).eval()
+    with torch.no_grad():
+        got = module(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+    for g, w in zip(got, want):  # (the OCR detector's random-input map is ~1e-12 where onnxruntime flushes to 0)
+        assert float(np.abs(g.numpy() - w).max()) <= 1e-4 * max(float(np.abs(w).max()), 1e-3)
+    convs = [n.input[1] for n in model.graph.node if n.op_type == "Conv"]
+    assert convs and all(module.has_param(w) for w in convs)

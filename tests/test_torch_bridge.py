@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 from onnxprune.errors import UnsupportedError  # noqa: E402
 from onnxprune.graph import light_model  # noqa: E402
-from onnxprune.torch_bridge import OnnxModule, unsupported_ops, write_back  # noqa: E402
+from onnxprune.bridge import OnnxModule, unsupported_ops, write_back  # noqa: E402
 
 import builders  # noqa: E402
 from conftest import EXAMPLE_MODEL, random_feeds, run_ort  # noqa: E402
@@ -147,3 +147,19 @@ def test_random_architectures_forward_matches(arch, seed):
     model = builders.random_stack(arch, seed=seed)
     feeds = random_feeds(model, seed=seed, batch=2)
     assert_close(torch_outputs(model, feeds), run_ort(model, feeds))
+
+
+def test_running_statistics_behind_identity_stay_buffers():
+    """Legacy exports without constant folding read BatchNorm statistics through Identity nodes."""
+    model = builders.conv_bn_relu_chain(seed=0)
+    graph = model.graph
+    bn = next(n for n in graph.node if n.op_type == "BatchNormalization")
+    for k in (3, 4):
+        src = bn.input[k]
+        graph.node.insert(0, onnx.helper.make_node("Identity", [src], [src + "_id"]))
+        bn.input[k] = src + "_id"
+    module = OnnxModule(model, train_bn=True).train()
+    assert not module.has_param(bn.input[3].removesuffix("_id"))
+    module(torch.randn(4, 3, 8, 8))[0].sum().backward()
+    trained = write_back(model, module)
+    onnx.checker.check_model(trained, full_check=True)

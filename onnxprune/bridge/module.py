@@ -16,9 +16,10 @@ import onnx
 import torch
 from onnx import AttributeProto, helper, numpy_helper
 
-from .errors import UnsupportedError
-from .graph import copy_fields
-from .torch_ops import OPS, OpContext
+from ..errors import UnsupportedError
+from ..graph import copy_fields
+from . import math_ops, nn_ops, shape_ops  # noqa: F401 - they register the operators
+from .registry import OPS, OpContext
 
 __all__ = ["OnnxModule", "write_back", "unsupported_ops"]
 
@@ -192,6 +193,9 @@ def _weight_positions(graph: onnx.GraphProto) -> dict[str, str]:
                 kinds.setdefault(name, "fixed")
             elif kinds.get(name) != "stat":
                 kinds[name] = "param"
+    for node in reversed(graph.node):  # running statistics passed through Identity (legacy exports)
+        if node.op_type == "Identity" and kinds.get(node.output[0]) == "stat":
+            kinds[node.input[0]] = "stat"
     return kinds
 
 
