@@ -19,8 +19,8 @@ def training_options(fn):
                      help="distill: match the teacher's outputs (no labels needed); ce: labels; both; "
                           "auto: distill with a teacher, ce without."),
         click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True),
-        click.option("--lr-schedule", type=click.Choice(["cosine", "constant"]), default="cosine",
-                     show_default=True, help="Learning rate over the run: cosine decay to zero, or constant."),
+        click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default="constant",
+                     show_default=True, help="Learning rate over the run: constant, or cosine decay to zero."),
         click.option("--temperature", type=float, default=2.0, show_default=True,
                      help="Softens class scores for distillation."),
         click.option("--bn", type=click.Choice(["train", "frozen"]), default="train", show_default=True,

@@ -29,7 +29,7 @@ LOSSES = ("auto", "distill", "ce", "both")
 class FinetuneConfig:
     """Training options. ``loss='auto'``: distillation with a teacher, cross-entropy without one.
 
-    ``lr_schedule='cosine'`` decays the learning rate to zero over the run ('constant' keeps it).
+    ``lr_schedule="cosine"`` decays the learning rate to zero over the run ("constant", the default, keeps it).
     ``bn='train'`` trains BatchNormalization with batch statistics (running statistics updated and written
     back); ``'frozen'`` keeps them fixed. ``temperature`` softens logits for distillation.
     """
@@ -39,7 +39,7 @@ class FinetuneConfig:
     batch_size: int = 64
     loss: str = "auto"
     optimizer: str = "adam"
-    lr_schedule: str = "cosine"
+    lr_schedule: str = "constant"
     weight_decay: float = 0.0
     temperature: float = 2.0
     bn: str = "train"

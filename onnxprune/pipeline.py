@@ -110,6 +110,8 @@ class PruneConfig:
             raise UsageError(f"unknown criterion '{criterion}' (choose from {', '.join(CRITERIA)})")
         if recovery not in RECOVERY_MODES:
             raise UsageError(f"unknown recovery '{recovery}' (choose from {', '.join(RECOVERY_MODES)})")
+        if training and not calibrated:
+            raise UsageError(f"the {self.schedule} schedule trains between steps: give training data (--data)")
         needs_data = criterion in DATA_CRITERIA + GRADIENT_CRITERIA
         if not calibrated and (needs_data or recovery != "none"):
             what = f"criterion '{criterion}'" if needs_data else f"--recover {recovery}"

@@ -203,3 +203,23 @@ def test_pinned_batch_trains_in_micro_batches():
     onnx.checker.check_model(result.model, full_check=True)
     assert result.history[-1]["loss"] < result.history[1]["loss"] or result.best_epoch > 0
     assert evaluate(result.model, data, model).rel_error <= evaluate(pruned, data, model).rel_error
+
+
+def test_finetune_command_names_ops_the_bridge_lacks(tmp_path, capsys):
+    model = builders.unsupported_op(seed=0)
+    onnx.save(model, tmp_path / "cumsum.onnx")
+    np.savez(tmp_path / "data.npz", x=np.zeros((4, 3, 8, 8), np.float32))
+    before = (tmp_path / "cumsum.onnx").read_bytes()
+    code = main(["finetune", str(tmp_path / "cumsum.onnx"), "--data", str(tmp_path / "data.npz"),
+                 "--teacher", str(tmp_path / "cumsum.onnx")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err == "onnxprune: error: the torch bridge does not support these ops: CumSum"
+    assert (tmp_path / "cumsum.onnx").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cumsum.onnx", "data.npz"]
+
+
+def test_prune_training_schedule_needs_data(capsys):
+    assert main([str(EXAMPLE_MODEL), "--schedule", "dropnet", "--ratio", "0.5"]) == 2
+    assert "--data" in capsys.readouterr().err
+    assert main([str(EXAMPLE_MODEL), "--ratio", "0.5", "--data", str(CALIB)]) == 2
+    assert "--schedule dropnet" in capsys.readouterr().err
