@@ -6,6 +6,7 @@ and the result is the same graph with the trained values written back.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -128,34 +129,46 @@ def finetune(model: onnx.ModelProto, train: Dataset, config: FinetuneConfig = Fi
             total, seen = 0.0, 0
             for start in range(0, n, config.batch_size):
                 batch = order[start:start + config.batch_size]
+                if world > 1 and len(batch) < world * (fixed or 1):
+                    continue  # every process needs a share, or the gradient exchange would wait forever
                 mine = np.array_split(batch, world)[rank]
+                parts = [mine[m:m + micro] for m in range(0, len(mine), micro)]
+                parts = [p for p in parts if not fixed or len(p) == fixed]  # a pinned batch takes no remainder
                 optimizer.zero_grad(set_to_none=True)
-                for m0 in range(0, len(mine), micro):
-                    part = mine[m0:m0 + micro]
-                    if fixed and len(part) < fixed:
-                        continue  # the remainder a pinned batch size cannot take
-                    feeds = train.take(part)
-                    targets = _teacher_outputs(teacher_session, feeds, teacher_batch) if teacher_session else None
-                    labels = train.labels[part] if train.labels is not None else None
-                    outputs = net(**{k: torch.from_numpy(v).to(device) for k, v in feeds.items()})
-                    loss = _loss(torch, outputs, targets, labels, mode, config.temperature, device)
-                    loss = loss * (world / len(batch))  # summed per sample; DDP averages over ranks
-                    if regularizer is not None:
-                        loss = loss + regularizer(module) * (len(part) / len(batch))
-                    loss.backward()
+                for k, part in enumerate(parts):
+                    # one gradient exchange per batch: the last micro-batch's backward pass
+                    with net.no_sync() if world > 1 and k < len(parts) - 1 else contextlib.nullcontext():
+                        loss = _step_loss(torch, net, module, train, part, len(batch), world, teacher_session,
+                                          teacher_batch, mode, config, device, regularizer)
+                        loss.backward()
                     total += float(loss.detach()) * len(batch) / world
                     seen += len(part)
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
                 bar.advance(len(batch))
-            trained = write_back(model, module)
-            evaluation = _evaluate(trained, eval_data, teacher, config, rank, world, torch)
+            evaluation = None
+            if eval_data is not None:
+                evaluation = _evaluate(write_back(model, module), eval_data, teacher, config, rank, world, torch)
             history.append({"epoch": epoch, "loss": total / max(seen, 1),
                             "eval": evaluation.to_dict() if evaluation else None})
             best.offer(epoch, _score(evaluation))
     best.restore()
     return FinetuneResult(write_back(model, module), history, best.epoch)
+
+
+def _step_loss(torch, net, module, train: Dataset, part: np.ndarray, batch_size: int, world: int, teacher_session,
+               teacher_batch, mode: str, config: FinetuneConfig, device, regularizer):
+    """The loss of one micro-batch, scaled so that the gradients summed over micro-batches and averaged over
+    processes are those of the mean loss over the whole batch."""
+    feeds = train.take(part)
+    targets = _teacher_outputs(teacher_session, feeds, teacher_batch) if teacher_session else None
+    labels = train.labels[part] if train.labels is not None else None
+    outputs = net(**{k: torch.from_numpy(v).to(device) for k, v in feeds.items()})
+    loss = _loss(torch, outputs, targets, labels, mode, config.temperature, device) * (world / batch_size)
+    if regularizer is not None:
+        loss = loss + regularizer(module) * (world * len(part) / batch_size)
+    return loss
 
 
 class _Best:
