@@ -18,6 +18,7 @@ from .errors import (  # noqa: E402
     UsageError,
     VerificationError,
 )
+from .finetune import FinetuneConfig, FinetuneResult, finetune  # noqa: E402 - imports torch only when called
 from .io import load_model as load  # noqa: E402
 from .io import save_model as save  # noqa: E402
 from .pipeline import PruneConfig, PruneResult, apply_plan, prune, prune_to_latency, prune_within  # noqa: E402
@@ -27,6 +28,8 @@ from .verify import Verification, verify  # noqa: E402
 __all__ = [
     "__version__",
     "Analysis",
+    "FinetuneConfig",
+    "FinetuneResult",
     "ModelError",
     "OnnxPruneError",
     "Plan",
@@ -40,6 +43,7 @@ __all__ = [
     "VerificationError",
     "analyze",
     "apply_plan",
+    "finetune",
     "load",
     "prune",
     "prune_to_latency",

@@ -11,14 +11,14 @@ from .registry import TORCH_DTYPES, axis_of, ints_of, op, text_of
 
 @op("Shape")
 def _shape(ctx, a, x):
-    dims = torch.tensor(list(x[0].shape), dtype=torch.int64)
+    dims = torch.tensor(list(x[0].shape), dtype=torch.int64, device=x[0].device)
     start, end = a.get("start", 0), a.get("end")
     return [dims[start:end]]
 
 
 @op("Size")
 def _size(ctx, a, x):
-    return [torch.tensor(x[0].numel(), dtype=torch.int64)]
+    return [torch.tensor(x[0].numel(), dtype=torch.int64, device=x[0].device)]
 
 
 @op("Reshape")
@@ -144,13 +144,13 @@ def _tile(ctx, a, x):
 def _constant_of_shape(ctx, a, x):
     value = a.get("value")
     arr = np.zeros(1, np.float32) if value is None else value
-    return [torch.full(ints_of(x[0]), arr.reshape(-1)[0].item(), dtype=TORCH_DTYPES[helper.np_dtype_to_tensor_dtype(
-        arr.dtype)])]
+    dtype = TORCH_DTYPES[helper.np_dtype_to_tensor_dtype(arr.dtype)]
+    return [torch.full(ints_of(x[0]), arr.reshape(-1)[0].item(), dtype=dtype, device=x[0].device)]
 
 
 @op("Range")
 def _range(ctx, a, x):
-    return [torch.arange(x[0].item(), x[1].item(), x[2].item(), dtype=x[0].dtype)]
+    return [torch.arange(x[0].item(), x[1].item(), x[2].item(), dtype=x[0].dtype, device=x[0].device)]
 
 
 @op("Pad")
