@@ -223,3 +223,16 @@ def test_prune_training_schedule_needs_data(capsys):
     assert "--data" in capsys.readouterr().err
     assert main([str(EXAMPLE_MODEL), "--ratio", "0.5", "--data", str(CALIB)]) == 2
     assert "--schedule dropnet" in capsys.readouterr().err
+
+
+def test_cosine_schedule_and_sgd_train():
+    model = builders.reshape_gemm(seed=1)
+    pruned = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.5)).model
+    data = Dataset({"x": np.random.default_rng(1).standard_normal((8, 3, 8, 8)).astype(np.float32)})
+    constant = finetune(pruned, data, FinetuneConfig(epochs=2, batch_size=4), teacher=model)
+    cosine = finetune(pruned, data, FinetuneConfig(epochs=2, batch_size=4, lr_schedule="cosine"), teacher=model)
+    sgd = finetune(pruned, data, FinetuneConfig(epochs=2, batch_size=4, optimizer="sgd", lr=1e-2), teacher=model)
+    blobs = {r.model.SerializeToString() for r in (constant, cosine, sgd)}
+    assert len(blobs) == 3 and pruned.SerializeToString() not in blobs
+    with pytest.raises(UsageError, match="lr-schedule"):
+        FinetuneConfig(lr_schedule="step").validate()
