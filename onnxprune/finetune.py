@@ -114,8 +114,7 @@ def finetune(model: onnx.ModelProto, train: Dataset, config: FinetuneConfig = Fi
     scheduler = None
     if config.lr_schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, config.epochs * steps_per_epoch))
-    teacher_session = Session(teacher) if teacher is not None else None
-    teacher_batch = static_batch(teacher) if teacher is not None else None
+    targets = TeacherOutputs(teacher, len(train)) if teacher is not None else None
     fixed = static_batch(model)  # a pinned batch size: train in micro-batches of exactly that size
     micro = fixed or config.batch_size
     initial = _evaluate(model, eval_data, teacher, config, rank, world, torch)
@@ -138,8 +137,8 @@ def finetune(model: onnx.ModelProto, train: Dataset, config: FinetuneConfig = Fi
                 for k, part in enumerate(parts):
                     # one gradient exchange per batch: the last micro-batch's backward pass
                     with net.no_sync() if world > 1 and k < len(parts) - 1 else contextlib.nullcontext():
-                        loss = _step_loss(torch, net, module, train, part, len(batch), world, teacher_session,
-                                          teacher_batch, mode, config, device, regularizer)
+                        loss = _step_loss(torch, net, module, train, part, len(batch), world, targets, mode,
+                                          config, device, regularizer)
                         loss.backward()
                     total += float(loss.detach()) * len(batch) / world
                     seen += len(part)
@@ -157,12 +156,12 @@ def finetune(model: onnx.ModelProto, train: Dataset, config: FinetuneConfig = Fi
     return FinetuneResult(write_back(model, module), history, best.epoch)
 
 
-def _step_loss(torch, net, module, train: Dataset, part: np.ndarray, batch_size: int, world: int, teacher_session,
-               teacher_batch, mode: str, config: FinetuneConfig, device, regularizer):
+def _step_loss(torch, net, module, train: Dataset, part: np.ndarray, batch_size: int, world: int,
+               teacher: TeacherOutputs | None, mode: str, config: FinetuneConfig, device, regularizer):
     """The loss of one micro-batch, scaled so that the gradients summed over micro-batches and averaged over
     processes are those of the mean loss over the whole batch."""
     feeds = train.take(part)
-    targets = _teacher_outputs(teacher_session, feeds, teacher_batch) if teacher_session else None
+    targets = teacher.get(part, feeds) if teacher is not None else None
     labels = train.labels[part] if train.labels is not None else None
     outputs = net(**{k: torch.from_numpy(v).to(device) for k, v in feeds.items()})
     loss = _loss(torch, outputs, targets, labels, mode, config.temperature, device) * (world / batch_size)
@@ -214,6 +213,36 @@ def _loss_mode(loss: str, has_teacher: bool, has_labels: bool) -> str:
     if loss in ("ce", "both") and not has_labels:
         raise UsageError("cross-entropy needs labels in the training data (or give --teacher to distil)")
     return loss
+
+
+class TeacherOutputs:
+    """The teacher's outputs per training sample: computed in onnxruntime the first time a sample is seen and
+    kept (while all of them fit in ``budget`` bytes), so later epochs read the same targets without running it.
+    """
+
+    def __init__(self, teacher: onnx.ModelProto, samples: int, budget: int = 512 << 20) -> None:
+        self.session, self.fixed = Session(teacher), static_batch(teacher)
+        self.samples, self.budget = samples, budget
+        self.store: list[np.ndarray] | None = None
+        self.known = np.zeros(samples, dtype=bool)
+        self.caching = True
+
+    def get(self, indices: np.ndarray, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs for the samples at ``indices`` (whose inputs are ``feeds``)."""
+        if self.store is not None and self.known[indices].all():
+            return [s[indices] for s in self.store]
+        out = _teacher_outputs(self.session, feeds, self.fixed)
+        if self.store is None and self.caching:
+            per_sample = all(o.ndim and o.shape[0] == len(indices) for o in out)
+            size = sum(o.nbytes for o in out) / max(len(indices), 1) * self.samples
+            self.caching = per_sample and size <= self.budget
+            if self.caching:
+                self.store = [np.empty((self.samples, *o.shape[1:]), dtype=o.dtype) for o in out]
+        if self.store is not None:
+            for stored, o in zip(self.store, out):
+                stored[indices] = o
+            self.known[indices] = True
+        return out
 
 
 def _teacher_outputs(session: Session, feeds: dict[str, np.ndarray], fixed: int | None) -> list[np.ndarray]:

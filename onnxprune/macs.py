@@ -7,8 +7,10 @@ from onnx import TensorProto, helper
 
 from .graph import light_model, node_label
 
-__all__ = ["concrete_shapes", "count_macs", "count_params"]
+__all__ = ["COUNTED_OPS", "concrete_shapes", "count_macs", "count_params"]
 
+#: The ops whose MACs are counted (the rest are treated as free).
+COUNTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 
 
@@ -62,14 +64,11 @@ def concrete_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) 
     for node in model.graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             shapes[node.output[0]] = list(node.attribute[0].t.dims)
-    missing = [n for node in model.graph.node if node.op_type in _COUNTED
+    missing = [n for node in model.graph.node if node.op_type in COUNTED_OPS
                for n in (node.input[0], node.output[0]) if n not in shapes]
     if missing:
         shapes.update(_measured_shapes(model, input_shapes, sorted(set(missing))))
     return shapes
-
-
-_COUNTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def _measured_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]], names: list[str]

@@ -25,7 +25,7 @@ from .dependency import Analysis, PruneGroup
 from .dependency import analyze as find_groups
 from .graph import Graph, static_input_shapes
 from .latency import median_times, repeats_for
-from .macs import concrete_shapes
+from .macs import COUNTED_OPS, concrete_shapes
 from .ops import attr
 from .planner import PlanConfig, choose
 from .progress import Progress
@@ -37,7 +37,6 @@ __all__ = ["CANDIDATES", "Rounding", "auto_round_to"]
 CANDIDATES = (1, 4, 8, 16)
 #: Kept fractions of a group at which rounding is measured.
 BASES = (0.25, 0.5, 0.75)
-_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclass
@@ -111,7 +110,7 @@ def _measure(model: onnx.ModelProto, analysis: Analysis, g: PruneGroup, heavy: l
 
 def _measurable(graph: Graph, i: int, shapes: dict[str, list[int]]) -> bool:
     node = graph.nodes[i]
-    if node.op_type not in _OPS or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+    if node.op_type not in COUNTED_OPS or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
         return False
     w = graph.const_shape(node.input[1])
     if w is None or node.input[0] not in shapes or node.output[0] not in shapes:

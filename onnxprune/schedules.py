@@ -21,14 +21,15 @@ from onnx import numpy_helper
 from .data import Dataset
 from .dependency import Analysis
 from .errors import UsageError
-from .evaluate import Evaluation, evaluate
+from .evaluate import evaluate
 from .finetune import FinetuneConfig, finetune, require_torch
 
 __all__ = ["DropNet", "AutoBalanced", "training_hooks"]
 
 
-def _metric(e: Evaluation) -> float:
-    return e.accuracy if e.accuracy is not None else (e.agreement if e.agreement is not None else 0.0)
+def _metric(e: dict) -> float:
+    """Accuracy where there are labels, else top-1 agreement with the original."""
+    return e["accuracy"] if e["accuracy"] is not None else (e["agreement"] if e["agreement"] is not None else 0.0)
 
 
 class _Trainer:
@@ -38,17 +39,23 @@ class _Trainer:
                  config: FinetuneConfig) -> None:
         self.original, self.train, self.eval_data, self.config = original, train, eval_data, config
         self.steps: list[dict] = []
+        self._measured: tuple[onnx.ModelProto, float] | None = None  # the last fine-tuned model and its metric
         self.baseline = self._evaluate(original)
 
     def _evaluate(self, model: onnx.ModelProto) -> float | None:
         if self.eval_data is None:
             return None
+        if self._measured is not None and self._measured[0] is model:
+            return self._measured[1]  # fine-tuning evaluated it already
         return _metric(evaluate(model, self.eval_data, self.original, self.config.batch_size,
-                                self.config.eval_limit, "validating"))
+                                self.config.eval_limit, "validating").to_dict())
 
     def _finetune(self, model: onnx.ModelProto, label: str, regularizer=None) -> onnx.ModelProto:
-        return finetune(model, self.train, self.config, teacher=self.original, eval_data=self.eval_data,
-                        regularizer=regularizer, label=label).model
+        result = finetune(model, self.train, self.config, teacher=self.original, eval_data=self.eval_data,
+                          regularizer=regularizer, label=label)
+        best = result.history[result.best_epoch]["eval"]
+        self._measured = (result.model, _metric(best)) if best is not None else None
+        return result.model
 
     def before(self, step: int, model: onnx.ModelProto, analysis: Analysis, kept: dict[int, int]):
         return model, None
