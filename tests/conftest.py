@@ -1,7 +1,7 @@
 """Shared helpers: run a model in onnxruntime, count params, and an independent mask-equivalence oracle.
 
 The oracle (:func:`masked_reference_outputs`) is written here on purpose, not borrowed from
-``onnxprune.verify``: it inserts a ``Mul`` by the plan's 0/1 keep-mask right after every listed tensor of the
+``onnxprune.rewriting.verify``: it inserts a ``Mul`` by the plan's 0/1 keep-mask right after every listed tensor of the
 *original* model, exactly as DESIGN.md states the contract, so a bug in the library's own verifier cannot hide
 a bug in its rewriter.
 """
@@ -60,7 +60,7 @@ def interface(model: onnx.ModelProto) -> list[tuple[str, list]]:
 
 
 def count_params(model: onnx.ModelProto) -> int:
-    """Float elements in initializers and Constant nodes (independent of onnxprune.macs)."""
+    """Float elements in initializers and Constant nodes (independent of onnxprune.measure.macs)."""
     total = sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
     for node in model.graph.node:
         if node.op_type == "Constant":

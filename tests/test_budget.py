@@ -10,10 +10,10 @@ import onnx
 import pytest
 
 import onnxprune
-from onnxprune.budget import CostModel
+from onnxprune.planning.budget import CostModel
 from onnxprune.cli import main
-from onnxprune.graph import static_input_shapes
-from onnxprune.rewrite import apply_keep
+from onnxprune.core.graph import static_input_shapes
+from onnxprune.rewriting.rewrite import apply_keep
 
 import builders
 
@@ -44,7 +44,7 @@ def test_cost_model_matches_the_rewritten_model(build):
         if g.prunable and g.cells is None:
             removed[g.id] = np.sort(rng.choice(g.size, size=g.size // 2, replace=False))
     pruned = apply_keep(analysis, analysis.keep_positions(removed))
-    from onnxprune.report import model_stats
+    from onnxprune.measure.stats import model_stats
 
     before, after = model_stats(model, shapes), model_stats(pruned, shapes)
     macs, params = CostModel(model, analysis, shapes).fractions(removed)
@@ -123,7 +123,7 @@ def test_bad_plans_are_refused(tmp_path, capsys, edit, needle):
 def test_max_drop_keeps_accuracy_and_beats_a_uniform_ratio():
     """--max-drop 0.01 on the trained MNIST model: within one point, and fewer MACs than the deepest uniform
     --ratio that also stays within one point (0.3: MACs 0.53, accuracy 97.8 %; 0.35 already drops 1.1)."""
-    from onnxprune.data import load_data
+    from onnxprune.measure.data import load_data
 
     model = onnxprune.load(MNIST)
     calib = load_data(ROOT / "models" / "mnist_calib.npz", model)

@@ -11,12 +11,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
-from onnxprune.calibrate import collect, consumer_inputs, static_batch
-from onnxprune.criteria import DATA_CRITERIA, score
-from onnxprune.data import Dataset, ImageSpec, load_data
+from onnxprune.measure.calibrate import collect, consumer_inputs, static_batch
+from onnxprune.planning.criteria import DATA_CRITERIA, score
+from onnxprune.measure.data import Dataset, ImageSpec, load_data
 from onnxprune.errors import UsageError
-from onnxprune.evaluate import evaluate
-from onnxprune.graph import Graph
+from onnxprune.measure.evaluate import evaluate
+from onnxprune.core.graph import Graph
 
 from conftest import EXAMPLE_MODEL, assert_mask_equivalent, interface, run_ort, tensor_shapes, write_mnist_pngs
 

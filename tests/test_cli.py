@@ -199,7 +199,7 @@ def test_inspect_missing_file(tmp_path, capsys):
 
 def test_verification_failure_exit_3_writes_nothing(example_model, capsys, monkeypatch):
     """A failed verification (simulated) exits 3 and writes neither model, plan nor report."""
-    import onnxprune.pipeline as pipeline
+    import onnxprune.pipeline.pruning as pipeline
 
     def failing_verify(*args, **kwargs):
         raise onnxprune.VerificationError("pruned model is not mask-equivalent (simulated)")
@@ -211,7 +211,7 @@ def test_verification_failure_exit_3_writes_nothing(example_model, capsys, monke
 
 
 def test_internal_error_is_one_line(example_model, capsys, monkeypatch):
-    import onnxprune.pipeline as pipeline
+    import onnxprune.pipeline.pruning as pipeline
 
     def boom(*args, **kwargs):
         raise RuntimeError("kaboom")

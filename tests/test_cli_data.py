@@ -14,8 +14,8 @@ import pytest
 
 import onnxprune
 from onnxprune.cli import main
-from onnxprune.data import Dataset
-from onnxprune.evaluate import evaluate
+from onnxprune.measure.data import Dataset
+from onnxprune.measure.evaluate import evaluate
 
 from conftest import EXAMPLE_MODEL, interface, write_mnist_pngs
 

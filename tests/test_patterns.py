@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 import onnxprune
-from onnxprune.plan import Plan, PlanTensor
+from onnxprune.planning.plan import Plan, PlanTensor
 
 import builders
 from conftest import (assert_mask_equivalent, count_params, interface, random_feeds, run_ort,

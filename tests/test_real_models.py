@@ -60,7 +60,7 @@ def test_inspect_explains_blocked_groups():
 def _orientation_data(tmp_path, model):
     import importlib.util as iu
 
-    from onnxprune.data import load_data
+    from onnxprune.measure.data import load_data
 
     spec = iu.spec_from_file_location("orientation_data", ROOT / "tools" / "orientation_data.py")
     module = iu.module_from_spec(spec)
@@ -76,7 +76,7 @@ def test_pretrained_classifier_recovers_without_training(tmp_path):
     """PP-OCR's orientation classifier on rendered text: calibration + default recovery closes >= 2/3 of the
     accuracy gap plain magnitude pruning opens (measured: 98.7 % -> 44 % -> 95 % at ratio 0.3)."""
     pytest.importorskip("PIL")
-    from onnxprune.evaluate import evaluate
+    from onnxprune.measure.evaluate import evaluate
 
     model = onnxprune.load(_locate("rapidocr_onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx"))
     calib, val = _orientation_data(tmp_path, model)
@@ -96,8 +96,8 @@ def test_torch_bridge_matches_onnxruntime(package, relative):
     import numpy as np
     import torch
 
-    from onnxprune.bridge import OnnxModule
-    from onnxprune.runtime import Session, random_inputs
+    from onnxprune.training.bridge import OnnxModule
+    from onnxprune.measure.runtime import Session, random_inputs
 
     model = onnxprune.load(_locate(package, relative))
     feeds = random_inputs(model, 0)

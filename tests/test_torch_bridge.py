@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 
 from onnxprune.errors import UnsupportedError  # noqa: E402
-from onnxprune.graph import light_model  # noqa: E402
-from onnxprune.bridge import OnnxModule, unsupported_ops, write_back  # noqa: E402
+from onnxprune.core.graph import light_model  # noqa: E402
+from onnxprune.training.bridge import OnnxModule, unsupported_ops, write_back  # noqa: E402
 
 import builders  # noqa: E402
 from conftest import EXAMPLE_MODEL, random_feeds, run_ort  # noqa: E402

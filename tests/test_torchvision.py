@@ -76,7 +76,7 @@ def test_external_data_round_trip(exports, tmp_path):
     assert [p.name for p in written] == ["small.onnx", "small.onnx.data"]
     reloaded = onnxprune.load(out)
     onnx.checker.check_model(str(out), full_check=True)
-    from onnxprune.runtime import Session, random_inputs
+    from onnxprune.measure.runtime import Session, random_inputs
 
     feeds = random_inputs(reloaded)
     import numpy as np
@@ -100,8 +100,8 @@ def test_torch_bridge_matches_onnxruntime(exports, arch, exporter, dynamic):
     import numpy as np
     import torch
 
-    from onnxprune.bridge import OnnxModule
-    from onnxprune.runtime import Session, random_inputs
+    from onnxprune.training.bridge import OnnxModule
+    from onnxprune.measure.runtime import Session, random_inputs
 
     model = onnxprune.load(exports(arch, exporter, dynamic))
     feeds = random_inputs(model, 0)

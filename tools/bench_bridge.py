@@ -1,5 +1,5 @@
 """Training-step overhead of the torch bridge: the same network as a native torch module and as its ONNX export
-run by :class:`onnxprune.bridge.OnnxModule`, one training step each (forward, loss, backward, Adam step),
+run by :class:`onnxprune.training.bridge.OnnxModule`, one training step each (forward, loss, backward, Adam step),
 interleaved so machine noise hits both alike. Reports the median step times and their ratio.
 
     python tools/bench_bridge.py [--models lenet5,resnet18,mobilenet_v2] [--steps 10] [--out FILE]
@@ -18,7 +18,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from onnxprune.bridge import OnnxModule
+from onnxprune.training.bridge import OnnxModule
 
 
 def _torchvision():

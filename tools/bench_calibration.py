@@ -22,9 +22,9 @@ CHILD = r"""
 import json, resource, sys, time
 import numpy as np, onnxruntime as ort
 import onnxprune
-from onnxprune.calibrate import collect, consumer_inputs
-from onnxprune.data import load_data
-from onnxprune.runtime import Session
+from onnxprune.measure.calibrate import collect, consumer_inputs
+from onnxprune.measure.data import load_data
+from onnxprune.measure.runtime import Session
 mode, model_path, data_path, limit, batch = sys.argv[1:6]
 limit, batch = int(limit), int(batch)
 model = onnxprune.load(model_path)

@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import orientation_data  # noqa: E402
 
 import onnxprune  # noqa: E402
-from onnxprune.data import Dataset  # noqa: E402
-from onnxprune.evaluate import evaluate  # noqa: E402
-from onnxprune.finetune import FinetuneConfig, finetune  # noqa: E402
+from onnxprune.measure.data import Dataset  # noqa: E402
+from onnxprune.measure.evaluate import evaluate  # noqa: E402
+from onnxprune.training.finetune import FinetuneConfig, finetune  # noqa: E402
 
 
 def cls_model_path() -> Path:

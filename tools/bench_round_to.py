@@ -2,7 +2,7 @@
 exports, the original and both pruned models timed side by side.
 
 For each architecture (legacy exporter, cached in ``--work``) and ratio, prune twice with the library
-(``round_to=1`` and ``round_to="auto"``, the per-group multiples measured by ``onnxprune.rounding`` on the CPU
+(``round_to=1`` and ``round_to="auto"``, the per-group multiples measured by ``onnxprune.tuning.rounding`` on the CPU
 provider, 1 thread), then open the three models in onnxruntime (CPU, ``--threads`` intra-op threads, full graph
 optimisation), batch 1, one fixed random input. After ``--warmup`` runs of each, ``--rounds`` rounds run the
 three sessions back to back, the order rotating every round. Reported: median latency of each, pruned/original

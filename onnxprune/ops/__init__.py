@@ -1,8 +1,8 @@
 """Op handlers, one module per op family, registered by op type.
 
 A handler has two halves: ``propagate(i, node, ctx)`` labels, ties and blocks channels during analysis
-(``ctx`` is a :class:`onnxprune.dependency.Analyzer`), and ``apply(i, node, rw)`` slices the node's constants
-and fixes its attributes for a plan (``rw`` is a :class:`onnxprune.rewrite.Rewriter`). An op without a handler
+(``ctx`` is a :class:`onnxprune.analysis.dependency.Analyzer`), and ``apply(i, node, rw)`` slices the node's constants
+and fixes its attributes for a plan (``rw`` is a :class:`onnxprune.rewriting.rewrite.Rewriter`). An op without a handler
 blocks every group it touches. Adding an op means one handler here and its smallest test graph.
 """
 from __future__ import annotations
@@ -65,4 +65,4 @@ def attr(node: NodeProto, name: str, default: Any = None) -> Any:
 
 
 # Importing the families registers their handlers.
-from . import conv, norm, elementwise, structure, linear, quantized  # noqa: E402,F401
+from onnxprune.ops import conv, norm, elementwise, structure, linear, quantized  # noqa: E402,F401

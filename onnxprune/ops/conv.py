@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 from onnx import NodeProto
 
-from ..errors import ModelError
-from . import applies, attr, propagates
+from onnxprune.errors import ModelError
+from onnxprune.ops import applies, attr, propagates
 
 
 def _grouped_in_view(groups: int):

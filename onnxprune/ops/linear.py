@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import NodeProto
 
-from . import applies, attr, propagates
+from onnxprune.ops import applies, attr, propagates
 
 
 @propagates("Gemm")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import NodeProto, helper as h
 
-from . import applies, attr, propagates
+from onnxprune.ops import applies, attr, propagates
 
 _PARAM_ROLES = {
     "BatchNormalization": ("norm", "bias", "bias", "bias"),  # scale, B, mean, var

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from onnx import NodeProto
 
-from . import propagates
-from .conv import fixed_output
+from onnxprune.ops import propagates
+from onnxprune.ops.conv import fixed_output
 
 
 @propagates("ConvInteger", "QLinearConv", "MatMulInteger", "QLinearMatMul")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import NodeProto
 
-from . import applies, attr, propagates
+from onnxprune.ops import applies, attr, propagates
 
 
 def _pass(ctx, node: NodeProto, axis: int, atoms: np.ndarray) -> None:

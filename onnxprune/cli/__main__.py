@@ -1,0 +1,6 @@
+"""``python -m onnxprune.cli``."""
+import sys
+
+from onnxprune.cli.app import main
+
+sys.exit(main())

@@ -1,0 +1,367 @@
+"""A thin read-only façade over an ``onnx.ModelProto``: producers, consumers, constants and inferred shapes.
+
+onnxprune works on the protobuf directly instead of converting the model to onnx-graphsurgeon's IR: that
+conversion copies every initializer, and the rewriter only needs to replace the few tensors it slices. Shape
+inference runs on a *light* copy of the graph whose large initializers are replaced by typed graph inputs, so it
+is cheap and works for models far over protobuf's 2 GB limit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, NodeProto, TensorProto, helper, numpy_helper
+
+from onnxprune.errors import ModelError
+
+__all__ = ["Graph", "Dim", "light_model", "node_label", "copy_fields", "static_input_shapes", "SMALL_CONSTANT"]
+
+Dim = int | str | None
+#: Size given to unknown non-batch input dims for test runs and MAC counts (``--input-shape`` overrides).
+DEFAULT_DIM = 64
+#: Ops whose output has their first input's rank (a fallback where shape inference gives up).
+RANK_PRESERVING = frozenset({
+    "GroupNormalization", "LayerNormalization", "InstanceNormalization", "BatchNormalization", "Relu",
+    "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Gelu", "Mish", "Softplus", "Identity", "Cast",
+    "Clip", "Elu", "Selu", "Celu", "Erf", "Dropout", "PRelu", "Softmax", "LogSoftmax", "Conv", "ConvTranspose",
+    "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Pad", "Resize", "Upsample", "Sqrt", "Exp",
+    "Neg", "Abs", "Reciprocal"})
+#: Ops whose output rank is the largest of their inputs' ranks.
+BROADCASTING = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where"})
+#: Constants up to this size stay cached after the first read.
+CACHE_LIMIT = 1 << 20
+#: Ops on constants whose result onnxprune treats as a constant (and folds when it must slice it).
+FOLDABLE = frozenset({"Identity", "Reshape", "Unsqueeze", "Squeeze", "Cast", "Transpose", "Flatten"})
+#: Constants with at most this many elements stay in the light model (shape tensors, scalars, axes).
+SMALL_CONSTANT = 64
+
+
+def node_label(node: NodeProto, index: int) -> str:
+    """A readable, unique name for a node: its name, or ``<op>#<index>`` when it has none."""
+    return node.name or f"{node.op_type}#{index}"
+
+
+@dataclass
+class Graph:
+    """Indexes of one model's main graph. Build with :meth:`Graph.build`; never mutates the model."""
+
+    model: onnx.ModelProto
+    producer: dict[str, int] = field(default_factory=dict)
+    consumers: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    initializers: dict[str, TensorProto] = field(default_factory=dict)
+    constant_nodes: dict[str, int] = field(default_factory=dict)
+    derived: dict[str, int] = field(default_factory=dict)  # output of a foldable op on constants -> node
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    shapes: dict[str, tuple[Dim, ...]] = field(default_factory=dict)
+    elem_types: dict[str, int] = field(default_factory=dict)
+    _arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, model: onnx.ModelProto, infer: bool = True) -> "Graph":
+        g = cls(model)
+        graph = model.graph
+        g.initializers = {t.name: t for t in graph.initializer}
+        g.inputs = [vi.name for vi in graph.input if vi.name not in g.initializers]
+        g.outputs = [vi.name for vi in graph.output]
+        for i, node in enumerate(graph.node):
+            for port, name in enumerate(node.input):
+                if name:
+                    g.consumers.setdefault(name, []).append((i, port))
+            for name in _subgraph_free_inputs(node):
+                g.consumers.setdefault(name, []).append((i, -1))
+            for name in node.output:
+                if name:
+                    if name in g.producer or name in g.initializers:
+                        raise ModelError(f"tensor '{name}' is produced twice (node {node_label(node, i)})")
+                    g.producer[name] = i
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1:
+                g.constant_nodes[node.output[0]] = i
+            elif (node.op_type in FOLDABLE and node.domain in ("", "ai.onnx") and len(node.output) == 1
+                  and all(g.is_const(n) for n in node.input if n)):
+                g.derived[node.output[0]] = i  # exporters share weights via Identity, Paddle reshapes biases
+        g._check_references()
+        check_input(model)
+        if infer:
+            g.shapes, g.elem_types = infer_shapes(model)
+        return g
+
+    def _check_references(self) -> None:
+        known = set(self.producer) | set(self.initializers) | set(self.inputs) | {""}
+        for name, uses in self.consumers.items():
+            if name not in known:
+                i, _ = uses[0]
+                node = self.model.graph.node[i]
+                raise ModelError(
+                    f"node {node_label(node, i)} ({node.op_type}) reads tensor '{name}', which nothing produces"
+                )
+        for name in self.outputs:
+            if name not in known:
+                raise ModelError(f"graph output '{name}' is not produced by any node")
+
+    # -- nodes ---------------------------------------------------------------------------------------------
+    @property
+    def nodes(self):
+        return self.model.graph.node
+
+    def label(self, index: int) -> str:
+        return node_label(self.nodes[index], index)
+
+    def consumer_nodes(self, name: str) -> list[tuple[int, int]]:
+        return self.consumers.get(name, [])
+
+    def opset(self, domain: str = "") -> int:
+        for op in self.model.opset_import:
+            if op.domain == domain or (domain == "" and op.domain == "ai.onnx"):
+                return op.version
+        return 0
+
+    # -- constants -----------------------------------------------------------------------------------------
+    def is_const(self, name: str) -> bool:
+        return name in self.initializers or name in self.constant_nodes or name in self.derived
+
+    def is_stored_const(self, name: str) -> bool:
+        """A constant stored under this very name (not an Identity alias of one)."""
+        return name in self.initializers or name in self.constant_nodes
+
+    def const(self, name: str) -> np.ndarray | None:
+        """The value of an initializer, a ``Constant`` node or a foldable op on constants, else ``None``."""
+        if name in self._arrays:
+            return self._arrays[name]
+        value: np.ndarray | None = None
+        if name in self.initializers:
+            value = numpy_helper.to_array(self.initializers[name])
+        elif name in self.constant_nodes:
+            value = constant_node_value(self.nodes[self.constant_nodes[name]])
+        elif name in self.derived:
+            value = self._fold(self.derived[name])
+        if value is not None and value.nbytes <= CACHE_LIMIT:
+            self._arrays[name] = value  # big weights are read again when needed instead of held twice
+        return value
+
+    def const_shape(self, name: str) -> tuple[int, ...] | None:
+        """The shape of a constant without reading its data (``None`` if ``name`` is not a constant)."""
+        if not self.is_const(name):
+            return None
+        t = self.const_tensor(name)
+        if t is not None and (name in self.initializers or name in self.constant_nodes or name in self.derived
+                              and self.nodes[self.derived[name]].op_type == "Identity"):
+            return tuple(int(d) for d in t.dims)
+        shape = self.static_shape(name)
+        if shape is not None:
+            return shape
+        value = self.const(name)
+        return None if value is None else tuple(value.shape)
+
+    def const_tensor(self, name: str) -> TensorProto | None:
+        """The TensorProto holding a constant (initializer or Constant ``value``), if it has one."""
+        while name in self.derived and self.nodes[self.derived[name]].op_type == "Identity":
+            name = self.nodes[self.derived[name]].input[0]
+        if name in self.initializers:
+            return self.initializers[name]
+        if name in self.constant_nodes:
+            for a in self.nodes[self.constant_nodes[name]].attribute:
+                if a.name == "value" and a.type == AttributeProto.TENSOR:
+                    return a.t
+        return None
+
+    def _fold(self, index: int) -> np.ndarray | None:
+        node = self.nodes[index]
+        inputs = [self.const(n) if n else None for n in node.input]
+        if node.op_type == "Identity":
+            return inputs[0]
+        try:
+            from onnx.reference import ReferenceEvaluator
+
+            graph = helper.make_graph(
+                [node], "fold",
+                [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+                 for n, v in zip(node.input, inputs) if n],
+                [helper.make_tensor_value_info(node.output[0], 0, None)])
+            model = helper.make_model(graph, opset_imports=list(self.model.opset_import))
+            feeds = {n: v for n, v in zip(node.input, inputs) if n}
+            return np.asarray(ReferenceEvaluator(model).run(None, feeds)[0])
+        except Exception:  # noqa: BLE001 - an op we cannot fold is simply not a constant to us
+            return None
+
+    def const_uses(self, name: str) -> int:
+        return len(self.consumers.get(name, []))
+
+    # -- shapes --------------------------------------------------------------------------------------------
+    def shape(self, name: str) -> tuple[Dim, ...] | None:
+        if name in self.shapes:
+            return self.shapes[name]
+        t = self.const_tensor(name)
+        if t is not None:
+            return tuple(int(d) for d in t.dims)
+        value = self.const(name)
+        return None if value is None else tuple(value.shape)
+
+    def rank(self, name: str) -> int | None:
+        s = self.shape(name)
+        if s is not None:
+            return len(s)
+        producer = self.producer.get(name)
+        if producer is None:
+            return None
+        node = self.nodes[producer]
+        if node.op_type in RANK_PRESERVING:  # inference gave up on a same-rank op
+            return self.rank(node.input[0])
+        if node.op_type in BROADCASTING:
+            ranks = [self.rank(n) for n in node.input if n]
+            return None if any(r is None for r in ranks) else max(ranks)  # type: ignore[type-var]
+        return None
+
+    def static_shape(self, name: str) -> tuple[int, ...] | None:
+        s = self.shape(name)
+        if s is None or any(not isinstance(d, int) for d in s):
+            return None
+        return tuple(int(d) for d in s)  # type: ignore[arg-type]
+
+    def elem_type(self, name: str) -> int:
+        if name in self.elem_types:
+            return self.elem_types[name]
+        t = self.const_tensor(name)
+        return t.data_type if t is not None else 0
+
+
+def constant_node_value(node: NodeProto) -> np.ndarray | None:
+    """The value a ``Constant`` node produces, in every attribute form it may use."""
+    for a in node.attribute:
+        if a.name == "value" and a.type == AttributeProto.TENSOR:
+            return numpy_helper.to_array(a.t)
+        if a.name == "value_float":
+            return np.array(a.f, dtype=np.float32)
+        if a.name == "value_floats":
+            return np.array(list(a.floats), dtype=np.float32)
+        if a.name == "value_int":
+            return np.array(a.i, dtype=np.int64)
+        if a.name == "value_ints":
+            return np.array(list(a.ints), dtype=np.int64)
+    return None
+
+
+def _subgraph_free_inputs(node: NodeProto) -> Iterator[str]:
+    """Names a node's subgraphs (If/Loop/Scan bodies) read from the enclosing graph."""
+    for a in node.attribute:
+        graphs = [a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)
+        for sub in graphs:
+            local = {t.name for t in sub.initializer} | {vi.name for vi in sub.input}
+            for n in sub.node:
+                local.update(n.output)
+            for n in sub.node:
+                for name in n.input:
+                    if name and name not in local:
+                        yield name
+                yield from (x for x in _subgraph_free_inputs(n) if x not in local)
+
+
+def light_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose large constants are typed graph inputs: cheap to infer, check and serialize."""
+    light = onnx.ModelProto()
+    copy_fields(model, light, skip=("graph",))
+    src, dst = model.graph, light.graph
+    copy_fields(src, dst, skip=("node", "initializer"))
+    declared = {vi.name for vi in src.input}
+    for t in src.initializer:
+        if _is_small(t):
+            dst.initializer.append(t)
+        elif t.name not in declared:
+            dst.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    for node in src.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].type == AttributeProto.TENSOR \
+                and not _is_small(node.attribute[0].t):
+            t = node.attribute[0].t
+            dst.input.append(helper.make_tensor_value_info(node.output[0], t.data_type, list(t.dims)))
+        else:
+            dst.node.append(node)
+    return light
+
+
+def _is_small(t: TensorProto) -> bool:
+    n = 1
+    for d in t.dims:
+        n *= d
+    return n <= SMALL_CONSTANT or t.data_type in (TensorProto.INT64, TensorProto.INT32) and n <= 4096
+
+
+def infer_shapes(model: onnx.ModelProto) -> tuple[dict[str, tuple[Dim, ...]], dict[str, int]]:
+    """Shapes and element types of every tensor onnx's shape inference can reach (symbolic dims as strings)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light_model(model), strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - inference is best effort; missing shapes block what needs them
+        inferred = light_model(model)
+    shapes: dict[str, tuple[Dim, ...]] = {}
+    types: dict[str, int] = {}
+    g = inferred.graph
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            continue
+        types[vi.name] = tt.elem_type
+        if tt.HasField("shape"):
+            shapes[vi.name] = tuple(
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
+            )
+    return shapes, types
+
+
+def copy_fields(src, dst, skip: tuple[str, ...]) -> None:
+    """Copy every set field of a protobuf message except ``skip`` (skipped fields are never copied)."""
+    for desc, value in src.ListFields():
+        if desc.name in skip:
+            continue
+        target = getattr(dst, desc.name)
+        if _is_repeated(desc):
+            target.extend(value)
+        elif desc.message_type is not None:
+            target.CopyFrom(value)
+        else:
+            setattr(dst, desc.name, value)
+
+
+def _is_repeated(desc) -> bool:
+    flag = getattr(desc, "is_repeated", None)
+    if flag is not None:
+        return bool(flag() if callable(flag) else flag)
+    return desc.label == desc.LABEL_REPEATED
+
+
+def static_input_shapes(model: onnx.ModelProto, overrides: dict[str, list[int]] | None = None,
+                        default_dim: int = DEFAULT_DIM) -> dict[str, list[int]]:
+    """A concrete shape for every real graph input: symbolic batch dims become 1, other unknowns ``default_dim``."""
+    inits = {t.name for t in model.graph.initializer}
+    shapes: dict[str, list[int]] = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        if overrides and vi.name in overrides:
+            shapes[vi.name] = list(overrides[vi.name])
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0
+                           else (1 if k == 0 else default_dim) for k, d in enumerate(dims)]
+    return shapes
+
+
+def check_input(model: onnx.ModelProto) -> None:
+    """Reject an input model onnx's checker calls invalid (on the light copy: structure, not weight bytes)."""
+    try:
+        onnx.checker.check_model(light_model(model))
+    except onnx.checker.ValidationError as exc:
+        lines = str(exc).strip().splitlines()
+        raise ModelError(f"the input model is not valid ONNX: {lines[0] if lines else exc}") from exc
+
+
+def subgraph_reads(g: onnx.GraphProto) -> set[str]:
+    """Every tensor name read by the nodes of ``g``'s subgraphs (If/Loop/Scan bodies), recursively."""
+    names: set[str] = set()
+    for node in g.node:
+        for a in node.attribute:
+            subs = [a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)
+            for sub in subs:
+                names.update(n for sn in sub.node for n in sn.input)
+                names |= subgraph_reads(sub)
+    return names

@@ -1,0 +1,109 @@
+"""Cost model: multiply-accumulates of the ops that dominate CNNs, and parameter counts."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from onnxprune.core.graph import light_model, node_label
+
+__all__ = ["COUNTED_OPS", "concrete_shapes", "count_macs", "count_params"]
+
+#: The ops whose MACs are counted (the rest are treated as free).
+COUNTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
+
+
+def count_params(model: onnx.ModelProto) -> int:
+    """Elements of every floating-point constant (initializers and Constant nodes)."""
+    total = 0
+    for t in model.graph.initializer:
+        if t.data_type in _FLOAT_TYPES:
+            total += int(np.prod(t.dims)) if len(t.dims) else 1
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value" and a.t.data_type in _FLOAT_TYPES:
+                    total += int(np.prod(a.t.dims)) if len(a.t.dims) else 1
+    return total
+
+
+def count_macs(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> tuple[int, dict[str, int]]:
+    """Total MACs of Conv, ConvTranspose, Gemm and MatMul for concrete inputs, and MACs per node label."""
+    shapes = concrete_shapes(model, input_shapes)
+    per_node: dict[str, int] = {}
+    for i, node in enumerate(model.graph.node):
+        macs = _node_macs(node, shapes)
+        if macs:
+            per_node[node_label(node, i)] = macs
+    return sum(per_node.values()), per_node
+
+
+def concrete_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Concrete shapes of the tensors shape inference reaches for these input shapes (and of the inputs and
+    outputs of every Conv/Gemm/MatMul, measured in onnxruntime where inference stops)."""
+    light = light_model(model)
+    for vi in light.graph.input:
+        if vi.name in input_shapes:
+            shape = vi.type.tensor_type.shape
+            del shape.dim[:]
+            for d in input_shapes[vi.name]:
+                shape.dim.add().dim_value = int(d)
+    del light.graph.value_info[:]
+    try:
+        light = onnx.shape_inference.infer_shapes(light, data_prop=True)
+    except Exception:  # noqa: BLE001 - counting is best effort
+        pass
+    shapes = {}
+    for vi in list(light.graph.input) + list(light.graph.value_info) + list(light.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = [d.dim_value for d in dims]
+    for t in model.graph.initializer:
+        shapes[t.name] = list(t.dims)
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            shapes[node.output[0]] = list(node.attribute[0].t.dims)
+    missing = [n for node in model.graph.node if node.op_type in COUNTED_OPS
+               for n in (node.input[0], node.output[0]) if n not in shapes]
+    if missing:
+        shapes.update(_measured_shapes(model, input_shapes, sorted(set(missing))))
+    return shapes
+
+
+def _measured_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]], names: list[str]
+                     ) -> dict[str, list[int]]:
+    """Shapes shape inference could not reach (computed Slice bounds, say), read off one onnxruntime run."""
+    from onnxprune.measure.runtime import Session, expose, random_inputs  # the runtime imports graph helpers, not vice versa
+
+    try:
+        session = Session(model, edit=expose(names), optimize=False)
+        wanted = session.output_names()
+        values = session.run(random_inputs(model, shapes=input_shapes))
+    except Exception:  # noqa: BLE001 - counting stays best effort
+        return {}
+    return {n: list(v.shape) for n, v in zip(wanted, values) if n in names}
+
+
+def _node_macs(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> int:
+    op = node.op_type
+    get = lambda k: shapes.get(node.input[k]) if len(node.input) > k else None  # noqa: E731
+    out = shapes.get(node.output[0]) if node.output else None
+    if op == "Conv":
+        w = get(1)
+        if w is None or out is None:
+            return 0
+        return int(np.prod(out)) * int(np.prod(w[1:]))
+    if op == "ConvTranspose":
+        w, x = get(1), get(0)
+        if w is None or x is None:
+            return 0
+        return int(np.prod(x)) * int(np.prod(w[1:]))
+    if op in ("Gemm", "MatMul"):
+        a, b = get(0), get(1)
+        if not a or out is None or b is None:
+            return 0
+        trans_a = next((helper.get_attribute_value(x) for x in node.attribute if x.name == "transA"), 0)
+        k = a[-2] if (op == "Gemm" and trans_a) else a[-1]
+        return int(np.prod(out)) * int(k)
+    return 0

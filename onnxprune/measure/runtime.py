@@ -1,0 +1,163 @@
+"""onnxruntime sessions that borrow the model's weights instead of serialising them.
+
+Large initializers are handed to onnxruntime as external OrtValues over numpy views, so a session costs one
+copy of the graph structure, not of the weights; ``edit`` lets a caller change the light graph first (the
+mask-equivalence check inserts its masks that way).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxprune.errors import UsageError
+from onnxprune.core.graph import SMALL_CONSTANT, copy_fields, light_model, subgraph_reads as _subgraph_reads
+from onnxprune.core.graph import static_input_shapes
+
+__all__ = ["CPU", "Session", "check_provider", "expose", "provider_list", "random_inputs"]
+
+CPU = "CPUExecutionProvider"
+
+
+def check_provider(name: str) -> str:
+    """``name`` if onnxruntime offers that execution provider here, else a :class:`UsageError` naming those it
+    offers."""
+    available = ort.get_available_providers()
+    if name not in available:
+        raise UsageError(f"execution provider '{name}' is not available in this onnxruntime "
+                         f"(available: {', '.join(available)})")
+    return name
+
+
+def provider_list(name: str) -> list[str]:
+    """The providers a session on ``name`` asks for: ``name`` first, the CPU for the ops it lacks."""
+    return [name] if name == CPU else [name, CPU]
+
+
+class Session:
+    """An ``onnxruntime.InferenceSession`` on ``model`` that keeps the weight arrays it borrows alive.
+
+    ``optimize=True`` (calibration, evaluation) hands large initializers to onnxruntime as external
+    initializers, which it copies and prepacks for speed. ``optimize=False`` (one-off checks) turns the weights
+    into graph inputs fed with every run: onnxruntime reads the numpy arrays in place, so a check costs no
+    second copy of the weights. ``arrays`` may supply constant values already in memory. ``providers`` are the
+    onnxruntime execution providers in order of preference (default: the CPU).
+    """
+
+    def __init__(self, model: onnx.ModelProto, edit: Callable[[onnx.ModelProto], None] | None = None,
+                 threads: int = 0, optimize: bool = True,
+                 arrays: Callable[[str], np.ndarray | None] | None = None,
+                 providers: Sequence[str] | None = None) -> None:
+        options = ort.SessionOptions()
+        options.log_severity_level = 4  # errors reach the caller as exceptions, not as log lines
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self._weights: dict[str, np.ndarray] = {}
+        if optimize:
+            light, names, values = _split(model, arrays)
+            self._values = [ort.OrtValue.ortvalue_from_numpy(a) for a in values]
+            if names:
+                options.add_external_initializers(names, self._values)
+            self._arrays = values
+        else:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            options.add_session_config_entry("session.disable_prepacking", "1")
+            light, self._weights = _as_inputs(model, arrays)
+        if edit is not None:
+            edit(light)
+        self.session = ort.InferenceSession(light.SerializeToString(), options,
+                                            providers=list(providers or [CPU]))
+
+    def run(self, feeds: dict[str, np.ndarray], names: list[str] | None = None) -> list[np.ndarray]:
+        return self.session.run(names, {**self._weights, **feeds} if self._weights else feeds)
+
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.session.get_outputs()]
+
+
+def expose(names: list[str]) -> Callable[[onnx.ModelProto], None]:
+    """A :class:`Session` edit that makes the intermediate tensors ``names`` graph outputs too."""
+    def edit(light: onnx.ModelProto) -> None:
+        known = {o.name for o in light.graph.output}
+        light.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in known)
+    return edit
+
+
+def _as_inputs(model: onnx.ModelProto, known: Callable[[str], np.ndarray | None] | None
+               ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The light model (large constants as graph inputs) and the arrays to feed them with."""
+    light = light_model(model)
+    stored = {t.name for t in model.graph.initializer}
+    kept = {t.name for t in light.graph.initializer}  # small constants stay inside the light model
+    real = {vi.name for vi in model.graph.input} - stored
+    weights: dict[str, np.ndarray] = {}
+    for vi in light.graph.input:
+        if vi.name in real or vi.name in kept:
+            continue
+        value = known(vi.name) if known is not None else None
+        if value is None:
+            t = next((t for t in model.graph.initializer if t.name == vi.name), None)
+            if t is not None:
+                value = numpy_helper.to_array(t)
+            else:  # a large Constant node turned into an input
+                from onnxprune.core.graph import constant_node_value
+                node = next(n for n in model.graph.node if n.output and n.output[0] == vi.name)
+                value = constant_node_value(node)
+        weights[vi.name] = np.ascontiguousarray(value)
+    return light, weights
+
+
+_BORROWABLE = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.INT64, TensorProto.INT32,
+               TensorProto.INT8, TensorProto.UINT8}
+
+
+def _split(model: onnx.ModelProto, known: Callable[[str], np.ndarray | None] | None = None
+           ) -> tuple[onnx.ModelProto, list[str], list[np.ndarray]]:
+    light = onnx.ModelProto()
+    copy_fields(model, light, skip=("graph",))
+    src, dst = model.graph, light.graph
+    copy_fields(src, dst, skip=("initializer",))
+    names: list[str] = []
+    arrays: list[np.ndarray] = []
+    read = {n for node in src.node for n in node.input} | {o.name for o in src.output} | _subgraph_reads(src)
+    for t in src.initializer:
+        if t.name not in read:
+            continue  # onnxruntime drops unread initializers and then refuses to replace them
+        n = int(np.prod(t.dims)) if len(t.dims) else 1
+        if n <= SMALL_CONSTANT or t.data_type not in _BORROWABLE:
+            dst.initializer.append(t)
+            continue
+        array = known(t.name) if known is not None else None
+        array = np.ascontiguousarray(array if array is not None else numpy_helper.to_array(t))
+        placeholder = dst.initializer.add()
+        placeholder.name, placeholder.data_type = t.name, t.data_type
+        placeholder.dims.extend(t.dims)
+        placeholder.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", "onnxprune-borrowed"), ("offset", "0"), ("length", str(array.nbytes))):
+            entry = placeholder.external_data.add()
+            entry.key, entry.value = key, value
+        names.append(t.name)
+        arrays.append(array)
+    return light, names, arrays
+
+
+def random_inputs(model: onnx.ModelProto, seed: int = 0, shapes: dict[str, list[int]] | None = None
+                  ) -> dict[str, np.ndarray]:
+    """Seeded random feeds for every graph input (normal floats, zeros for integers and booleans)."""
+    rng = np.random.default_rng(seed)
+    concrete = static_input_shapes(model, shapes)
+    feeds: dict[str, np.ndarray] = {}
+    for vi in model.graph.input:
+        if vi.name not in concrete:
+            continue
+        dtype = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        shape = concrete[vi.name]
+        if np.issubdtype(dtype, np.floating):
+            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[vi.name] = np.zeros(shape, dtype=dtype)
+    return feeds

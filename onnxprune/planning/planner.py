@@ -1,0 +1,151 @@
+"""Planning: from groups and scores to the channels each group loses. A pure function of its inputs."""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxprune.analysis.dependency import Analysis, PruneGroup
+from onnxprune.errors import UsageError
+
+__all__ = ["PlanConfig", "choose"]
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """How much to remove.
+
+    ``ratio`` is the fraction of channels removed from every prunable group (rounded down, so a group of 3 at
+    0.5 loses 1); with ``global_ranking`` all groups share one ranking of normalised scores and ``ratio`` is the
+    fraction of all prunable channels removed. ``round_to`` makes every kept count a multiple of N (where the
+    group is large enough), ``min_channels`` is the fewest channels a group keeps. ``round_to_map`` overrides
+    ``round_to`` for the group ids it lists (``--round-to auto`` measures one multiple per group).
+    """
+
+    ratio: float = 0.5
+    global_ranking: bool = False
+    round_to: int = 1
+    min_channels: int = 1
+    round_to_map: Mapping[int, int] | None = None
+
+    def multiple(self, gid: int) -> int:
+        """The multiple group ``gid``'s kept count is rounded up to."""
+        return self.round_to_map.get(gid, self.round_to) if self.round_to_map else self.round_to
+
+    def validate(self) -> None:
+        if not isinstance(self.ratio, (int, float)) or math.isnan(self.ratio) or not 0.0 <= self.ratio < 1.0:
+            raise UsageError(f"--ratio must be in [0, 1), got {self.ratio}")
+        if self.round_to < 1:
+            raise UsageError(f"--round-to must be >= 1, got {self.round_to}")
+        if any(int(m) < 1 for m in (self.round_to_map or {}).values()):
+            raise UsageError("per-group round-to multiples must be >= 1")
+        if self.min_channels < 1:
+            raise UsageError(f"--min-channels must be >= 1, got {self.min_channels}")
+
+
+def choose(analysis: Analysis, scores: dict[int, np.ndarray], config: PlanConfig,
+           kept: dict[int, int] | None = None) -> dict[int, np.ndarray]:
+    """Sorted local indices of the units each prunable group loses (groups losing nothing are absent).
+
+    ``kept`` gives explicit channel counts to keep per group id, instead of ``config.ratio``.
+    """
+    config.validate()
+    groups = [g for g in analysis.groups if g.prunable]
+    if (config.ratio == 0 and kept is None) or not groups:
+        return {}
+    if kept is not None:
+        targets = {g.id: min(g.size, kept.get(g.id, g.size)) for g in groups}
+    elif config.global_ranking:
+        targets = _global_targets(groups, scores, config.ratio)
+    else:
+        targets = {g.id: g.size - math.floor(config.ratio * g.size + 1e-9) for g in groups}
+    removed: dict[int, np.ndarray] = {}
+    for g in groups:
+        kept = _select(g, scores[g.id], targets[g.id], config)
+        gone = np.setdiff1d(np.arange(g.size), kept)
+        if len(gone):
+            removed[g.id] = gone
+    _keep_tensors_nonempty(analysis, removed, scores, config)
+    return removed
+
+
+def _keep_tensors_nonempty(analysis: Analysis, removed: dict[int, np.ndarray], scores: dict[int, np.ndarray],
+                           config: PlanConfig) -> None:
+    """Give back the best channel of any tensor that would lose all of its channels (an uneven Split chunk,
+    a Concat part): zero-width tensors are legal ONNX but fragile in runtimes."""
+    by_id = {g.id: g for g in analysis.groups}
+    for lab in analysis.labels.values():
+        gids, local = analysis.unit_index(lab.atoms)
+        if not np.all(np.isin(gids, list(removed))):
+            continue
+        if all(np.isin(local[gids == gid], removed[int(gid)]).all() for gid in np.unique(gids)):
+            gid = int(gids[0])
+            mine = local[gids == gid]
+            best = int(mine[np.argmax(scores[gid][mine])])
+            back = _give_back(by_id[gid], removed[gid], scores[gid], best, config.multiple(gid))
+            removed[gid] = np.setdiff1d(removed[gid], back)
+            if not len(removed[gid]):
+                del removed[gid]
+
+
+def _give_back(g: PruneGroup, gone: np.ndarray, s: np.ndarray, unit: int, round_to: int) -> np.ndarray:
+    """Units to restore so that ``unit`` is kept and the group's cells and rounding still hold."""
+    if g.cells is not None:  # the same number more per cell (``unit`` first in its own cell)
+        step = round_to // math.gcd(round_to, len(g.cells)) if round_to > 1 else 1
+        back = []
+        for cell in g.cells:
+            lost = cell[np.isin(cell, gone)]
+            lost = lost[np.argsort(-s[lost], kind="stable")]
+            if unit in cell:
+                lost = np.concatenate([[unit], lost[lost != unit]])
+            back.extend(int(u) for u in lost[:step])
+        return np.array(back, dtype=np.int64)
+    back = [unit]
+    rest = gone[gone != unit]
+    rest = rest[np.argsort(-s[rest], kind="stable")]
+    kept = g.size - len(gone) + 1
+    for u in rest:
+        if round_to <= 1 or kept % round_to == 0:
+            break
+        back.append(int(u))
+        kept += 1
+    return np.array(back, dtype=np.int64)
+
+
+def _global_targets(groups: list[PruneGroup], scores: dict[int, np.ndarray], ratio: float) -> dict[int, int]:
+    normalised = []
+    owner = []
+    for g in groups:
+        s = scores[g.id]
+        mean = s.mean()
+        normalised.append(s / mean if mean > 0 else np.zeros_like(s))
+        owner.append(np.full(g.size, g.id))
+    flat, who = np.concatenate(normalised), np.concatenate(owner)
+    n_remove = math.floor(ratio * len(flat) + 1e-9)
+    order = np.argsort(flat, kind="stable")[:n_remove]
+    lost = np.bincount(who[order], minlength=max(g.id for g in groups) + 1)
+    return {g.id: g.size - int(lost[g.id]) for g in groups}
+
+
+def _select(g: PruneGroup, s: np.ndarray, target: int, config: PlanConfig) -> np.ndarray:
+    """The units to keep: the best ``target`` (adjusted for minimums, cells and rounding) by score."""
+    order_key = -s  # higher score first; ties keep the lower index (stable sort)
+    if g.cells is None:
+        k = max(target, config.min_channels, 1)
+        k = _round_up(k, config.multiple(g.id), g.size)
+        return np.sort(np.argsort(order_key, kind="stable")[: min(k, g.size)])
+    n_cells, cell = g.cells.shape
+    k = max(math.ceil(target / n_cells), math.ceil(config.min_channels / n_cells), 1)
+    step = config.multiple(g.id) // math.gcd(config.multiple(g.id), n_cells)
+    k = _round_up(k, step, cell)
+    picks = np.argsort(order_key[g.cells], axis=1, kind="stable")[:, :k]
+    return np.sort(np.take_along_axis(g.cells, picks, axis=1).ravel())
+
+
+def _round_up(k: int, multiple: int, limit: int) -> int:
+    if multiple <= 1:
+        return min(k, limit)
+    rounded = -(-k // multiple) * multiple
+    return rounded if rounded <= limit else limit

@@ -1,0 +1,371 @@
+"""Training-free recovery of a pruned model from calibration data (numpy only).
+
+* ``bias``: fold the mean contribution of every removed input channel into the consumer's bias,
+  b' = b + sum_{c removed} sum_k W[:, c, k] * mu_c (exact for Gemm, exact away from padded borders for Conv).
+* ``lstsq``: refit each consumer (Conv with group 1, Gemm) so that, on the pruned network's inputs, it reproduces
+  the original network's outputs: ridge-dampened least squares on sampled positions (im2col for Conv),
+  weights and bias together; other consumers get the bias compensation.
+
+Both edit a pruned model the pipeline owns; the graph (nodes, names, shapes) does not change.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxprune.measure.calibrate import ChannelStats, static_batch
+from onnxprune.measure.data import Dataset
+from onnxprune.analysis.dependency import Analysis
+from onnxprune.ops import attr
+from onnxprune.core.progress import Progress
+from onnxprune.measure.runtime import Session, expose
+
+__all__ = ["RECOVERY_MODES", "recover"]
+
+RECOVERY_MODES = ("none", "bias", "lstsq")
+_RIDGE = 1e-3
+_MAX_ROWS = 20_000
+_OVERSAMPLE = 4  # samples drawn per needed sample, so that rows spread over many inputs
+_MAX_SYSTEM_BYTES = 1 << 30
+
+
+@dataclass
+class _Consumer:
+    index: int  # node index in the original graph
+    node: onnx.NodeProto
+    keep_in: np.ndarray
+    keep_out: np.ndarray | None
+
+
+def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analysis, keep: dict[str, np.ndarray],
+            mode: str, stats: dict[str, ChannelStats] | None, data: Dataset | None = None,
+            batch_size: int = 32, limit: int | None = None, seed: int = 0) -> onnx.ModelProto:
+    """Apply ``mode`` to ``pruned`` in place and return it."""
+    if mode == "none" or not keep:
+        return pruned
+    consumers = _consumers(analysis, keep)
+    edits = _PrunedEdits(pruned)
+    refit: set[int] = set()
+    if mode == "lstsq" and data is not None:
+        refit = _least_squares(original, pruned, analysis, consumers, edits, data, batch_size, limit, seed)
+    for c in consumers:
+        if c.index not in refit and stats is not None and c.node.input[0] in stats:
+            _compensate_bias(c, analysis, stats[c.node.input[0]].mean, edits)
+    edits.finish()
+    if data is not None:
+        compensated = {c.node.output[0] for c in consumers if c.index not in refit}
+        _recalibrate_norms(pruned, compensated, data, batch_size, limit)
+    return pruned
+
+
+def _recalibrate_norms(pruned: onnx.ModelProto, changed: set[str], data: Dataset, batch_size: int,
+                       limit: int | None) -> None:
+    """Re-estimate the running statistics of the unfused BatchNorms right after a consumer whose inputs lost
+    channels and that was not refitted: bias compensation fixes the mean, this fixes the spread too."""
+    from onnxprune.measure.calibrate import collect
+
+    norms = [n for n in pruned.graph.node if n.op_type == "BatchNormalization" and n.input[0] in changed
+             and len(n.input) == 5]
+    if not norms:
+        return
+    names = [n.input[0] for n in norms]
+    stats = collect(pruned, names, {n: 1 for n in names}, data, batch_size, limit, label="re-estimating norms")
+    edits = _PrunedEdits(pruned)
+    for node in norms:
+        st = stats[node.input[0]]
+        mean_t = edits.inits.get(node.input[3])
+        dtype = mean_t.data_type if mean_t is not None else onnx.TensorProto.FLOAT
+        edits.set_input(node, 3, st.mean, dtype)
+        edits.set_input(node, 4, st.variance, dtype)
+    edits.finish()
+
+
+def _consumers(analysis: Analysis, keep: dict[str, np.ndarray]) -> list[_Consumer]:
+    out = []
+    seen = set()
+    for ref in analysis.weights:
+        node = analysis.graph.nodes[ref.node]
+        if ref.role != "in" or ref.node in seen or node.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        seen.add(ref.node)
+        x = node.input[0]
+        if x in keep:
+            out.append(_Consumer(ref.node, node, keep[x], keep.get(node.output[0])))
+    return sorted(out, key=lambda c: c.index)
+
+
+class _PrunedEdits:
+    """Weight and bias replacements for nodes of the pruned model, found by their (unchanged) output name."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.by_output = {n.output[0]: n for n in model.graph.node if n.output}
+        self.inits = {t.name: t for t in model.graph.initializer}
+        self.consts = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant" and n.output}
+        self.taken = {t.name for t in model.graph.initializer} | {o for n in model.graph.node for o in n.output}
+
+    def value(self, name: str) -> np.ndarray | None:
+        if name in self.inits:
+            return numpy_helper.to_array(self.inits[name])
+        if name in self.consts:
+            from onnxprune.core.graph import constant_node_value
+            return constant_node_value(self.consts[name])
+        return None
+
+    def node(self, original: onnx.NodeProto) -> onnx.NodeProto:
+        return self.by_output[original.output[0]]
+
+    def set_input(self, node: onnx.NodeProto, port: int, value: np.ndarray, dtype: int) -> None:
+        """Point ``node``'s input ``port`` at a new initializer holding ``value`` (never shared)."""
+        base = f"{node.name or node.op_type}_recovered_{port}".replace("/", "_")
+        name, k = base, 1
+        while name in self.taken:
+            name, k = f"{base}_{k}", k + 1
+        self.taken.add(name)
+        tensor = numpy_helper.from_array(value.astype(helper.tensor_dtype_to_np_dtype(dtype)), name)
+        self.model.graph.initializer.append(tensor)
+        self.inits[name] = tensor
+        while len(node.input) <= port:
+            node.input.append("")
+        node.input[port] = name
+
+    def finish(self) -> None:
+        """Drop initializers and Constant nodes nothing reads any more."""
+        g = self.model.graph
+        read = {n for node in g.node for n in node.input} | {o.name for o in g.output}
+        kept = [t for t in g.initializer if t.name in read]
+        if len(kept) != len(g.initializer):
+            del g.initializer[:]
+            g.initializer.extend(kept)
+        dead = [k for k, n in enumerate(g.node) if n.op_type == "Constant" and n.output[0] not in read]
+        for k in reversed(dead):
+            del g.node[k]
+
+
+def _compensate_bias(c: _Consumer, analysis: Analysis, mean: np.ndarray, edits: _PrunedEdits) -> None:
+    graph = analysis.graph
+    node, target = c.node, edits.node(c.node)
+    if node.op_type == "MatMul":
+        return  # no bias input to fold into
+    removed = np.setdiff1d(np.arange(mean.shape[0]), c.keep_in)
+    if not len(removed):
+        return
+    w = graph.const(node.input[1]).astype(np.float64)
+    if node.op_type == "Conv":
+        groups = int(attr(node, "group", 1))
+        if groups > 1 and w.shape[1] == 1:
+            return  # depthwise: a removed input removes its outputs too
+        gone = np.zeros(mean.shape[0])
+        gone[removed] = mean[removed]
+        wsum = w.reshape(w.shape[0], w.shape[1], -1).sum(axis=2)  # [M, C/g]
+        m = w.shape[0]
+        delta = (wsum.reshape(groups, m // groups, -1) * gone.reshape(groups, 1, -1)).sum(axis=2).ravel()
+    else:  # Gemm
+        b = w.T if int(attr(node, "transB", 0)) else w  # [K, N]
+        delta = mean[removed] @ b[removed]
+        delta = delta * float(attr(node, "alpha", 1.0))
+    if c.keep_out is not None:
+        delta = delta[c.keep_out]
+    bias_name = target.input[2] if len(target.input) > 2 and target.input[2] else ""
+    dtype = graph.elem_type(node.input[1]) or onnx.TensorProto.FLOAT
+    base = edits.value(bias_name).astype(np.float64) if bias_name else np.zeros_like(delta)
+    if node.op_type == "Gemm":
+        delta = delta / float(attr(node, "beta", 1.0))  # Gemm scales C by beta
+    edits.set_input(target, 2, base + delta, dtype)  # broadcasts over a [N], [1, N] or [M, N] bias
+
+
+# -- least squares -----------------------------------------------------------------------------------------
+@dataclass
+class _Rows:
+    """The positions one consumer is fitted on, and the original network's outputs there."""
+
+    consumer: _Consumer
+    samples: np.ndarray  # sorted sample indices to run
+    where: tuple[np.ndarray, ...]  # (sample position within `samples`, out row, out col) or (sample,)
+    target: np.ndarray | None = None  # [rows, outputs] original outputs (kept outputs only)
+
+
+def _least_squares(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analysis,
+                   consumers: list[_Consumer], edits: _PrunedEdits, data: Dataset, batch_size: int,
+                   limit: int | None, seed: int) -> set[int]:
+    """Refit consumers in topological order, each on inputs from the pruned network as already refitted."""
+    graph = analysis.graph
+    shapes = _output_shapes(original, data)
+    fit = [c for c in consumers if _fits(c, graph) and c.node.output[0] in shapes]
+    n = len(data) if limit is None else min(limit, len(data))
+    pinned = static_batch(original)
+    if pinned not in (None, 1):
+        return set()
+    batch_size = pinned or batch_size
+    rng = np.random.default_rng(seed)
+    plans = [_choose_rows(c, shapes[c.node.output[0]], n, rng) for c in fit]
+    _collect_targets(original, plans, data, batch_size)
+    done: set[int] = set()
+    with Progress("reconstructing", len(plans)) as bar:
+        for rows in plans:
+            x = _collect_inputs(pruned, rows, data, batch_size, graph)
+            if _solve(rows, x, graph, edits):
+                done.add(rows.consumer.index)
+            bar.advance()
+    return done
+
+
+def _output_shapes(model: onnx.ModelProto, data: Dataset) -> dict[str, tuple[int, ...]]:
+    """Per-sample output shapes of every Conv/Gemm, from one run on the first sample."""
+    names = [n.output[0] for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    feeds, _ = next(data.batches(1))
+    values = Session(model, edit=expose(names)).run(feeds, names)
+    return {n: v.shape[1:] for n, v in zip(names, values)}
+
+
+def _choose_rows(c: _Consumer, out_shape: tuple[int, ...], n: int, rng: np.random.Generator) -> _Rows:
+    positions = int(np.prod(out_shape[1:])) if c.node.op_type == "Conv" else 1
+    rows = min(_MAX_ROWS, n * positions)
+    count = min(n, max(-(-rows // positions) * _OVERSAMPLE, 16))  # spread the rows over several samples
+    samples = np.sort(rng.choice(n, size=count, replace=False))
+    pick = rng.choice(count * positions, size=min(rows, count * positions), replace=False)
+    if c.node.op_type != "Conv":
+        return _Rows(c, samples, (pick,))
+    which, rest = np.divmod(pick, positions)
+    oh, ow = np.divmod(rest, out_shape[2])
+    return _Rows(c, samples, (which, oh, ow))
+
+
+def _run_samples(model: onnx.ModelProto, names: list[str], data: Dataset, samples: np.ndarray,
+                 batch_size: int):
+    """Yield (offset, outputs) running ``model`` on the chosen samples only."""
+    session = Session(model, edit=expose(names))
+    for start in range(0, len(samples), batch_size):
+        chosen = samples[start:start + batch_size]
+        feeds = _gather(data, chosen)
+        yield start, session.run(feeds, names)
+
+
+def _gather(data: Dataset, indices: np.ndarray) -> dict[str, np.ndarray]:
+    if data.files:
+        return {data.image_input: data._images([data.files[i] for i in indices])}
+    return {k: np.ascontiguousarray(v[indices]) for k, v in data.inputs.items()}
+
+
+def _collect_targets(original: onnx.ModelProto, plans: list[_Rows], data: Dataset, batch_size: int) -> None:
+    needed = np.unique(np.concatenate([r.samples for r in plans])) if plans else np.zeros(0, dtype=np.int64)
+    names = sorted({r.consumer.node.output[0] for r in plans})
+    parts: dict[int, list[np.ndarray]] = {id(r): [] for r in plans}
+    for start, values in _run_samples(original, names, data, needed, batch_size):
+        out = dict(zip(names, values))
+        batch_samples = needed[start:start + batch_size]
+        for r in plans:
+            y = out[r.consumer.node.output[0]]
+            if r.consumer.keep_out is not None:
+                y = np.take(y, r.consumer.keep_out, axis=1)
+            local = np.searchsorted(batch_samples, r.samples)
+            present = (local < len(batch_samples)) & (batch_samples[np.minimum(local, len(batch_samples) - 1)]
+                                                      == r.samples)
+            for k in np.nonzero(present)[0]:  # the plan's k-th sample sits in this batch
+                mine = r.where[0] == k
+                if not mine.any():
+                    continue
+                row = y[local[k]]
+                picked = row[:, r.where[1][mine], r.where[2][mine]].T if len(r.where) == 3 else row[None, :]
+                parts[id(r)].append((np.nonzero(mine)[0], picked.astype(np.float32)))
+        del out
+    for r in plans:
+        width = parts[id(r)][0][1].shape[1] if parts[id(r)] else 0
+        target = np.zeros((len(r.where[0]), width), dtype=np.float32)
+        for rows, value in parts[id(r)]:
+            target[rows] = value
+        r.target = target
+
+
+def _collect_inputs(pruned: onnx.ModelProto, r: _Rows, data: Dataset, batch_size: int, graph) -> np.ndarray:
+    node = r.consumer.node
+    kernel = graph.const_shape(node.input[1])[2:]
+    blocks = []
+    for start, (x,) in _run_samples(pruned, [node.input[0]], data, r.samples, batch_size):
+        x = np.asarray(x, dtype=np.float64)
+        in_batch = (r.where[0] >= start) & (r.where[0] < start + x.shape[0])
+        rows = np.nonzero(in_batch)[0]
+        local = r.where[0][rows] - start
+        if node.op_type in ("Gemm", "MatMul"):
+            blocks.append((rows, x.reshape(x.shape[0], -1)[local]))
+        else:
+            blocks.append((rows, _patches(node, kernel, x, local, r.where[1][rows], r.where[2][rows])))
+    width = blocks[0][1].shape[1] if blocks else 0
+    xs = np.zeros((len(r.where[0]), width))
+    for rows, value in blocks:
+        xs[rows] = value
+    return xs
+
+
+def _patches(node: onnx.NodeProto, kernel: tuple[int, ...], x: np.ndarray, n: np.ndarray, oh: np.ndarray,
+             ow: np.ndarray) -> np.ndarray:
+    """im2col rows of the input patches under output positions (n, oh, ow)."""
+    kh, kw = kernel
+    pads = list(attr(node, "pads", [0, 0, 0, 0]))
+    sh, sw = attr(node, "strides", [1, 1])
+    dh, dw = attr(node, "dilations", [1, 1])
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    ki = (np.arange(kh) * dh)[None, None, :, None]
+    kj = (np.arange(kw) * dw)[None, None, None, :]
+    channels = np.arange(x.shape[1])[None, :, None, None]
+    patches = xp[n[:, None, None, None], channels, (oh * sh)[:, None, None, None] + ki,
+                 (ow * sw)[:, None, None, None] + kj]
+    return patches.reshape(len(n), -1)
+
+
+def _fits(c: _Consumer, graph) -> bool:
+    node = c.node
+    if node.op_type == "Gemm":
+        return not int(attr(node, "transA", 0))
+    if node.op_type == "MatMul":
+        return graph.rank(node.input[0]) == 2
+    w = graph.const_shape(node.input[1])
+    depthwise = int(attr(node, "group", 1)) > 1 and w is not None and w[1] == 1
+    return not depthwise and w is not None and len(w) == 4 and attr(node, "auto_pad", "NOTSET") in (b"NOTSET", "NOTSET")
+
+
+def _solve(r: _Rows, x: np.ndarray, graph, edits: _PrunedEdits) -> bool:
+    """Ridge least squares per conv group (one group for Gemm/MatMul), then write weights and bias back."""
+    node = r.consumer.node
+    y = r.target.astype(np.float64)
+    groups = int(attr(node, "group", 1)) if node.op_type == "Conv" else 1
+    intercept = node.op_type != "MatMul"  # MatMul has no bias to absorb the offset
+    rows = x.reshape(x.shape[0], groups, -1)  # [R, groups, inputs of one group]
+    outputs = y.shape[1] // groups
+    thetas = []
+    for j in range(groups):
+        xj = rows[:, j]
+        if intercept:
+            xj = np.concatenate([xj, np.ones((xj.shape[0], 1))], axis=1)
+        gram, cross = xj.T @ xj, xj.T @ y[:, j * outputs:(j + 1) * outputs]
+        d = gram.shape[0]
+        damp = _RIDGE * max(np.trace(gram) / d, 1e-12)
+        try:
+            theta = np.linalg.solve(gram + damp * np.eye(d), cross)  # [d, outputs of the group]
+        except np.linalg.LinAlgError:
+            return False
+        if not np.all(np.isfinite(theta)):
+            return False
+        thetas.append(theta)
+    theta = np.concatenate(thetas, axis=1)
+    weights, bias = (theta[:-1].T, theta[-1]) if intercept else (theta.T, None)
+    target = edits.node(node)
+    dtype = graph.elem_type(node.input[1]) or onnx.TensorProto.FLOAT
+    if node.op_type == "Conv":
+        kernel = graph.const_shape(node.input[1])[2:]
+        weights = weights.reshape(weights.shape[0], len(r.consumer.keep_in) // groups, *kernel)
+    elif node.op_type == "MatMul":
+        weights = weights.T  # B is [inputs, outputs]
+    else:
+        weights = weights / float(attr(node, "alpha", 1.0))
+        if int(attr(node, "transB", 0)) == 0:
+            weights = weights.T
+        has_bias = len(node.input) > 2 and node.input[2]
+        bias = bias / (float(attr(node, "beta", 1.0)) if has_bias else 1.0)
+    edits.set_input(target, 1, weights, dtype)
+    if bias is not None:
+        edits.set_input(target, 2, bias, dtype)
+    return True

@@ -1,0 +1,154 @@
+"""Verification of a pruned model: full checker, onnxruntime load and run, unchanged interface, and mask
+equivalence against the original (the plan's contract)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from onnxprune.errors import UnsupportedError, VerificationError
+from onnxprune.core.graph import Graph, light_model
+from onnxprune.core.modelio import EXTERNAL_DATA_THRESHOLD, _data_bytes
+from onnxprune.planning.plan import Plan
+from onnxprune.measure.runtime import Session, random_inputs
+
+__all__ = ["Verification", "verify", "check_model", "masked_edit", "relative_error"]
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What was checked and the largest relative error seen per output."""
+
+    checker: bool
+    runs: bool
+    interface: bool
+    mask_equivalent: bool | None
+    max_rel_error: float
+    per_output: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"checker": self.checker, "onnxruntime": self.runs, "interface_unchanged": self.interface,
+                "mask_equivalent": self.mask_equivalent, "max_rel_error": self.max_rel_error,
+                "per_output": self.per_output}
+
+
+def check_model(model: onnx.ModelProto) -> None:
+    """``onnx.checker`` with full (strict shape-inference) checking; a light copy for models over 2 GB."""
+    target = model if _data_bytes(model) < EXTERNAL_DATA_THRESHOLD else light_model(model)
+    try:
+        onnx.checker.check_model(target, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise VerificationError(f"pruned model fails onnx.checker: {str(exc).strip().splitlines()[0]}") from exc
+
+
+def relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    """max |got - want| / max |want| (exact comparison for non-float outputs)."""
+    if got.shape != want.shape:
+        return float("inf")
+    if not np.issubdtype(want.dtype, np.floating):
+        return 0.0 if np.array_equal(got, want) else float("inf")
+    g, w = got.astype(np.float64), want.astype(np.float64)
+    if not (np.isfinite(g).all() and np.isfinite(w).all()):
+        same = np.array_equal(np.isnan(g), np.isnan(w)) and np.allclose(g[np.isfinite(w)], w[np.isfinite(w)])
+        return 0.0 if same else float("inf")
+    scale = max(float(np.abs(w).max(initial=0.0)), 1e-12)
+    return float(np.abs(g - w).max(initial=0.0)) / scale
+
+
+def masked_edit(plan: Plan, graph: Graph):
+    """An edit for :class:`Session` that multiplies each plan tensor by its keep-mask right after it is made
+    (written as ``Where(mask, x, 0)`` from opset 9 on, so that a removed channel's inf or NaN cannot leak
+    through 0 * inf; as ``Mul`` before)."""
+    def edit(light: onnx.ModelProto) -> None:
+        entries = {t.name: t for t in plan.tensors}
+        nodes = list(light.graph.node)
+        del light.graph.node[:]
+        for node in nodes:
+            masked_here = [o for o in node.output if o in entries]
+            renamed = node
+            if masked_here:
+                renamed = onnx.NodeProto()
+                renamed.CopyFrom(node)
+                for k, o in enumerate(renamed.output):
+                    if o in entries:
+                        renamed.output[k] = o + "__unmasked"
+            light.graph.node.append(renamed)
+            for o in masked_here:
+                t = entries[o]
+                rank = graph.rank(o)
+                if rank is None:
+                    raise VerificationError(f"cannot verify: rank of '{o}' unknown")
+                mask = np.zeros(t.size, dtype=bool)
+                mask[list(t.keep)] = True
+                mask = mask.reshape([t.size] + [1] * (rank - 1 - t.axis))
+                dtype = helper.tensor_dtype_to_np_dtype(graph.elem_type(o) or TensorProto.FLOAT)
+                if graph.opset() >= 9:  # Where exists from opset 9
+                    light.graph.initializer.append(onnx.numpy_helper.from_array(mask, o + "__keep"))
+                    light.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((), dtype), o + "__zero"))
+                    inputs, op = [o + "__keep", o + "__unmasked", o + "__zero"], "Where"
+                else:
+                    light.graph.initializer.append(onnx.numpy_helper.from_array(mask.astype(dtype), o + "__keep"))
+                    inputs, op = [o + "__unmasked", o + "__keep"], "Mul"
+                light.graph.node.append(helper.make_node(op, inputs, [o], name=o + "__mask"))
+    return edit
+
+
+def _interface(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    inits = {t.name for t in model.graph.initializer}
+    return [(vi.name, vi.type.SerializeToString().hex()) for vi in model.graph.input if vi.name not in inits] + \
+           [("->" + vi.name, vi.type.SerializeToString().hex()) for vi in model.graph.output]
+
+
+def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan | None, *, graph: Graph | None = None,
+           seed: int = 0, input_shapes: dict[str, list[int]] | None = None, tolerance: float = 1e-4,
+           mask_check: bool = True) -> Verification:
+    """Check ``pruned`` against ``original``; raise :class:`VerificationError` on the first failure.
+
+    ``mask_check=False`` (weights changed by recovery or training) checks validity and the interface only."""
+    check_model(pruned)
+    if _interface(original) != _interface(pruned):
+        raise VerificationError("pruned model changed the graph's input or output names, types or shapes")
+    feeds = random_inputs(original, seed, input_shapes)
+    graph = graph or Graph.build(original)
+    want = None
+    try:
+        want = Session(original, edit=masked_edit(plan, graph) if mask_check else None, optimize=False,
+                       arrays=graph.const).run(feeds)
+    except Exception as exc:  # noqa: BLE001 - tell a model onnxruntime cannot run from a broken mask
+        _require_runnable(original, graph, feeds)
+        if isinstance(exc, VerificationError):
+            raise
+        raise VerificationError(f"onnxruntime cannot run the masked original: {_line(exc)}") from exc
+    try:
+        got = Session(pruned, optimize=False).run(feeds)
+    except Exception as exc:  # noqa: BLE001 - any runtime failure is a verification failure
+        raise VerificationError(f"onnxruntime cannot run the pruned model: {_line(exc)}") from exc
+    names = [o.name for o in original.graph.output]
+    if not mask_check:
+        return Verification(True, True, True, None, 0.0)
+    errors = {n: relative_error(g, w) for n, g, w in zip(names, got, want)}
+    worst = max(errors.values(), default=0.0)
+    tol = max(tolerance, 1e-2) if any(o.type.tensor_type.elem_type == TensorProto.FLOAT16
+                                      for o in original.graph.output) else tolerance
+    if worst > tol:
+        bad = max(errors, key=errors.get)
+        raise VerificationError(
+            f"pruned model is not mask-equivalent to the original: output '{bad}' differs by "
+            f"{errors[bad]:.3g} (relative, tolerance {tol:g})")
+    return Verification(True, True, True, True, worst, errors)
+
+
+def _require_runnable(original: onnx.ModelProto, graph: Graph, feeds: dict) -> None:
+    """Raise :class:`UnsupportedError` when onnxruntime cannot run the original model at all."""
+    try:
+        Session(original, optimize=False, arrays=graph.const).run(feeds)
+    except Exception as exc:  # noqa: BLE001
+        raise UnsupportedError(f"cannot verify: onnxruntime cannot run the input model ({_line(exc)}); "
+                               "prune with --no-verify to skip verification") from exc
+
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

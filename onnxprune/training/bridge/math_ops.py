@@ -1,0 +1,209 @@
+"""Elementwise operators, softmax and reductions, and linear algebra for the torch bridge."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from onnxprune.training.bridge.registry import OPS, TORCH_DTYPES, axis_of, ints_of, op, text_of
+
+
+# ---- elementwise
+def _binary(fn):
+    return lambda ctx, a, x: [fn(x[0], x[1])]
+
+
+def _div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if not a.is_floating_point() and not b.is_floating_point():
+        return torch.div(a, b, rounding_mode="trunc")
+    return a / b
+
+
+for _name, _fn in {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": _div, "Pow": torch.pow,
+                   "Equal": torch.eq, "Less": torch.lt, "Greater": torch.gt, "LessOrEqual": torch.le,
+                   "GreaterOrEqual": torch.ge, "And": torch.logical_and, "Or": torch.logical_or,
+                   "Mod": torch.remainder}.items():
+    OPS[_name] = _binary(_fn)
+
+for _name, _fn in {"Relu": F.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Exp": torch.exp,
+                   "Log": torch.log, "Sqrt": torch.sqrt, "Neg": torch.neg, "Abs": torch.abs, "Erf": torch.erf,
+                   "Reciprocal": torch.reciprocal, "Floor": torch.floor, "Ceil": torch.ceil, "Round": torch.round,
+                   "Sin": torch.sin, "Cos": torch.cos, "Not": torch.logical_not, "Sign": torch.sign,
+                   "Softplus": F.softplus, "Softsign": F.softsign, "Mish": F.mish, "HardSwish": F.hardswish,
+                   "Identity": lambda t: t}.items():
+    OPS[_name] = (lambda f: lambda ctx, a, x: [f(x[0])])(_fn)
+
+
+@op("Dropout")
+def _dropout(ctx, a, x):
+    return [x[0], torch.ones_like(x[0], dtype=torch.bool)]
+
+
+@op("LeakyRelu")
+def _leaky(ctx, a, x):
+    return [F.leaky_relu(x[0], a.get("alpha", 0.01))]
+
+
+@op("Elu")
+def _elu(ctx, a, x):
+    return [F.elu(x[0], a.get("alpha", 1.0))]
+
+
+@op("Selu")
+def _selu(ctx, a, x):
+    alpha, gamma = a.get("alpha", 1.67326319217681884765625), a.get("gamma", 1.05070102214813232421875)
+    return [gamma * torch.where(x[0] > 0, x[0], alpha * (torch.exp(x[0]) - 1))]
+
+
+@op("Gelu")
+def _gelu(ctx, a, x):
+    return [F.gelu(x[0], approximate="tanh" if a.get("approximate", "none") == "tanh" else "none")]
+
+
+@op("HardSigmoid")
+def _hard_sigmoid(ctx, a, x):
+    alpha, beta = a.get("alpha", 0.2), a.get("beta", 0.5)
+    if abs(alpha - 1.0 / 6.0) < 1e-7 and beta == 0.5:
+        return [F.hardsigmoid(x[0])]  # torch's own kernel for the common case
+    return [torch.clamp(alpha * x[0] + beta, 0.0, 1.0)]
+
+
+@op("PRelu")
+def _prelu(ctx, a, x):
+    return [torch.where(x[0] >= 0, x[0], x[0] * x[1])]
+
+
+@op("Clip")
+def _clip(ctx, a, x):
+    lo = x[1] if len(x) > 1 and x[1] is not None else a.get("min")
+    hi = x[2] if len(x) > 2 and x[2] is not None else a.get("max")
+    lo, hi = (float(v) if isinstance(v, torch.Tensor) and v.numel() == 1 else v for v in (lo, hi))
+    if (lo is None or isinstance(lo, float)) and (hi is None or isinstance(hi, float)):
+        if lo == 0.0 and hi is not None and x[0].is_floating_point():
+            return [F.hardtanh(x[0], 0.0, hi)]  # ReLU6 and kin: one fused kernel
+        return [torch.clamp(x[0], min=lo, max=hi)]
+    out = x[0]
+    if lo is not None:
+        out = torch.maximum(out, torch.as_tensor(lo, dtype=out.dtype, device=out.device))
+    if hi is not None:
+        out = torch.minimum(out, torch.as_tensor(hi, dtype=out.dtype, device=out.device))
+    return [out]
+
+
+def _variadic(fn):
+    def run(ctx, a, x):
+        out = x[0]
+        for t in x[1:]:
+            out = fn(out, t)
+        return [out]
+    return run
+
+
+OPS["Max"] = _variadic(torch.maximum)
+OPS["Min"] = _variadic(torch.minimum)
+OPS["Sum"] = _variadic(torch.add)
+
+
+@op("Mean")
+def _mean(ctx, a, x):
+    return [_variadic(torch.add)(ctx, a, x)[0] / len(x)]
+
+
+@op("Where")
+def _where(ctx, a, x):
+    return [torch.where(x[0].bool(), x[1], x[2])]
+
+
+@op("Cast")
+def _cast(ctx, a, x):
+    return [x[0].to(TORCH_DTYPES[a["to"]])]
+
+
+@op("CastLike")
+def _cast_like(ctx, a, x):
+    return [x[0].to(x[1].dtype)]
+
+
+# ---- softmax and reductions
+def _coerced(fn):
+    def run(ctx, a, x):
+        t = x[0]
+        axis = axis_of(a.get("axis", -1 if ctx.opset >= 13 else 1), t.dim())
+        if ctx.opset >= 13 or axis == t.dim() - 1:
+            return [fn(t, dim=axis)]
+        return [fn(t.flatten(axis), dim=-1).reshape(t.shape)]  # before opset 13: softmax over a 2-D coercion
+    return run
+
+
+OPS["Softmax"] = _coerced(torch.softmax)
+OPS["LogSoftmax"] = _coerced(torch.log_softmax)
+
+
+def _reduce(fn):
+    def run(ctx, a, x):
+        t = x[0]
+        axes = a.get("axes")
+        if axes is None and len(x) > 1 and x[1] is not None:
+            axes = ints_of(x[1])
+        keep = bool(a.get("keepdims", 1))
+        if not axes:
+            if a.get("noop_with_empty_axes", 0):
+                return [t]
+            axes = list(range(t.dim()))
+        return [fn(t, [axis_of(d, t.dim()) for d in axes], keep)]
+    return run
+
+
+OPS["ReduceMean"] = _reduce(lambda t, d, k: torch.mean(t, dim=d, keepdim=k))
+OPS["ReduceSum"] = _reduce(lambda t, d, k: torch.sum(t, dim=d, keepdim=k))
+OPS["ReduceMax"] = _reduce(lambda t, d, k: torch.amax(t, dim=d, keepdim=k))
+OPS["ReduceMin"] = _reduce(lambda t, d, k: torch.amin(t, dim=d, keepdim=k))
+OPS["ReduceProd"] = _reduce(lambda t, d, k: _prod(t, d, k))
+OPS["ReduceL2"] = _reduce(lambda t, d, k: torch.sqrt(torch.sum(t * t, dim=d, keepdim=k)))
+OPS["ReduceL1"] = _reduce(lambda t, d, k: torch.sum(torch.abs(t), dim=d, keepdim=k))
+OPS["ReduceSumSquare"] = _reduce(lambda t, d, k: torch.sum(t * t, dim=d, keepdim=k))
+
+
+def _prod(t: torch.Tensor, dims: list[int], keep: bool) -> torch.Tensor:
+    for d in sorted(dims, reverse=True):
+        t = torch.prod(t, dim=d, keepdim=keep)
+    return t
+
+
+def _arg(fn):
+    def run(ctx, a, x):
+        t = x[0]
+        axis = axis_of(a.get("axis", 0), t.dim())
+        if a.get("select_last_index", 0):
+            flipped = fn(torch.flip(t, [axis]), dim=axis, keepdim=bool(a.get("keepdims", 1)))
+            return [t.shape[axis] - 1 - flipped]
+        return [fn(t, dim=axis, keepdim=bool(a.get("keepdims", 1)))]
+    return run
+
+
+OPS["ArgMax"] = _arg(torch.argmax)
+OPS["ArgMin"] = _arg(torch.argmin)
+
+
+# ---- linear algebra
+@op("MatMul")
+def _matmul(ctx, a, x):
+    return [torch.matmul(x[0], x[1])]
+
+
+@op("Gemm")
+def _gemm(ctx, a, x):
+    A = x[0].transpose(0, 1) if a.get("transA", 0) else x[0]
+    B = x[1].transpose(0, 1) if a.get("transB", 0) else x[1]
+    out = torch.matmul(A, B)
+    alpha, beta = a.get("alpha", 1.0), a.get("beta", 1.0)
+    if alpha != 1.0:
+        out = out * alpha
+    if len(x) > 2 and x[2] is not None:
+        out = out + (x[2] * beta if beta != 1.0 else x[2])
+    return [out]
+
+
+@op("Einsum")
+def _einsum(ctx, a, x):
+    return [torch.einsum(text_of(a["equation"]), *x)]
+

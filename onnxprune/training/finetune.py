@@ -1,0 +1,316 @@
+"""Fine-tuning through the torch bridge: distillation from a teacher's outputs (no labels needed), cross-entropy
+where labels exist, or both; validation each epoch with the best weights kept; data-parallel under ``torchrun``.
+
+The teacher runs in onnxruntime; the student is the ONNX model as an :class:`~onnxprune.training.bridge.OnnxModule`,
+and the result is the same graph with the trained values written back.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from onnxprune.measure.calibrate import static_batch
+from onnxprune.measure.data import Dataset
+from onnxprune.errors import UsageError
+from onnxprune.measure.evaluate import Evaluation, evaluate
+from onnxprune.core.progress import Progress
+from onnxprune.measure.runtime import Session
+
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "LOSSES", "require_torch"]
+
+LOSSES = ("auto", "distill", "ce", "both")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Training options. ``loss='auto'``: distillation with a teacher, cross-entropy without one.
+
+    ``lr_schedule="cosine"`` decays the learning rate to zero over the run ("constant", the default, keeps it).
+    ``bn='train'`` trains BatchNormalization with batch statistics (running statistics updated and written
+    back); ``'frozen'`` keeps them fixed. ``temperature`` softens logits for distillation.
+    """
+
+    epochs: int = 5
+    lr: float = 1e-3
+    batch_size: int = 64
+    loss: str = "auto"
+    optimizer: str = "adam"
+    lr_schedule: str = "constant"
+    weight_decay: float = 0.0
+    temperature: float = 2.0
+    bn: str = "train"
+    seed: int = 0
+    device: str = "cpu"
+    eval_limit: int | None = None
+
+    def validate(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1 or not self.lr > 0:
+            raise UsageError("--epochs must be >= 0, --batch-size >= 1 and --lr > 0")
+        if self.loss not in LOSSES:
+            raise UsageError(f"unknown loss '{self.loss}' (choose from {', '.join(LOSSES)})")
+        if self.optimizer not in ("adam", "sgd"):
+            raise UsageError(f"unknown optimizer '{self.optimizer}' (choose from adam, sgd)")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise UsageError(f"--lr-schedule must be cosine or constant, got '{self.lr_schedule}'")
+        if self.bn not in ("train", "frozen"):
+            raise UsageError(f"--bn must be train or frozen, got '{self.bn}'")
+
+
+@dataclass
+class FinetuneResult:
+    model: onnx.ModelProto
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+
+    def to_dict(self) -> dict:
+        return {"history": self.history, "best_epoch": self.best_epoch}
+
+
+def require_torch():
+    """Import torch, or say how to install it."""
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise UsageError("fine-tuning needs torch: pip install 'onnxprune[torch]'") from exc
+    return torch
+
+
+def finetune(model: onnx.ModelProto, train: Dataset, config: FinetuneConfig = FinetuneConfig(), *,
+             teacher: onnx.ModelProto | None = None, eval_data: Dataset | None = None,
+             regularizer: Callable | None = None, label: str = "fine-tuning") -> FinetuneResult:
+    """Train ``model``'s weights on ``train`` and return the same graph with the best weights.
+
+    ``regularizer(module)`` (optional) returns a term added to the loss at every step. With ``eval_data`` the
+    weights of the best epoch (accuracy, or agreement with the teacher without labels) are kept; epoch 0 is
+    the model as given. Under ``torchrun`` each process trains on its share of every batch and gradients are
+    averaged (DistributedDataParallel), which gives the single-process result up to rounding.
+    """
+    torch = require_torch()
+    from onnxprune.training.bridge import OnnxModule, write_back
+
+    config.validate()
+    mode = _loss_mode(config.loss, teacher is not None, train.labels is not None)
+    rank, world = _distributed(torch, config.device)
+    torch.manual_seed(config.seed)
+    device = torch.device(config.device)
+    if device.type == "cuda" and device.index is None and world > 1:  # one GPU per process under torchrun
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    module = OnnxModule(model, train_bn=config.bn == "train").to(device)
+    net = module
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(module, device_ids=None if device.type == "cpu" else
+                                                        [device.index or 0])
+    params = [p for p in module.parameters() if p.requires_grad]
+    if config.optimizer == "adam":
+        optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    steps_per_epoch = -(-len(train) // config.batch_size)
+    scheduler = None
+    if config.lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, config.epochs * steps_per_epoch))
+    targets = TeacherOutputs(teacher, len(train)) if teacher is not None else None
+    fixed = static_batch(model)  # a pinned batch size: train in micro-batches of exactly that size
+    micro = fixed or config.batch_size
+    initial = _evaluate(model, eval_data, teacher, config, rank, world, torch)
+    history: list[dict] = [{"epoch": 0, "loss": None, "eval": initial.to_dict() if initial else None}]
+    best = _Best(module, _score(initial))
+    n = len(train)
+    with Progress(label, config.epochs * n, enabled=None if rank == 0 else False) as bar:
+        for epoch in range(1, config.epochs + 1):
+            module.train()
+            order = np.random.default_rng([config.seed, epoch]).permutation(n)
+            total, seen = 0.0, 0
+            for start in range(0, n, config.batch_size):
+                batch = order[start:start + config.batch_size]
+                if world > 1 and len(batch) < world * (fixed or 1):
+                    continue  # every process needs a share, or the gradient exchange would wait forever
+                mine = np.array_split(batch, world)[rank]
+                parts = [mine[m:m + micro] for m in range(0, len(mine), micro)]
+                parts = [p for p in parts if not fixed or len(p) == fixed]  # a pinned batch takes no remainder
+                optimizer.zero_grad(set_to_none=True)
+                for k, part in enumerate(parts):
+                    # one gradient exchange per batch: the last micro-batch's backward pass
+                    with net.no_sync() if world > 1 and k < len(parts) - 1 else contextlib.nullcontext():
+                        loss = _step_loss(torch, net, module, train, part, len(batch), world, targets, mode,
+                                          config, device, regularizer)
+                        loss.backward()
+                    total += float(loss.detach()) * len(batch) / world
+                    seen += len(part)
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                bar.advance(len(batch))
+            evaluation = None
+            if eval_data is not None:
+                evaluation = _evaluate(write_back(model, module), eval_data, teacher, config, rank, world, torch)
+            history.append({"epoch": epoch, "loss": total / max(seen, 1),
+                            "eval": evaluation.to_dict() if evaluation else None})
+            best.offer(epoch, _score(evaluation))
+    best.restore()
+    return FinetuneResult(write_back(model, module), history, best.epoch)
+
+
+def _step_loss(torch, net, module, train: Dataset, part: np.ndarray, batch_size: int, world: int,
+               teacher: TeacherOutputs | None, mode: str, config: FinetuneConfig, device, regularizer):
+    """The loss of one micro-batch, scaled so that the gradients summed over micro-batches and averaged over
+    processes are those of the mean loss over the whole batch."""
+    feeds = train.take(part)
+    targets = teacher.get(part, feeds) if teacher is not None else None
+    labels = train.labels[part] if train.labels is not None else None
+    outputs = net(**{k: torch.from_numpy(v).to(device) for k, v in feeds.items()})
+    loss = _loss(torch, outputs, targets, labels, mode, config.temperature, device) * (world / batch_size)
+    if regularizer is not None:
+        loss = loss + regularizer(module) * (world * len(part) / batch_size)
+    return loss
+
+
+class _Best:
+    """The weights of the best epoch so far (the latest when there is no evaluation)."""
+
+    def __init__(self, module, score) -> None:
+        self.module, self.score, self.epoch = module, score, 0
+        self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    def offer(self, epoch: int, score) -> None:
+        if score is None or self.score is None or score >= self.score:
+            self.score, self.epoch = score, epoch
+            self.state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+
+    def restore(self) -> None:
+        self.module.load_state_dict(self.state)
+
+
+def _score(e: Evaluation | None) -> tuple | None:
+    if e is None:
+        return None
+    primary = e.accuracy if e.accuracy is not None else e.agreement
+    return (primary if primary is not None else 0.0, e.cosine if e.cosine is not None else 0.0)
+
+
+def _evaluate(model, eval_data, teacher, config: FinetuneConfig, rank: int, world: int, torch
+              ) -> Evaluation | None:
+    """Evaluation in onnxruntime (rank 0 measures, the others receive its result)."""
+    if eval_data is None:
+        return None
+    result = [evaluate(model, eval_data, teacher, config.batch_size, config.eval_limit, "validating")
+              if rank == 0 else None]
+    if world > 1:
+        torch.distributed.broadcast_object_list(result, src=0)
+    return result[0]
+
+
+def _loss_mode(loss: str, has_teacher: bool, has_labels: bool) -> str:
+    if loss == "auto":
+        loss = "distill" if has_teacher else "ce"
+    if loss in ("distill", "both") and not has_teacher:
+        raise UsageError("distillation needs a teacher model (--teacher)")
+    if loss in ("ce", "both") and not has_labels:
+        raise UsageError("cross-entropy needs labels in the training data (or give --teacher to distil)")
+    return loss
+
+
+class TeacherOutputs:
+    """The teacher's outputs per training sample: computed in onnxruntime the first time a sample is seen and
+    kept (while all of them fit in ``budget`` bytes), so later epochs read the same targets without running it.
+    """
+
+    def __init__(self, teacher: onnx.ModelProto, samples: int, budget: int = 512 << 20) -> None:
+        self.session, self.fixed = Session(teacher), static_batch(teacher)
+        self.samples, self.budget = samples, budget
+        self.store: list[np.ndarray] | None = None
+        self.known = np.zeros(samples, dtype=bool)
+        self.caching = True
+
+    def get(self, indices: np.ndarray, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs for the samples at ``indices`` (whose inputs are ``feeds``)."""
+        if self.store is not None and self.known[indices].all():
+            return [s[indices] for s in self.store]
+        out = _teacher_outputs(self.session, feeds, self.fixed)
+        if self.store is None and self.caching:
+            per_sample = all(o.ndim and o.shape[0] == len(indices) for o in out)
+            size = sum(o.nbytes for o in out) / max(len(indices), 1) * self.samples
+            self.caching = per_sample and size <= self.budget
+            if self.caching:
+                self.store = [np.empty((self.samples, *o.shape[1:]), dtype=o.dtype) for o in out]
+        if self.store is not None:
+            for stored, o in zip(self.store, out):
+                stored[indices] = o
+            self.known[indices] = True
+        return out
+
+
+def _teacher_outputs(session: Session, feeds: dict[str, np.ndarray], fixed: int | None) -> list[np.ndarray]:
+    """The teacher's outputs for a batch, run in pieces of its fixed batch size where it pins one."""
+    n = next(iter(feeds.values())).shape[0]
+    if not fixed or fixed == n:
+        return session.run(feeds)
+    pieces: list[list[np.ndarray]] = []
+    for start in range(0, n, fixed):
+        piece = {k: v[start:start + fixed] for k, v in feeds.items()}
+        short = fixed - next(iter(piece.values())).shape[0]
+        if short:
+            piece = {k: np.concatenate([v, np.repeat(v[-1:], short, axis=0)]) for k, v in piece.items()}
+        out = session.run(piece)
+        pieces.append([o[:fixed - short] for o in out])
+    return [np.concatenate(parts) for parts in zip(*pieces)]
+
+
+def _loss(torch, outputs, targets, labels, mode: str, temperature: float, device):
+    """Summed over the samples of the batch: distillation over every float output and/or cross-entropy on
+    the first."""
+    F = torch.nn.functional
+    total = torch.zeros((), device=device)
+    if mode in ("distill", "both"):
+        for out, want in zip(outputs, targets):
+            if not out.is_floating_point():
+                continue
+            want = torch.from_numpy(np.asarray(want)).to(device=device, dtype=out.dtype)
+            total = total + _distill(torch, F, out, want, temperature)
+    if mode in ("ce", "both"):
+        y = torch.from_numpy(labels).to(device)
+        first = outputs[0].reshape(outputs[0].shape[0], -1)
+        if _is_probability(first):
+            total = total + F.nll_loss(torch.log(first.clamp_min(1e-8)), y, reduction="sum")
+        else:
+            total = total + F.cross_entropy(first, y, reduction="sum")
+    return total
+
+
+def _distill(torch, F, out, want, temperature: float):
+    """One output's distillation loss, summed over samples: KL divergence for class scores (logits or
+    probabilities), mean squared error relative to the teacher's energy for anything else."""
+    n = out.shape[0]
+    if out.dim() == 2 and out.shape[1] > 1:
+        if _is_probability(want):
+            return (want * (torch.log(want.clamp_min(1e-8)) - torch.log(out.clamp_min(1e-8)))).sum()
+        t = temperature
+        return F.kl_div(F.log_softmax(out / t, dim=1), F.log_softmax(want / t, dim=1), reduction="sum",
+                        log_target=True) * t * t
+    scale = want.detach().pow(2).mean().clamp_min(1e-12)
+    return (out - want).pow(2).reshape(n, -1).mean(dim=1).sum() / scale
+
+
+def _is_probability(x) -> bool:
+    """Rows of non-negative numbers summing to one (a softmax output)."""
+    if x.dim() != 2 or x.shape[1] < 2:
+        return False
+    with_no_grad = x.detach()
+    return bool((with_no_grad >= 0).all() and (with_no_grad.sum(dim=1) - 1).abs().max() < 1e-3)
+
+
+def _distributed(torch, device: str) -> tuple[int, int]:
+    """(rank, world size): joins the process group ``torchrun`` describes, or (0, 1) alone."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    dist = torch.distributed
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
