@@ -10,6 +10,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from onnxprune.analysis.dependency import Analysis, PruneGroup, analyze  # noqa: E402
+from onnxprune.core.modelio import load_model as load  # noqa: E402
+from onnxprune.core.modelio import save_model as save  # noqa: E402
 from onnxprune.errors import (  # noqa: E402
     ModelError,
     OnnxPruneError,
@@ -18,12 +20,10 @@ from onnxprune.errors import (  # noqa: E402
     UsageError,
     VerificationError,
 )
-from onnxprune.training.finetune import FinetuneConfig, FinetuneResult, finetune  # noqa: E402 - imports torch only when called
-from onnxprune.core.modelio import load_model as load  # noqa: E402
-from onnxprune.core.modelio import save_model as save  # noqa: E402
 from onnxprune.pipeline.pruning import PruneConfig, PruneResult, apply_plan, prune, prune_to_latency, prune_within  # noqa: E402
 from onnxprune.planning.plan import Plan  # noqa: E402
 from onnxprune.rewriting.verify import Verification, verify  # noqa: E402
+from onnxprune.training.finetune import FinetuneConfig, FinetuneResult, finetune  # noqa: E402 - imports torch only when called
 
 __all__ = [
     "__version__",

@@ -5,17 +5,16 @@ import json
 import shutil
 from pathlib import Path
 
+import builders
 import numpy as np
 import onnx
 import pytest
 
 import onnxprune
-from onnxprune.planning.budget import CostModel
 from onnxprune.cli import main
 from onnxprune.core.graph import static_input_shapes
+from onnxprune.planning.budget import CostModel
 from onnxprune.rewriting.rewrite import apply_keep
-
-import builders
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT / "models" / "mnist_resnet.onnx"

@@ -8,17 +8,16 @@ import json
 import numpy as np
 import onnx
 import pytest
+from conftest import EXAMPLE_MODEL, assert_mask_equivalent, interface, run_ort, tensor_shapes, write_mnist_pngs
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
-from onnxprune.measure.calibrate import collect, consumer_inputs, static_batch
-from onnxprune.planning.criteria import DATA_CRITERIA, score
-from onnxprune.measure.data import Dataset, ImageSpec, load_data
-from onnxprune.errors import UsageError
-from onnxprune.measure.evaluate import evaluate
 from onnxprune.core.graph import Graph
-
-from conftest import EXAMPLE_MODEL, assert_mask_equivalent, interface, run_ort, tensor_shapes, write_mnist_pngs
+from onnxprune.errors import UsageError
+from onnxprune.measure.calibrate import collect, consumer_inputs, static_batch
+from onnxprune.measure.data import Dataset, ImageSpec, load_data
+from onnxprune.measure.evaluate import evaluate
+from onnxprune.planning.criteria import DATA_CRITERIA, score
 
 MODELS = EXAMPLE_MODEL.parent
 CALIB = MODELS / "mnist_calib.npz"

@@ -7,15 +7,14 @@ import json
 import os
 from pathlib import Path
 
+import builders
 import numpy as np
 import onnx
 import pytest
+from conftest import EXAMPLE_MODEL, count_params, random_feeds, run_ort
 
 import onnxprune
 from onnxprune.cli import main
-
-import builders
-from conftest import EXAMPLE_MODEL, count_params, random_feeds, run_ort
 
 
 def _snapshot(directory: Path) -> dict[str, bytes]:

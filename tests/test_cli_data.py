@@ -11,13 +11,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import EXAMPLE_MODEL, interface, write_mnist_pngs
 
 import onnxprune
 from onnxprune.cli import main
 from onnxprune.measure.data import Dataset
 from onnxprune.measure.evaluate import evaluate
-
-from conftest import EXAMPLE_MODEL, interface, write_mnist_pngs
 
 MODELS = EXAMPLE_MODEL.parent
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081

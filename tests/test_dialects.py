@@ -24,12 +24,11 @@ from collections import Counter
 import numpy as np
 import onnx
 import pytest
+from builders import GraphBuilder, _finish
+from conftest import EXAMPLE_MODEL, assert_mask_equivalent, interface, run_ort
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
-
-from builders import GraphBuilder, _finish
-from conftest import EXAMPLE_MODEL, assert_mask_equivalent, interface, run_ort
 
 CALIB = EXAMPLE_MODEL.parent / "mnist_calib.npz"
 RATIO = 0.5

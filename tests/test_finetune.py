@@ -14,19 +14,19 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import onnxprune  # noqa: E402
-from onnxprune.cli import main  # noqa: E402
-from onnxprune.measure.data import Dataset, load_data  # noqa: E402
-from onnxprune.analysis.dependency import analyze  # noqa: E402
-from onnxprune.errors import UsageError  # noqa: E402
-from onnxprune.measure.evaluate import evaluate  # noqa: E402
-from onnxprune.training.finetune import FinetuneConfig, finetune  # noqa: E402
-from onnxprune.core.graph import Graph  # noqa: E402
-from onnxprune.training.schedules import BalancedRegularizer, DropNet  # noqa: E402
-from onnxprune.training.bridge import OnnxModule  # noqa: E402
-
 import builders  # noqa: E402
 from conftest import EXAMPLE_MODEL, ROOT  # noqa: E402
+
+import onnxprune  # noqa: E402
+from onnxprune.analysis.dependency import analyze  # noqa: E402
+from onnxprune.cli import main  # noqa: E402
+from onnxprune.core.graph import Graph  # noqa: E402
+from onnxprune.errors import UsageError  # noqa: E402
+from onnxprune.measure.data import Dataset, load_data  # noqa: E402
+from onnxprune.measure.evaluate import evaluate  # noqa: E402
+from onnxprune.training.bridge import OnnxModule  # noqa: E402
+from onnxprune.training.finetune import FinetuneConfig, finetune  # noqa: E402
+from onnxprune.training.schedules import BalancedRegularizer, DropNet  # noqa: E402
 
 CALIB, VAL = ROOT / "models" / "mnist_calib.npz", ROOT / "models" / "mnist_val.npz"
 QUICK = FinetuneConfig(epochs=2, batch_size=32, lr=1e-3)

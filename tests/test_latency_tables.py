@@ -19,10 +19,10 @@ from builders import GraphBuilder, _finish
 import onnxprune
 from onnxprune.cli import main
 from onnxprune.errors import UsageError
-from onnxprune.tuning.latency import latency_table, median_times
-from onnxprune.planning.planner import PlanConfig, choose
-from onnxprune.tuning.rounding import auto_round_to
 from onnxprune.measure.runtime import Session, check_provider, random_inputs
+from onnxprune.planning.planner import PlanConfig, choose
+from onnxprune.tuning.latency import latency_table, median_times
+from onnxprune.tuning.rounding import auto_round_to
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT / "models" / "mnist_resnet.onnx"

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import math
 
+import builders
 import numpy as np
 import onnx
 import pytest
+from conftest import assert_mask_equivalent, count_params, interface, random_feeds, run_ort, tensor_shapes
 
 import onnxprune
 from onnxprune.planning.plan import Plan, PlanTensor
-
-import builders
-from conftest import (assert_mask_equivalent, count_params, interface, random_feeds, run_ort,
-                      tensor_shapes)
 
 OUT = "reaches graph output 'y'"
 

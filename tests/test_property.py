@@ -2,15 +2,14 @@
 by the library and by the independent oracle in conftest."""
 from __future__ import annotations
 
+import builders
 import numpy as np
 import onnx
+from conftest import assert_mask_equivalent, count_params, interface, random_feeds, run_ort
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import onnxprune
-
-import builders
-from conftest import assert_mask_equivalent, count_params, interface, random_feeds, run_ort
 
 blocks = st.lists(st.tuples(st.sampled_from(builders.BLOCKS), st.integers(2, 12)), min_size=1, max_size=4)
 

@@ -96,8 +96,8 @@ def test_torch_bridge_matches_onnxruntime(package, relative):
     import numpy as np
     import torch
 
-    from onnxprune.training.bridge import OnnxModule
     from onnxprune.measure.runtime import Session, random_inputs
+    from onnxprune.training.bridge import OnnxModule
 
     model = onnxprune.load(_locate(package, relative))
     feeds = random_inputs(model, 0)

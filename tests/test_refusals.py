@@ -33,13 +33,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from builders import GraphBuilder
+from conftest import EXAMPLE_MODEL, assert_mask_equivalent, interface, masked_model, run_ort
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
 from onnxprune.cli import main
-
-from builders import GraphBuilder
-from conftest import EXAMPLE_MODEL, assert_mask_equivalent, interface, masked_model, run_ort
 
 CALIB = EXAMPLE_MODEL.parent / "mnist_calib.npz"
 RATIO = 0.5

@@ -10,12 +10,12 @@ from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
-from onnxprune.errors import UnsupportedError  # noqa: E402
-from onnxprune.core.graph import light_model  # noqa: E402
-from onnxprune.training.bridge import OnnxModule, unsupported_ops, write_back  # noqa: E402
-
 import builders  # noqa: E402
 from conftest import EXAMPLE_MODEL, random_feeds, run_ort  # noqa: E402
+
+from onnxprune.core.graph import light_model  # noqa: E402
+from onnxprune.errors import UnsupportedError  # noqa: E402
+from onnxprune.training.bridge import OnnxModule, unsupported_ops, write_back  # noqa: E402
 
 BRIDGED = ["conv_bn_relu_chain", "residual_add", "bottleneck", "concat_branches", "depthwise_separable",
            "inverted_residual", "se_block", "grouped_conv", "depthwise_multiplier", "flatten_gemm_head", "mlp_head",

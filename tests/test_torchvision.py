@@ -100,8 +100,8 @@ def test_torch_bridge_matches_onnxruntime(exports, arch, exporter, dynamic):
     import numpy as np
     import torch
 
-    from onnxprune.training.bridge import OnnxModule
     from onnxprune.measure.runtime import Session, random_inputs
+    from onnxprune.training.bridge import OnnxModule
 
     model = onnxprune.load(exports(arch, exporter, dynamic))
     feeds = random_inputs(model, 0)

@@ -13,9 +13,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("mlxtend")
 
-from onnxprune.cli import main  # noqa: E402
-
 from conftest import ROOT  # noqa: E402
+
+from onnxprune.cli import main  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

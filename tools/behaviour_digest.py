@@ -29,7 +29,7 @@ VOLATILE = {"seconds", "wall_s", "time", "timings", "latency", "elapsed", "peak_
             "tool_version", "path", "output", "plan_path", "report_path", "config"}
 
 
-def _commands(models: Path | None) -> list[tuple[str, list[str]]]:
+def _commands(models: list[Path]) -> list[tuple[str, list[str]]]:
     m, c, v = str(MNIST), str(CALIB), str(VAL)
     cmds = [
         ("mnist-0.5", [m, "--ratio", "0.5"]),
@@ -46,12 +46,12 @@ def _commands(models: Path | None) -> list[tuple[str, list[str]]]:
         ("mnist-maxdrop", [m, "--max-drop", "0.02", "--calib", c, "--eval", v]),
         ("mnist-exclude", [m, "--ratio", "0.5", "--exclude", "*conv1*"]),
     ]
-    if models is not None:
-        for f in sorted(models.glob("*.onnx")):
+    for folder in models:
+        for f in sorted(folder.glob("*.onnx")):
             if ".pruned" in f.name:
                 continue
-            cmds.append((f"{f.stem}-0.5", [str(f), "--ratio", "0.5"]))
-            cmds.append((f"{f.stem}-macs", [str(f), "--target-macs", "0.4", "--criterion", "l1"]))
+            cmds.append((f"{folder.name}/{f.stem}-0.5", [str(f), "--ratio", "0.5"]))
+            cmds.append((f"{folder.name}/{f.stem}-macs", [str(f), "--target-macs", "0.4", "--criterion", "l1"]))
     return cmds
 
 
@@ -67,7 +67,7 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.exists() else "-"
 
 
-def digest(models: Path | None) -> dict[str, dict[str, str]]:
+def digest(models: list[Path]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for name, args in _commands(models):
         with tempfile.TemporaryDirectory() as tmp:
@@ -95,7 +95,7 @@ def digest(models: Path | None) -> dict[str, dict[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", type=Path, default=None, help="folder of torchvision exports")
+    ap.add_argument("--models", type=Path, action="append", default=[], help="a folder of exports (repeatable)")
     ap.add_argument("--out", type=Path, required=True, help="JSON file to write the digests to")
     args = ap.parse_args(argv)
     result = digest(args.models)

@@ -53,8 +53,9 @@ def _once(sess: Any, feeds: dict[str, np.ndarray]) -> float:
 
 def bench_arch(arch: str, args: argparse.Namespace) -> dict[str, Any]:
     """Export (or reuse), prune, and time original vs pruned for one architecture."""
-    import onnxprune
     from bench_depth import ensure_export
+
+    import onnxprune
 
     row: dict[str, Any] = {"arch": arch, "macs_kept": None, "params_kept": None, "max_rel_error": None,
                            "orig_ms": None, "pruned_ms": None, "ratio": None, "paired_ratio": None,

@@ -21,24 +21,38 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from onnxprune import __version__
-from onnxprune.planning.criteria import CRITERIA
 from onnxprune.analysis.dependency import analyze
-from onnxprune.errors import OnnxPruneError, UsageError
-from onnxprune.core.graph import Graph
-from onnxprune.core.modelio import file_sha256, load_model, save_model, write_text_atomic
-from onnxprune.core.graph import static_input_shapes
-from onnxprune.measure.data import ImageSpec, load_data
-from onnxprune.measure.evaluate import evaluate
 from onnxprune.cli.finetune import register as register_finetune
 from onnxprune.cli.options import finetune_config, training_options
-from onnxprune.pipeline.pruning import (DEFAULT_DATA_CRITERION, SCHEDULES, TRAINING_SCHEDULES, PruneConfig, apply_plan, prune,
-                       prune_to_latency, prune_within)
+from onnxprune.core.graph import Graph, static_input_shapes
+from onnxprune.core.modelio import file_sha256, load_model, save_model, write_text_atomic
+from onnxprune.errors import OnnxPruneError, UsageError
+from onnxprune.measure.data import ImageSpec, load_data
+from onnxprune.measure.evaluate import evaluate
+from onnxprune.measure.runtime import CPU, check_provider
+from onnxprune.measure.stats import (
+    format_evaluation,
+    format_groups,
+    format_sensitivity,
+    format_summary,
+    group_rows,
+    model_stats,
+    summary_document,
+)
+from onnxprune.pipeline.pruning import (
+    DEFAULT_DATA_CRITERION,
+    SCHEDULES,
+    TRAINING_SCHEDULES,
+    PruneConfig,
+    apply_plan,
+    prune,
+    prune_to_latency,
+    prune_within,
+)
+from onnxprune.planning.criteria import CRITERIA
 from onnxprune.planning.plan import Plan
 from onnxprune.rewriting.recover import RECOVERY_MODES
 from onnxprune.training.schedules import training_hooks
-from onnxprune.measure.runtime import CPU, check_provider
-from onnxprune.measure.stats import (format_evaluation, format_groups, format_sensitivity, format_summary, group_rows, model_stats,
-                     summary_document)
 
 __all__ = ["main"]
 
@@ -401,9 +415,9 @@ def analyze_cmd(model: Path, data_path: Path | None, out_dir: Path, fractions: s
                 probe: int, tolerance: float, no_latency: bool, latency_groups: int, latency_rounds: int,
                 provider: str, debug: bool, **data_opts) -> None:
     """Per-group sensitivity of MODEL, MACs share per group and recommended per-group ratios."""
-    from onnxprune.tuning.sensitivity import plot, sensitivity
     from onnxprune.measure.data import Dataset
     from onnxprune.measure.runtime import random_inputs
+    from onnxprune.tuning.sensitivity import plot, sensitivity
 
     steps = tuple(f for f in _floats(fractions) or ())
     if not steps or not all(0 < f < 1 for f in steps):

@@ -41,8 +41,8 @@ def register(cli: click.Group, data_options, load_data, check_outputs) -> None:
                      output: Path | None, report_path: Path | None, seed: int, no_verify: bool, as_json: bool,
                      quiet: bool, debug: bool, **opts) -> None:
         """Fine-tune MODEL: distil from --teacher (no labels needed), or train on the labels of --data."""
-        from onnxprune.training.finetune import finetune
         from onnxprune.measure.evaluate import evaluate
+        from onnxprune.training.finetune import finetune
 
         config = finetune_config(opts, opts["batch_size"], seed)
         output = output or model.with_name(model.stem + ".finetuned.onnx")

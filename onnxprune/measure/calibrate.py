@@ -8,9 +8,9 @@ from typing import Iterator
 import numpy as np
 import onnx
 
-from onnxprune.measure.data import Dataset
 from onnxprune.analysis.dependency import Analysis
 from onnxprune.core.progress import Progress
+from onnxprune.measure.data import Dataset
 from onnxprune.measure.runtime import Session, expose
 
 __all__ = ["ChannelStats", "collect", "consumer_inputs", "model_batches", "static_batch"]

@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxprune.errors import UsageError
 from onnxprune.core.graph import static_input_shapes
+from onnxprune.errors import UsageError
 
 __all__ = ["Dataset", "ImageSpec", "load_data", "IMAGE_SUFFIXES"]
 

@@ -6,9 +6,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import onnx
 
+from onnxprune.core.progress import Progress
 from onnxprune.measure.calibrate import model_batches
 from onnxprune.measure.data import Dataset
-from onnxprune.core.progress import Progress
 from onnxprune.measure.runtime import Session
 
 __all__ = ["Evaluation", "evaluate"]

@@ -74,7 +74,11 @@ def concrete_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) 
 def _measured_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]], names: list[str]
                      ) -> dict[str, list[int]]:
     """Shapes shape inference could not reach (computed Slice bounds, say), read off one onnxruntime run."""
-    from onnxprune.measure.runtime import Session, expose, random_inputs  # the runtime imports graph helpers, not vice versa
+    from onnxprune.measure.runtime import (  # the runtime imports graph helpers, not vice versa
+        Session,
+        expose,
+        random_inputs,
+    )
 
     try:
         session = Session(model, edit=expose(names), optimize=False)

@@ -13,9 +13,9 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxprune.core.graph import SMALL_CONSTANT, copy_fields, light_model, static_input_shapes
+from onnxprune.core.graph import subgraph_reads as _subgraph_reads
 from onnxprune.errors import UsageError
-from onnxprune.core.graph import SMALL_CONSTANT, copy_fields, light_model, subgraph_reads as _subgraph_reads
-from onnxprune.core.graph import static_input_shapes
 
 __all__ = ["CPU", "Session", "check_provider", "expose", "provider_list", "random_inputs"]
 

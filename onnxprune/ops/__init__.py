@@ -65,4 +65,4 @@ def attr(node: NodeProto, name: str, default: Any = None) -> Any:
 
 
 # Importing the families registers their handlers.
-from onnxprune.ops import conv, norm, elementwise, structure, linear, quantized  # noqa: E402,F401
+from onnxprune.ops import conv, elementwise, linear, norm, quantized, structure  # noqa: E402,F401

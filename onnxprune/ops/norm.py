@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
-from onnx import NodeProto, helper as h
+from onnx import NodeProto
+from onnx import helper as h
 
 from onnxprune.ops import applies, attr, propagates
 

@@ -10,23 +10,22 @@ import numpy as np
 import onnx
 
 from onnxprune import __version__
-from onnxprune.planning.budget import plan_for_budget
-from onnxprune.measure.calibrate import ChannelStats, collect, consumer_inputs
-from onnxprune.planning.criteria import CRITERIA, DATA_CRITERIA, GRADIENT_CRITERIA, score
-from onnxprune.measure.data import Dataset
 from onnxprune.analysis.dependency import Analysis, analyze
+from onnxprune.core.graph import Graph, light_model, static_input_shapes
 from onnxprune.errors import PlanError, UsageError
+from onnxprune.measure.calibrate import ChannelStats, collect, consumer_inputs
+from onnxprune.measure.data import Dataset
 from onnxprune.measure.evaluate import evaluate
-from onnxprune.tuning.latency import latency_ratio
 from onnxprune.measure.runtime import check_provider
-from onnxprune.rewriting.recover import RECOVERY_MODES, recover
-from onnxprune.core.graph import Graph, light_model
-from onnxprune.core.graph import static_input_shapes
+from onnxprune.measure.stats import group_rows, model_stats
+from onnxprune.planning.budget import plan_for_budget
+from onnxprune.planning.criteria import CRITERIA, DATA_CRITERIA, GRADIENT_CRITERIA, score
 from onnxprune.planning.plan import Plan
 from onnxprune.planning.planner import PlanConfig, choose
-from onnxprune.measure.stats import group_rows, model_stats
+from onnxprune.rewriting.recover import RECOVERY_MODES, recover
 from onnxprune.rewriting.rewrite import apply_keep
 from onnxprune.rewriting.verify import Verification, verify
+from onnxprune.tuning.latency import latency_ratio
 
 __all__ = ["PruneConfig", "PruneResult", "prune", "prune_within", "prune_to_latency", "apply_plan", "model_sha256",
            "DEFAULT_DATA_CRITERION", "SCHEDULES", "TRAINING_SCHEDULES", "StepHooks"]

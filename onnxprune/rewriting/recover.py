@@ -16,12 +16,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxprune.analysis.dependency import Analysis
+from onnxprune.core.progress import Progress
 from onnxprune.measure.calibrate import ChannelStats, static_batch
 from onnxprune.measure.data import Dataset
-from onnxprune.analysis.dependency import Analysis
-from onnxprune.ops import attr
-from onnxprune.core.progress import Progress
 from onnxprune.measure.runtime import Session, expose
+from onnxprune.ops import attr
 
 __all__ = ["RECOVERY_MODES", "recover"]
 

@@ -10,9 +10,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.core.channels import Labeled
 from onnxprune.analysis.dependency import Analysis
-from onnxprune.core.graph import copy_fields, subgraph_reads as _subgraph_reads
+from onnxprune.core.channels import Labeled
+from onnxprune.core.graph import copy_fields
+from onnxprune.core.graph import subgraph_reads as _subgraph_reads
 from onnxprune.ops import applier_for
 
 __all__ = ["Rewriter", "apply_keep"]

@@ -8,11 +8,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxprune.errors import UnsupportedError, VerificationError
 from onnxprune.core.graph import Graph, light_model
 from onnxprune.core.modelio import EXTERNAL_DATA_THRESHOLD, _data_bytes
-from onnxprune.planning.plan import Plan
+from onnxprune.errors import UnsupportedError, VerificationError
 from onnxprune.measure.runtime import Session, random_inputs
+from onnxprune.planning.plan import Plan
 
 __all__ = ["Verification", "verify", "check_model", "masked_edit", "relative_error"]
 

@@ -14,11 +14,11 @@ from typing import Callable
 import numpy as np
 import onnx
 
+from onnxprune.core.progress import Progress
+from onnxprune.errors import UsageError
 from onnxprune.measure.calibrate import static_batch
 from onnxprune.measure.data import Dataset
-from onnxprune.errors import UsageError
 from onnxprune.measure.evaluate import Evaluation, evaluate
-from onnxprune.core.progress import Progress
 from onnxprune.measure.runtime import Session
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "LOSSES", "require_torch"]

@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxprune.measure.data import Dataset
 from onnxprune.analysis.dependency import Analysis
 from onnxprune.errors import UsageError
+from onnxprune.measure.data import Dataset
 from onnxprune.measure.evaluate import evaluate
 from onnxprune.training.finetune import FinetuneConfig, finetune, require_torch
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from onnxprune.core.progress import Progress
 from onnxprune.measure.calibrate import model_batches
 from onnxprune.measure.data import Dataset
 from onnxprune.training.finetune import require_torch
-from onnxprune.core.progress import Progress
 
 __all__ = ["taylor_statistics"]
 

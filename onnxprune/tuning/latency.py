@@ -14,10 +14,10 @@ import onnx
 from onnxprune.analysis.dependency import Analysis
 from onnxprune.analysis.dependency import analyze as find_groups
 from onnxprune.core.graph import Graph
-from onnxprune.planning.planner import PlanConfig, choose
 from onnxprune.core.progress import Progress
-from onnxprune.rewriting.rewrite import apply_keep
 from onnxprune.measure.runtime import CPU, Session, provider_list, random_inputs
+from onnxprune.planning.planner import PlanConfig, choose
+from onnxprune.rewriting.rewrite import apply_keep
 
 __all__ = ["LatencyTable", "latency_ratio", "latency_table", "median_times", "repeats_for"]
 

@@ -24,12 +24,12 @@ from onnx import helper, numpy_helper
 from onnxprune.analysis.dependency import Analysis, PruneGroup
 from onnxprune.analysis.dependency import analyze as find_groups
 from onnxprune.core.graph import Graph, static_input_shapes
-from onnxprune.tuning.latency import median_times, repeats_for
+from onnxprune.core.progress import Progress
 from onnxprune.measure.macs import COUNTED_OPS, concrete_shapes
+from onnxprune.measure.runtime import CPU, Session, provider_list
 from onnxprune.ops import attr
 from onnxprune.planning.planner import PlanConfig, choose
-from onnxprune.core.progress import Progress
-from onnxprune.measure.runtime import CPU, Session, provider_list
+from onnxprune.tuning.latency import median_times, repeats_for
 
 __all__ = ["CANDIDATES", "Rounding", "auto_round_to"]
 

@@ -13,17 +13,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxprune.measure.calibrate import collect, consumer_inputs, model_batches
-from onnxprune.planning.criteria import score
-from onnxprune.measure.data import Dataset
 from onnxprune.analysis.dependency import analyze as find_groups
 from onnxprune.core.graph import Graph, static_input_shapes
-from onnxprune.tuning.latency import latency_table
-from onnxprune.planning.planner import PlanConfig, choose
 from onnxprune.core.progress import Progress
-from onnxprune.measure.stats import group_rows, model_stats
-from onnxprune.rewriting.rewrite import apply_keep
+from onnxprune.measure.calibrate import collect, consumer_inputs, model_batches
+from onnxprune.measure.data import Dataset
 from onnxprune.measure.runtime import CPU, Session
+from onnxprune.measure.stats import group_rows, model_stats
+from onnxprune.planning.criteria import score
+from onnxprune.planning.planner import PlanConfig, choose
+from onnxprune.rewriting.rewrite import apply_keep
+from onnxprune.tuning.latency import latency_table
 
 __all__ = ["Sensitivity", "sensitivity", "plot"]
 

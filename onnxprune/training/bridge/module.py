@@ -16,8 +16,8 @@ import onnx
 import torch
 from onnx import AttributeProto, helper, numpy_helper
 
-from onnxprune.errors import UnsupportedError
 from onnxprune.core.graph import copy_fields
+from onnxprune.errors import UnsupportedError
 from onnxprune.training.bridge import math_ops, nn_ops, shape_ops  # noqa: F401 - they register the operators
 from onnxprune.training.bridge.registry import OPS, OpContext
 
