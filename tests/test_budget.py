@@ -13,7 +13,7 @@ import pytest
 import onnxprune
 from onnxprune.cli import main
 from onnxprune.core.graph import static_input_shapes
-from onnxprune.planning.budget import CostModel
+from onnxprune.measure.cost import CostModel
 from onnxprune.rewriting.rewrite import apply_keep
 
 ROOT = Path(__file__).resolve().parents[1]
