@@ -12,7 +12,7 @@ import onnx
 
 from onnxprune.core.channels import Labeled, UnionFind
 from onnxprune.core.graph import Graph
-from onnxprune.ops import handler_for
+from onnxprune.core.handlers import handler_for
 
 __all__ = ["Analysis", "Analyzer", "PruneGroup", "WeightRef", "analyze"]
 
@@ -161,7 +161,7 @@ def analyze(model: onnx.ModelProto | Graph, exclude: Sequence[str] = ()) -> Anal
                 domain = f"{node.domain}." if node.domain not in ("", "ai.onnx") else ""
                 ctx.block_inputs(i, f"consumed by unsupported op {domain}{node.op_type} ({graph.label(i)})")
             continue
-        handler(i, node, ctx)
+        handler.propagate(i, node, ctx)
     for name in graph.outputs:
         lab = ctx.labeled(name)
         if lab is not None:

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, NodeProto, TensorProto, helper, numpy_helper
 
+from onnxprune.core.handlers import handler_for
 from onnxprune.errors import ModelError
 
 __all__ = ["Graph", "Dim", "light_model", "node_label", "copy_fields", "static_input_shapes", "SMALL_CONSTANT"]
@@ -21,21 +22,15 @@ __all__ = ["Graph", "Dim", "light_model", "node_label", "copy_fields", "static_i
 Dim = int | str | None
 #: Size given to unknown non-batch input dims for test runs and MAC counts (``--input-shape`` overrides).
 DEFAULT_DIM = 64
-#: Ops whose output has their first input's rank (a fallback where shape inference gives up).
-RANK_PRESERVING = frozenset({
-    "GroupNormalization", "LayerNormalization", "InstanceNormalization", "BatchNormalization", "Relu",
-    "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Gelu", "Mish", "Softplus", "Identity", "Cast",
-    "Clip", "Elu", "Selu", "Celu", "Erf", "Dropout", "PRelu", "Softmax", "LogSoftmax", "Conv", "ConvTranspose",
-    "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Pad", "Resize", "Upsample", "Sqrt", "Exp",
-    "Neg", "Abs", "Reciprocal"})
-#: Ops whose output rank is the largest of their inputs' ranks.
-BROADCASTING = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where"})
 #: Constants up to this size stay cached after the first read.
 CACHE_LIMIT = 1 << 20
-#: Ops on constants whose result onnxprune treats as a constant (and folds when it must slice it).
-FOLDABLE = frozenset({"Identity", "Reshape", "Unsqueeze", "Squeeze", "Cast", "Transpose", "Flatten"})
 #: Constants with at most this many elements stay in the light model (shape tensors, scalars, axes).
 SMALL_CONSTANT = 64
+
+
+def _foldable(node: NodeProto) -> bool:
+    handler = handler_for(node)
+    return handler is not None and handler.foldable(node)
 
 
 def node_label(node: NodeProto, index: int) -> str:
@@ -79,7 +74,7 @@ class Graph:
                     g.producer[name] = i
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1:
                 g.constant_nodes[node.output[0]] = i
-            elif (node.op_type in FOLDABLE and node.domain in ("", "ai.onnx") and len(node.output) == 1
+            elif (len(node.output) == 1 and _foldable(node)
                   and all(g.is_const(n) for n in node.input if n)):
                 g.derived[node.output[0]] = i  # exporters share weights via Identity, Paddle reshapes biases
         g._check_references()
@@ -186,9 +181,6 @@ class Graph:
         except Exception:  # noqa: BLE001 - an op we cannot fold is simply not a constant to us
             return None
 
-    def const_uses(self, name: str) -> int:
-        return len(self.consumers.get(name, []))
-
     # -- shapes --------------------------------------------------------------------------------------------
     def shape(self, name: str) -> tuple[Dim, ...] | None:
         if name in self.shapes:
@@ -207,9 +199,11 @@ class Graph:
         if producer is None:
             return None
         node = self.nodes[producer]
-        if node.op_type in RANK_PRESERVING:  # inference gave up on a same-rank op
+        handler = handler_for(node)
+        rule = handler.output_rank(node) if handler is not None else None
+        if rule == "same":  # inference gave up on a same-rank op
             return self.rank(node.input[0])
-        if node.op_type in BROADCASTING:
+        if rule == "broadcast":
             ranks = [self.rank(n) for n in node.input if n]
             return None if any(r is None for r in ranks) else max(ranks)  # type: ignore[type-var]
         return None

@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 
 from onnxprune.analysis.dependency import Analysis
+from onnxprune.core.handlers import handler_for
 from onnxprune.measure.macs import count_macs, count_params
-from onnxprune.ops import attr
 
 __all__ = ["CostModel"]
 
@@ -22,16 +22,14 @@ class CostModel:
         graph = analysis.graph
         self.total_macs, per_node = count_macs(model, input_shapes)
         self.total_params = count_params(model)
-        self.nodes: list[tuple[int, str | None, str | None, bool]] = []  # macs, in, out, output-only
+        self.nodes: list[tuple[int, list[str]]] = []  # macs, the labeled tensors whose kept fraction scales them
         for i, node in enumerate(graph.nodes):
             macs = per_node.get(graph.label(i), 0)
             if not macs:
                 continue
-            x, y = node.input[0], node.output[0]
-            w = graph.const_shape(node.input[1]) if len(node.input) > 1 else None
-            depthwise = node.op_type == "Conv" and int(attr(node, "group", 1)) > 1 and w is not None and w[1] == 1
-            self.nodes.append((macs, x if x in analysis.labels else None, y if y in analysis.labels else None,
-                               depthwise))
+            handler = handler_for(node)
+            scaling = handler.mac_scaling(node, graph) if handler is not None else ()
+            self.nodes.append((macs, [name for name in scaling if name in analysis.labels]))
         by_const: dict[str, list[np.ndarray]] = {}
         for ref in analysis.weights:
             by_const.setdefault(ref.name, []).append(ref.atoms)
@@ -56,10 +54,10 @@ class CostModel:
         gone = self._gone(removed)
         labels = self.analysis.labels
 
-        def kept(name: str | None) -> float:
-            return 1.0 if name is None else float(np.mean(~gone[labels[name].atoms]))
+        def kept(name: str) -> float:
+            return float(np.mean(~gone[labels[name].atoms]))
 
-        macs = sum(m * (kept(y) if dw else kept(x) * kept(y)) for m, x, y, dw in self.nodes)
+        macs = sum(m * math.prod(kept(n) for n in names) for m, names in self.nodes)
         lost = 0.0
         for size, refs in self.consts:
             fraction = math.prod(float(np.mean(~gone[a])) for a in refs)

@@ -1,16 +1,15 @@
-"""Cost model: multiply-accumulates of the ops that dominate CNNs, and parameter counts."""
+"""Counting: multiply-accumulates of the ops that carry weights (from their handlers), and parameter counts."""
 from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from onnxprune.core.graph import light_model, node_label
+from onnxprune.core.handlers import Handler, handler_for
 
-__all__ = ["COUNTED_OPS", "concrete_shapes", "count_macs", "count_params"]
+__all__ = ["counted", "concrete_shapes", "count_macs", "count_params"]
 
-#: The ops whose MACs are counted (the rest are treated as free).
-COUNTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 
 
@@ -28,12 +27,20 @@ def count_params(model: onnx.ModelProto) -> int:
     return total
 
 
+def counted(node: onnx.NodeProto) -> bool:
+    """Whether the node's handler counts MACs for it (the ops that carry weights; the rest are free)."""
+    handler = handler_for(node)
+    return handler is not None and type(handler).macs is not Handler.macs
+
+
 def count_macs(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> tuple[int, dict[str, int]]:
-    """Total MACs of Conv, ConvTranspose, Gemm and MatMul for concrete inputs, and MACs per node label."""
+    """Total MACs of the counted ops (each handler's :meth:`~onnxprune.core.handlers.Handler.macs`) for concrete
+    inputs, and MACs per node label."""
     shapes = concrete_shapes(model, input_shapes)
     per_node: dict[str, int] = {}
     for i, node in enumerate(model.graph.node):
-        macs = _node_macs(node, shapes)
+        handler = handler_for(node)
+        macs = handler.macs(node, shapes) if handler is not None and node.output else 0
         if macs:
             per_node[node_label(node, i)] = macs
     return sum(per_node.values()), per_node
@@ -64,7 +71,7 @@ def concrete_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) 
     for node in model.graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             shapes[node.output[0]] = list(node.attribute[0].t.dims)
-    missing = [n for node in model.graph.node if node.op_type in COUNTED_OPS
+    missing = [n for node in model.graph.node if counted(node)
                for n in (node.input[0], node.output[0]) if n not in shapes]
     if missing:
         shapes.update(_measured_shapes(model, input_shapes, sorted(set(missing))))
@@ -87,27 +94,3 @@ def _measured_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]],
     except Exception:  # noqa: BLE001 - counting stays best effort
         return {}
     return {n: list(v.shape) for n, v in zip(wanted, values) if n in names}
-
-
-def _node_macs(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> int:
-    op = node.op_type
-    get = lambda k: shapes.get(node.input[k]) if len(node.input) > k else None  # noqa: E731
-    out = shapes.get(node.output[0]) if node.output else None
-    if op == "Conv":
-        w = get(1)
-        if w is None or out is None:
-            return 0
-        return int(np.prod(out)) * int(np.prod(w[1:]))
-    if op == "ConvTranspose":
-        w, x = get(1), get(0)
-        if w is None or x is None:
-            return 0
-        return int(np.prod(x)) * int(np.prod(w[1:]))
-    if op in ("Gemm", "MatMul"):
-        a, b = get(0), get(1)
-        if not a or out is None or b is None:
-            return 0
-        trans_a = next((helper.get_attribute_value(x) for x in node.attribute if x.name == "transA"), 0)
-        k = a[-2] if (op == "Gemm" and trans_a) else a[-1]
-        return int(np.prod(out)) * int(k)
-    return 0

@@ -1,90 +1,188 @@
 """Gemm and MatMul: consumers of channels along their reduction axis, creators of hidden features."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from onnx import NodeProto
 
-from onnxprune.ops import applies, attr, propagates
+from onnxprune.core.graph import Graph
+from onnxprune.core.handlers import (
+    AnalysisContext,
+    BenchSpec,
+    Handler,
+    LinearForm,
+    RewriteContext,
+    Shapes,
+    attr,
+    node_attrs,
+    register,
+)
 
 
-@propagates("Gemm")
-def gemm(i: int, node: NodeProto, ctx) -> None:
-    a_name, b_name = node.input[0], node.input[1]
-    c_name = node.input[2] if len(node.input) > 2 else ""
-    la = ctx.labeled(a_name)
-    label = f"Gemm {ctx.node_label(i)}"
-    b = ctx.graph.const_shape(b_name)
-    if b is None or len(b) != 2 or (c_name and not ctx.graph.is_const(c_name)) or ctx.labeled(b_name):
-        ctx.block_inputs(i, f"{label} has non-constant weights")
-        return
-    trans_a, trans_b = int(attr(node, "transA", 0)), int(attr(node, "transB", 0))
-    k_axis, n_axis = (1, 0) if trans_b else (0, 1)
-    if la is not None:
-        if la.axis != (0 if trans_a else 1):
-            ctx.block(la.atoms, f"{label} reads channels on its row axis")
-        else:
-            ctx.weight(b_name, la.atoms, "in", i, axis=k_axis)
-    out = ctx.source(i, node.output[0], 1, int(b[n_axis]))
-    ctx.weight(b_name, out, "out", i, axis=n_axis)
-    if c_name:
-        c_shape = ctx.graph.shape(c_name)
-        if c_shape and c_shape[-1] == len(out) and len(out) > 1:
-            ctx.weight(c_name, out, "bias", i, axis=len(c_shape) - 1)
+@register
+class Gemm(Handler):
+    op_types = ("Gemm",)
 
-
-@applies("Gemm")
-def gemm_apply(i: int, node: NodeProto, rw) -> None:
-    kin, kout = rw.keep(node.input[0]), rw.keep(node.output[0])
-    if kin is None and kout is None:
-        return
-    trans_b = int(attr(node, "transB", 0))
-    k_axis, n_axis = (1, 0) if trans_b else (0, 1)
-    b = rw.const(node.input[1])
-    if kin is not None:
-        b = np.take(b, kin, axis=k_axis)
-    if kout is not None:
-        b = np.take(b, kout, axis=n_axis)
-    rw.set_input(i, 1, b)
-    if kout is not None and len(node.input) > 2 and node.input[2]:
-        c = rw.const(node.input[2])
-        if c.ndim and c.shape[-1] > 1:
-            rw.set_input(i, 2, np.take(c, kout, axis=c.ndim - 1))
-
-
-@propagates("MatMul")
-def matmul(i: int, node: NodeProto, ctx) -> None:
-    a_name, b_name = node.input
-    la, lb = ctx.labeled(a_name), ctx.labeled(b_name)
-    label = f"MatMul {ctx.node_label(i)}"
-    b = ctx.graph.const_shape(b_name)
-    a_rank = ctx.graph.rank(a_name)
-    if b is None or len(b) != 2 or lb is not None or a_rank is None:
-        ctx.block_inputs(i, f"{label} multiplies two computed tensors")
-        return
-    if la is not None:
-        if la.axis == a_rank - 1:
-            ctx.weight(b_name, la.atoms, "in", i, axis=0)
-        elif a_rank > 2 and la.axis < a_rank - 2:
-            ctx.set(node.output[0], la.axis, la.atoms)  # channels on a batch axis pass through
+    def propagate(self, i: int, node: NodeProto, ctx: AnalysisContext) -> None:
+        a_name, b_name = node.input[0], node.input[1]
+        c_name = node.input[2] if len(node.input) > 2 else ""
+        la = ctx.labeled(a_name)
+        label = f"Gemm {ctx.node_label(i)}"
+        b = ctx.graph.const_shape(b_name)
+        if b is None or len(b) != 2 or (c_name and not ctx.graph.is_const(c_name)) or ctx.labeled(b_name):
+            ctx.block_inputs(i, f"{label} has non-constant weights")
             return
-        else:
-            ctx.block(la.atoms, f"{label} reads channels on its row axis")
-    out = ctx.source(i, node.output[0], max(a_rank, 2) - 1, int(b[1]))
-    ctx.weight(b_name, out, "out", i, axis=1)
+        trans_a, trans_b = int(attr(node, "transA", 0)), int(attr(node, "transB", 0))
+        k_axis, n_axis = (1, 0) if trans_b else (0, 1)
+        if la is not None:
+            if la.axis != (0 if trans_a else 1):
+                ctx.block(la.atoms, f"{label} reads channels on its row axis")
+            else:
+                ctx.weight(b_name, la.atoms, "in", i, axis=k_axis)
+        out = ctx.source(i, node.output[0], 1, int(b[n_axis]))
+        ctx.weight(b_name, out, "out", i, axis=n_axis)
+        if c_name:
+            c_shape = ctx.graph.shape(c_name)
+            if c_shape and c_shape[-1] == len(out) and len(out) > 1:
+                ctx.weight(c_name, out, "bias", i, axis=len(c_shape) - 1)
+
+    def apply(self, i: int, node: NodeProto, rw: RewriteContext) -> None:
+        kin, kout = rw.keep(node.input[0]), rw.keep(node.output[0])
+        if kin is None and kout is None:
+            return
+        trans_b = int(attr(node, "transB", 0))
+        k_axis, n_axis = (1, 0) if trans_b else (0, 1)
+        b = rw.const(node.input[1])
+        if kin is not None:
+            b = np.take(b, kin, axis=k_axis)
+        if kout is not None:
+            b = np.take(b, kout, axis=n_axis)
+        rw.set_input(i, 1, b)
+        if kout is not None and len(node.input) > 2 and node.input[2]:
+            c = rw.const(node.input[2])
+            if c.ndim and c.shape[-1] > 1:
+                rw.set_input(i, 2, np.take(c, kout, axis=c.ndim - 1))
 
 
-@applies("MatMul")
-def matmul_apply(i: int, node: NodeProto, rw) -> None:
-    kin, kout = rw.keep(node.input[0]), rw.keep(node.output[0])
-    la = rw.labeled(node.input[0])
-    b_name = node.input[1]
-    if la is not None and la.axis < (rw.graph.rank(node.input[0]) or 0) - 2:
-        return  # batch-axis channels: the weight is untouched
-    if kin is None and kout is None:
-        return
-    b = rw.const(b_name)
-    if kin is not None:
-        b = b[kin]
-    if kout is not None:
-        b = b[:, kout]
-    rw.set_input(i, 1, b)
+
+    def macs(self, node: NodeProto, shapes: Shapes) -> int:
+        return _matmul_macs(shapes.get(node.input[0]), shapes.get(node.input[1]), shapes.get(node.output[0]),
+                            bool(attr(node, "transA", 0)))
+
+    def linear(self, node: NodeProto, graph: Graph) -> LinearForm | None:
+        return GemmForm(node)
+
+    def bench(self, node: NodeProto, graph: Graph, x: list[int], y: list[int], x_full: Sequence[int]
+              ) -> BenchSpec | None:
+        k_dim = x[0] if attr(node, "transA", 0) else x[1]
+        w = [y[1], k_dim] if attr(node, "transB", 0) else [k_dim, y[1]]
+        return BenchSpec(w, node_attrs(node), bias_port=2)
+
+
+@register
+class MatMul(Handler):
+    op_types = ("MatMul",)
+
+    def propagate(self, i: int, node: NodeProto, ctx: AnalysisContext) -> None:
+        a_name, b_name = node.input
+        la, lb = ctx.labeled(a_name), ctx.labeled(b_name)
+        label = f"MatMul {ctx.node_label(i)}"
+        b = ctx.graph.const_shape(b_name)
+        a_rank = ctx.graph.rank(a_name)
+        if b is None or len(b) != 2 or lb is not None or a_rank is None:
+            ctx.block_inputs(i, f"{label} multiplies two computed tensors")
+            return
+        if la is not None:
+            if la.axis == a_rank - 1:
+                ctx.weight(b_name, la.atoms, "in", i, axis=0)
+            elif a_rank > 2 and la.axis < a_rank - 2:
+                ctx.set(node.output[0], la.axis, la.atoms)  # channels on a batch axis pass through
+                return
+            else:
+                ctx.block(la.atoms, f"{label} reads channels on its row axis")
+        out = ctx.source(i, node.output[0], max(a_rank, 2) - 1, int(b[1]))
+        ctx.weight(b_name, out, "out", i, axis=1)
+
+    def apply(self, i: int, node: NodeProto, rw: RewriteContext) -> None:
+        kin, kout = rw.keep(node.input[0]), rw.keep(node.output[0])
+        la = rw.labeled(node.input[0])
+        b_name = node.input[1]
+        if la is not None and la.axis < (rw.graph.rank(node.input[0]) or 0) - 2:
+            return  # batch-axis channels: the weight is untouched
+        if kin is None and kout is None:
+            return
+        b = rw.const(b_name)
+        if kin is not None:
+            b = b[kin]
+        if kout is not None:
+            b = b[:, kout]
+        rw.set_input(i, 1, b)
+
+    def macs(self, node: NodeProto, shapes: Shapes) -> int:
+        return _matmul_macs(shapes.get(node.input[0]), shapes.get(node.input[1]), shapes.get(node.output[0]), False)
+
+    def linear(self, node: NodeProto, graph: Graph) -> LinearForm | None:
+        return MatMulForm(graph.rank(node.input[0]) == 2)
+
+    def bench(self, node: NodeProto, graph: Graph, x: list[int], y: list[int], x_full: Sequence[int]
+              ) -> BenchSpec | None:
+        w = graph.const_shape(node.input[1])
+        if w is None or len(w) != 2:
+            return None  # only MatMul with a 2-D constant weight is measured
+        return BenchSpec([x[-1], y[-1]], node_attrs(node))
+
+
+def _matmul_macs(a: Sequence[int] | None, b: Sequence[int] | None, out: Sequence[int] | None, trans_a: bool) -> int:
+    if not a or out is None or b is None:
+        return 0
+    k = a[-2] if trans_a else a[-1]
+    return int(np.prod(out)) * int(k)
+
+
+def _flat_rows(x: np.ndarray, sample: np.ndarray) -> np.ndarray:
+    return x.reshape(x.shape[0], -1)[sample]
+
+
+class GemmForm(LinearForm):
+    """Gemm (without transA) as y = alpha * x B + beta * C."""
+
+    def __init__(self, node: NodeProto) -> None:
+        self.alpha = float(attr(node, "alpha", 1.0))
+        self.beta = float(attr(node, "beta", 1.0))
+        self.trans_b = bool(attr(node, "transB", 0))
+        self.has_bias = len(node.input) > 2 and bool(node.input[2])
+        self.refit = not int(attr(node, "transA", 0))
+
+    def bias_shift(self, weight: np.ndarray, mean: np.ndarray, removed: np.ndarray) -> np.ndarray | None:
+        b = weight.T if self.trans_b else weight  # [K, N]
+        delta = mean[removed] @ b[removed]
+        return delta * self.alpha / self.beta  # Gemm scales C by beta
+
+    def rows(self, x: np.ndarray, sample: np.ndarray, where: tuple[np.ndarray, ...]) -> np.ndarray:
+        return _flat_rows(x, sample)
+
+    def store(self, weights: np.ndarray, bias: np.ndarray | None, inputs: int
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+        weights = weights / self.alpha
+        if not self.trans_b:
+            weights = weights.T
+        if bias is not None:
+            bias = bias / (self.beta if self.has_bias else 1.0)
+        return weights, bias
+
+
+class MatMulForm(LinearForm):
+    """MatMul by a constant [K, N] weight: no bias to absorb offsets; refitted on 2-D inputs."""
+
+    bias_port = None
+
+    def __init__(self, refit: bool) -> None:
+        self.refit = refit
+
+    def rows(self, x: np.ndarray, sample: np.ndarray, where: tuple[np.ndarray, ...]) -> np.ndarray:
+        return _flat_rows(x, sample)
+
+    def store(self, weights: np.ndarray, bias: np.ndarray | None, inputs: int
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+        return weights.T, None  # B is [inputs, outputs]

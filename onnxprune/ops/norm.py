@@ -5,7 +5,7 @@ import numpy as np
 from onnx import NodeProto
 from onnx import helper as h
 
-from onnxprune.ops import applies, attr, propagates
+from onnxprune.core.handlers import AnalysisContext, BenchLink, Handler, RankRule, RewriteContext, attr, register
 
 _PARAM_ROLES = {
     "BatchNormalization": ("norm", "bias", "bias", "bias"),  # scale, B, mean, var
@@ -13,72 +13,94 @@ _PARAM_ROLES = {
 }
 
 
-@propagates("BatchNormalization", "InstanceNormalization")
-def per_channel_norm(i: int, node: NodeProto, ctx) -> None:
-    lx = ctx.labeled(node.input[0])
-    if lx is None:
-        return
-    label = f"{node.op_type} {ctx.node_label(i)}"
-    if lx.axis != 1:
-        ctx.block(lx.atoms, f"{label} normalises axis 1, channels are on axis {lx.axis}")
-        return
-    used_extra = [o for o in node.output[1:] if o]
-    if used_extra:
-        ctx.block(lx.atoms, f"{label} is in training mode")
-        return
-    params = node.input[1:]
-    if not all(ctx.graph.is_const(p) for p in params if p):
-        ctx.block(lx.atoms, f"{label} has non-constant parameters")
-        return
-    for p, role in zip(params, _PARAM_ROLES[node.op_type]):
-        if p:
-            ctx.weight(p, lx.atoms, role, i)
-    ctx.set(node.output[0], 1, lx.atoms)
+@register
+class PerChannelNorm(Handler):
+    op_types = ("BatchNormalization", "InstanceNormalization")
 
-
-@applies("BatchNormalization", "InstanceNormalization")
-def per_channel_norm_apply(i: int, node: NodeProto, rw) -> None:
-    keep = rw.keep(node.input[0])
-    if keep is None:
-        return
-    for port in range(1, len(node.input)):
-        if node.input[port]:
-            rw.set_input(i, port, rw.const(node.input[port])[keep])
-
-
-@propagates("LayerNormalization", "MeanVarianceNormalization", "LpNormalization", "LRN")
-def axis_norm(i: int, node: NodeProto, ctx) -> None:
-    """Passes channels when they lie outside the normalised axes; blocks them when the statistics mix them."""
-    lx = ctx.labeled(node.input[0])
-    if lx is None:
-        return
-    rank = ctx.graph.rank(node.input[0])
-    label = f"{node.op_type} {ctx.node_label(i)}"
-    if rank is None:
-        ctx.block(lx.atoms, f"{label}: input rank unknown")
-        return
-    if node.op_type == "LayerNormalization":
-        start = int(attr(node, "axis", -1)) % rank
-        if start == lx.axis == rank - 1 and _plain_layer_norm(node, ctx):
-            # Normalises over the channel axis alone: pruning stays exact when the pruned model keeps
-            # dividing by the original channel count (see layer_norm_apply).
-            for p, role in zip(node.input[1:], ("norm", "bias")):
-                if p:
-                    ctx.weight(p, lx.atoms, role, i)
-            ctx.set(node.output[0], lx.axis, lx.atoms)
+    def propagate(self, i: int, node: NodeProto, ctx: AnalysisContext) -> None:
+        lx = ctx.labeled(node.input[0])
+        if lx is None:
             return
-        mixed = lx.axis >= start
-    elif node.op_type == "MeanVarianceNormalization":
-        axes = [a % rank for a in attr(node, "axes", [0, 2, 3])]
-        mixed = lx.axis in axes
-    elif node.op_type == "LpNormalization":
-        mixed = int(attr(node, "axis", -1)) % rank == lx.axis
-    else:  # LRN mixes neighbouring channels
-        mixed = True
-    if mixed:
-        ctx.block(lx.atoms, f"{label} mixes the channels it normalises")
-        return
-    ctx.set(node.output[0], lx.axis, lx.atoms)
+        label = f"{node.op_type} {ctx.node_label(i)}"
+        if lx.axis != 1:
+            ctx.block(lx.atoms, f"{label} normalises axis 1, channels are on axis {lx.axis}")
+            return
+        used_extra = [o for o in node.output[1:] if o]
+        if used_extra:
+            ctx.block(lx.atoms, f"{label} is in training mode")
+            return
+        params = node.input[1:]
+        if not all(ctx.graph.is_const(p) for p in params if p):
+            ctx.block(lx.atoms, f"{label} has non-constant parameters")
+            return
+        for p, role in zip(params, _PARAM_ROLES[node.op_type]):
+            if p:
+                ctx.weight(p, lx.atoms, role, i)
+        ctx.set(node.output[0], 1, lx.atoms)
+
+    def apply(self, i: int, node: NodeProto, rw: RewriteContext) -> None:
+        keep = rw.keep(node.input[0])
+        if keep is None:
+            return
+        for port in range(1, len(node.input)):
+            if node.input[port]:
+                rw.set_input(i, port, rw.const(node.input[port])[keep])
+
+
+
+    def output_rank(self, node: NodeProto) -> RankRule | None:
+        return "same"
+
+    def running_statistics(self, node: NodeProto) -> tuple[int, int] | None:
+        return (3, 4) if node.op_type == "BatchNormalization" and len(node.input) == 5 else None
+
+    def bench_link(self, node: NodeProto) -> BenchLink | None:
+        return "pass"
+
+
+@register
+class AxisNorm(Handler):
+    op_types = ("LayerNormalization", "MeanVarianceNormalization", "LpNormalization", "LRN")
+
+    def propagate(self, i: int, node: NodeProto, ctx: AnalysisContext) -> None:
+        """Passes channels when they lie outside the normalised axes; blocks them when the statistics mix them."""
+        lx = ctx.labeled(node.input[0])
+        if lx is None:
+            return
+        rank = ctx.graph.rank(node.input[0])
+        label = f"{node.op_type} {ctx.node_label(i)}"
+        if rank is None:
+            ctx.block(lx.atoms, f"{label}: input rank unknown")
+            return
+        if node.op_type == "LayerNormalization":
+            start = int(attr(node, "axis", -1)) % rank
+            if start == lx.axis == rank - 1 and _plain_layer_norm(node, ctx):
+                # Normalises over the channel axis alone: pruning stays exact when the pruned model keeps
+                # dividing by the original channel count (see layer_norm_apply).
+                for p, role in zip(node.input[1:], ("norm", "bias")):
+                    if p:
+                        ctx.weight(p, lx.atoms, role, i)
+                ctx.set(node.output[0], lx.axis, lx.atoms)
+                return
+            mixed = lx.axis >= start
+        elif node.op_type == "MeanVarianceNormalization":
+            axes = [a % rank for a in attr(node, "axes", [0, 2, 3])]
+            mixed = lx.axis in axes
+        elif node.op_type == "LpNormalization":
+            mixed = int(attr(node, "axis", -1)) % rank == lx.axis
+        else:  # LRN mixes neighbouring channels
+            mixed = True
+        if mixed:
+            ctx.block(lx.atoms, f"{label} mixes the channels it normalises")
+            return
+        ctx.set(node.output[0], lx.axis, lx.atoms)
+
+    def apply(self, i: int, node: NodeProto, rw: RewriteContext) -> None:
+        if node.op_type == "LayerNormalization":
+            _layer_norm_apply(i, node, rw)
+
+    def output_rank(self, node: NodeProto) -> RankRule | None:
+        return "same"
 
 
 def _plain_layer_norm(node: NodeProto, ctx) -> bool:
@@ -86,8 +108,7 @@ def _plain_layer_norm(node: NodeProto, ctx) -> bool:
     return not extra_outputs and all(ctx.graph.is_const(p) for p in node.input[1:] if p)
 
 
-@applies("LayerNormalization")
-def layer_norm_apply(i: int, node: NodeProto, rw) -> None:
+def _layer_norm_apply(i: int, node: NodeProto, rw: RewriteContext) -> None:
     """LayerNorm over K kept of C channels, written out so the statistics still divide by C.
 
     With the removed channels at zero (the masked original), mean = sum(x_K) / C and
@@ -132,69 +153,75 @@ def layer_norm_apply(i: int, node: NodeProto, rw) -> None:
     rw.replace_node(i, nodes, c)
 
 
-@propagates("GroupNormalization")
-def group_norm(i: int, node: NodeProto, ctx) -> None:
-    """Every group must keep the same number of channels; the statistics are rewritten to stay exact."""
-    lx = ctx.labeled(node.input[0])
-    if lx is None:
-        return
-    label = f"GroupNormalization {ctx.node_label(i)}"
-    groups = int(attr(node, "num_groups", 0))
-    if lx.axis != 1 or groups < 1 or lx.size % groups or any(o for o in node.output[1:]) \
-            or not all(ctx.graph.is_const(p) for p in node.input[1:] if p):
-        ctx.block(lx.atoms, f"{label} cannot be followed (channels, groups or parameters)")
-        return
-    ctx.constrain(lx.atoms.reshape(groups, lx.size // groups))
-    for p, role in zip(node.input[1:], ("norm", "bias")):
-        shape = ctx.graph.const_shape(p) if p else None
-        if shape is not None and shape and shape[0] == lx.size:  # opset 21: per channel
-            ctx.weight(p, lx.atoms, role, i)
-    ctx.set(node.output[0], 1, lx.atoms)
+@register
+class GroupNorm(Handler):
+    op_types = ("GroupNormalization",)
+
+    def propagate(self, i: int, node: NodeProto, ctx: AnalysisContext) -> None:
+        """Every group must keep the same number of channels; the statistics are rewritten to stay exact."""
+        lx = ctx.labeled(node.input[0])
+        if lx is None:
+            return
+        label = f"GroupNormalization {ctx.node_label(i)}"
+        groups = int(attr(node, "num_groups", 0))
+        if lx.axis != 1 or groups < 1 or lx.size % groups or any(o for o in node.output[1:]) \
+                or not all(ctx.graph.is_const(p) for p in node.input[1:] if p):
+            ctx.block(lx.atoms, f"{label} cannot be followed (channels, groups or parameters)")
+            return
+        ctx.constrain(lx.atoms.reshape(groups, lx.size // groups))
+        for p, role in zip(node.input[1:], ("norm", "bias")):
+            shape = ctx.graph.const_shape(p) if p else None
+            if shape is not None and shape and shape[0] == lx.size:  # opset 21: per channel
+                ctx.weight(p, lx.atoms, role, i)
+        ctx.set(node.output[0], 1, lx.atoms)
+
+    def apply(self, i: int, node: NodeProto, rw: RewriteContext) -> None:
+        """GroupNorm over k kept of c channels per group, written out with the original group statistics:
+        mean = mean_k(x) * k / c and var = mean_k((x - mean)^2) * k / c + mean^2 * (c - k) / c."""
+        x, y = node.input[0], node.output[0]
+        keep = rw.keep(x)
+        if keep is None:
+            return
+        size = rw.labeled(x).size
+        groups = int(attr(node, "num_groups"))
+        per_group, kept = size // groups, len(keep) // groups
+        scale, bias = rw.const(node.input[1]), rw.const(node.input[2])
+        if scale.shape[0] == groups:  # opset 18: one scale per group, spread over its channels
+            scale, bias = np.repeat(scale, per_group), np.repeat(bias, per_group)
+        dtype = scale.dtype
+        base = (node.name or f"GroupNormalization_{i}").replace("/", "_")
+        n = lambda tag: rw.fresh(f"{base}_{tag}")  # noqa: E731
+        shape_c = [1, len(keep)] + [1] * ((rw.graph.rank(x) or 4) - 2)
+        consts = {n("grouped"): np.array([0, groups, -1], dtype=np.int64), n("axes"): np.array([2], dtype=np.int64),
+                  n("frac"): np.array(kept / per_group, dtype=dtype),
+                  n("rest"): np.array((per_group - kept) / per_group, dtype=dtype),
+                  n("eps"): np.array(float(attr(node, "epsilon", 1e-5)), dtype=dtype),
+                  n("scale"): scale[keep].reshape(shape_c), n("bias"): bias[keep].reshape(shape_c)}
+        grouped, axes, frac, rest, eps, sc, bi = consts
+        t = {tag: n(tag) for tag in ("xr", "mk", "mean", "d", "d2", "vk", "v1", "m2", "v2", "var", "vpe", "std",
+                                      "norm", "shape", "back", "scaled")}
+        nodes = [
+            h.make_node("Reshape", [x, grouped], [t["xr"]]),
+            h.make_node("ReduceMean", [t["xr"], axes], [t["mk"]], keepdims=1),
+            h.make_node("Mul", [t["mk"], frac], [t["mean"]]),
+            h.make_node("Sub", [t["xr"], t["mean"]], [t["d"]]),
+            h.make_node("Mul", [t["d"], t["d"]], [t["d2"]]),
+            h.make_node("ReduceMean", [t["d2"], axes], [t["vk"]], keepdims=1),
+            h.make_node("Mul", [t["vk"], frac], [t["v1"]]),
+            h.make_node("Mul", [t["mean"], t["mean"]], [t["m2"]]),
+            h.make_node("Mul", [t["m2"], rest], [t["v2"]]),
+            h.make_node("Add", [t["v1"], t["v2"]], [t["var"]]),
+            h.make_node("Add", [t["var"], eps], [t["vpe"]]),
+            h.make_node("Sqrt", [t["vpe"]], [t["std"]]),
+            h.make_node("Div", [t["d"], t["std"]], [t["norm"]]),
+            h.make_node("Shape", [x], [t["shape"]]),
+            h.make_node("Reshape", [t["norm"], t["shape"]], [t["back"]]),
+            h.make_node("Mul", [t["back"], sc], [t["scaled"]]),
+            h.make_node("Add", [t["scaled"], bi], [y]),
+        ]
+        rw.replace_node(i, nodes, consts)
+
+    def output_rank(self, node: NodeProto) -> RankRule | None:
+        return "same"
 
 
-@applies("GroupNormalization")
-def group_norm_apply(i: int, node: NodeProto, rw) -> None:
-    """GroupNorm over k kept of c channels per group, written out with the original group statistics:
-    mean = mean_k(x) * k / c and var = mean_k((x - mean)^2) * k / c + mean^2 * (c - k) / c."""
-    x, y = node.input[0], node.output[0]
-    keep = rw.keep(x)
-    if keep is None:
-        return
-    size = rw.labeled(x).size
-    groups = int(attr(node, "num_groups"))
-    per_group, kept = size // groups, len(keep) // groups
-    scale, bias = rw.const(node.input[1]), rw.const(node.input[2])
-    if scale.shape[0] == groups:  # opset 18: one scale per group, spread over its channels
-        scale, bias = np.repeat(scale, per_group), np.repeat(bias, per_group)
-    dtype = scale.dtype
-    base = (node.name or f"GroupNormalization_{i}").replace("/", "_")
-    n = lambda tag: rw.fresh(f"{base}_{tag}")  # noqa: E731
-    shape_c = [1, len(keep)] + [1] * ((rw.graph.rank(x) or 4) - 2)
-    consts = {n("grouped"): np.array([0, groups, -1], dtype=np.int64), n("axes"): np.array([2], dtype=np.int64),
-              n("frac"): np.array(kept / per_group, dtype=dtype),
-              n("rest"): np.array((per_group - kept) / per_group, dtype=dtype),
-              n("eps"): np.array(float(attr(node, "epsilon", 1e-5)), dtype=dtype),
-              n("scale"): scale[keep].reshape(shape_c), n("bias"): bias[keep].reshape(shape_c)}
-    grouped, axes, frac, rest, eps, sc, bi = consts
-    t = {tag: n(tag) for tag in ("xr", "mk", "mean", "d", "d2", "vk", "v1", "m2", "v2", "var", "vpe", "std",
-                                  "norm", "shape", "back", "scaled")}
-    nodes = [
-        h.make_node("Reshape", [x, grouped], [t["xr"]]),
-        h.make_node("ReduceMean", [t["xr"], axes], [t["mk"]], keepdims=1),
-        h.make_node("Mul", [t["mk"], frac], [t["mean"]]),
-        h.make_node("Sub", [t["xr"], t["mean"]], [t["d"]]),
-        h.make_node("Mul", [t["d"], t["d"]], [t["d2"]]),
-        h.make_node("ReduceMean", [t["d2"], axes], [t["vk"]], keepdims=1),
-        h.make_node("Mul", [t["vk"], frac], [t["v1"]]),
-        h.make_node("Mul", [t["mean"], t["mean"]], [t["m2"]]),
-        h.make_node("Mul", [t["m2"], rest], [t["v2"]]),
-        h.make_node("Add", [t["v1"], t["v2"]], [t["var"]]),
-        h.make_node("Add", [t["var"], eps], [t["vpe"]]),
-        h.make_node("Sqrt", [t["vpe"]], [t["std"]]),
-        h.make_node("Div", [t["d"], t["std"]], [t["norm"]]),
-        h.make_node("Shape", [x], [t["shape"]]),
-        h.make_node("Reshape", [t["norm"], t["shape"]], [t["back"]]),
-        h.make_node("Mul", [t["back"], sc], [t["scaled"]]),
-        h.make_node("Add", [t["scaled"], bi], [y]),
-    ]
-    rw.replace_node(i, nodes, consts)

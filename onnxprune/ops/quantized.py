@@ -3,12 +3,15 @@ from __future__ import annotations
 
 from onnx import NodeProto
 
-from onnxprune.ops import propagates
+from onnxprune.core.handlers import AnalysisContext, Handler, register
 from onnxprune.ops.conv import fixed_output
 
 
-@propagates("ConvInteger", "QLinearConv", "MatMulInteger", "QLinearMatMul")
-def quantized(i: int, node: NodeProto, ctx) -> None:
-    reason = f"quantized op {node.op_type} ({ctx.node_label(i)}): prune the float model before quantizing"
-    ctx.block_inputs(i, reason)
-    fixed_output(i, node, ctx, reason)
+@register
+class Quantized(Handler):
+    op_types = ("ConvInteger", "QLinearConv", "MatMulInteger", "QLinearMatMul")
+
+    def propagate(self, i: int, node: NodeProto, ctx: AnalysisContext) -> None:
+        reason = f"quantized op {node.op_type} ({ctx.node_label(i)}): prune the float model before quantizing"
+        ctx.block_inputs(i, reason)
+        fixed_output(i, node, ctx, reason)

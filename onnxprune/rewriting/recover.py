@@ -10,6 +10,7 @@ Both edit a pruned model the pipeline owns; the graph (nodes, names, shapes) doe
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,19 +18,41 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxprune.analysis.dependency import Analysis
+from onnxprune.core.graph import Graph
+from onnxprune.core.handlers import LinearForm, handler_for
 from onnxprune.core.progress import Progress
 from onnxprune.measure.calibrate import ChannelStats, static_batch
 from onnxprune.measure.data import Dataset
 from onnxprune.measure.runtime import Session, expose
-from onnxprune.ops import attr
 
-__all__ = ["RECOVERY_MODES", "recover"]
+__all__ = ["RECOVERY_MODES", "RecoveryMethod", "recover", "register_recovery"]
 
-RECOVERY_MODES = ("none", "bias", "lstsq")
 _RIDGE = 1e-3
 _MAX_ROWS = 20_000
 _OVERSAMPLE = 4  # samples drawn per needed sample, so that rows spread over many inputs
 _MAX_SYSTEM_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class RecoveryMethod:
+    """A registered recovery method: an optional refit of the consumers of cut channels (which returns the node
+    indices it refitted), then bias compensation of the others when ``compensate``."""
+
+    name: str
+    summary: str
+    refit: Callable[..., set[int]] | None = None
+    compensate: bool = True
+
+
+_METHODS: dict[str, RecoveryMethod] = {}
+
+
+def register_recovery(method: RecoveryMethod) -> RecoveryMethod:
+    """Add a recovery method (``--recover NAME``); a name can be registered once."""
+    if method.name in _METHODS:
+        raise ValueError(f"recovery method '{method.name}' is registered twice")
+    _METHODS[method.name] = method
+    return method
 
 
 @dataclass
@@ -38,19 +61,24 @@ class _Consumer:
     node: onnx.NodeProto
     keep_in: np.ndarray
     keep_out: np.ndarray | None
+    form: LinearForm
 
 
 def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analysis, keep: dict[str, np.ndarray],
             mode: str, stats: dict[str, ChannelStats] | None, data: Dataset | None = None,
             batch_size: int = 32, limit: int | None = None, seed: int = 0) -> onnx.ModelProto:
-    """Apply ``mode`` to ``pruned`` in place and return it."""
-    if mode == "none" or not keep:
+    """Apply the recovery method ``mode`` to ``pruned`` in place and return it."""
+    method = _METHODS[mode]
+    if not keep or (method.refit is None and not method.compensate):
         return pruned
     consumers = _consumers(analysis, keep)
     edits = _PrunedEdits(pruned)
     refit: set[int] = set()
-    if mode == "lstsq" and data is not None:
-        refit = _least_squares(original, pruned, analysis, consumers, edits, data, batch_size, limit, seed)
+    if method.refit is not None and data is not None:
+        refit = method.refit(original, pruned, analysis, consumers, edits, data, batch_size, limit, seed)
+    if not method.compensate:
+        edits.finish()
+        return pruned
     for c in consumers:
         if c.index not in refit and stats is not None and c.node.input[0] in stats:
             _compensate_bias(c, analysis, stats[c.node.input[0]].mean, edits)
@@ -67,20 +95,25 @@ def _recalibrate_norms(pruned: onnx.ModelProto, changed: set[str], data: Dataset
     channels and that was not refitted: bias compensation fixes the mean, this fixes the spread too."""
     from onnxprune.measure.calibrate import collect
 
-    norms = [n for n in pruned.graph.node if n.op_type == "BatchNormalization" and n.input[0] in changed
-             and len(n.input) == 5]
+    norms = [(n, ports) for n in pruned.graph.node if n.input and n.input[0] in changed
+             and (ports := _running_statistics(n)) is not None]
     if not norms:
         return
-    names = [n.input[0] for n in norms]
+    names = [n.input[0] for n, _ in norms]
     stats = collect(pruned, names, {n: 1 for n in names}, data, batch_size, limit, label="re-estimating norms")
     edits = _PrunedEdits(pruned)
-    for node in norms:
+    for node, (mean_port, var_port) in norms:
         st = stats[node.input[0]]
-        mean_t = edits.inits.get(node.input[3])
+        mean_t = edits.inits.get(node.input[mean_port])
         dtype = mean_t.data_type if mean_t is not None else onnx.TensorProto.FLOAT
-        edits.set_input(node, 3, st.mean, dtype)
-        edits.set_input(node, 4, st.variance, dtype)
+        edits.set_input(node, mean_port, st.mean, dtype)
+        edits.set_input(node, var_port, st.variance, dtype)
     edits.finish()
+
+
+def _running_statistics(node: onnx.NodeProto) -> tuple[int, int] | None:
+    handler = handler_for(node)
+    return handler.running_statistics(node) if handler is not None else None
 
 
 def _consumers(analysis: Analysis, keep: dict[str, np.ndarray]) -> list[_Consumer]:
@@ -88,12 +121,14 @@ def _consumers(analysis: Analysis, keep: dict[str, np.ndarray]) -> list[_Consume
     seen = set()
     for ref in analysis.weights:
         node = analysis.graph.nodes[ref.node]
-        if ref.role != "in" or ref.node in seen or node.op_type not in ("Conv", "Gemm", "MatMul"):
+        if ref.role != "in" or ref.node in seen:
             continue
         seen.add(ref.node)
+        handler = handler_for(node)
+        form = handler.linear(node, analysis.graph) if handler is not None else None
         x = node.input[0]
-        if x in keep:
-            out.append(_Consumer(ref.node, node, keep[x], keep.get(node.output[0])))
+        if form is not None and x in keep:
+            out.append(_Consumer(ref.node, node, keep[x], keep.get(node.output[0]), form))
     return sorted(out, key=lambda c: c.index)
 
 
@@ -147,34 +182,21 @@ class _PrunedEdits:
 
 def _compensate_bias(c: _Consumer, analysis: Analysis, mean: np.ndarray, edits: _PrunedEdits) -> None:
     graph = analysis.graph
-    node, target = c.node, edits.node(c.node)
-    if node.op_type == "MatMul":
+    node, target, port = c.node, edits.node(c.node), c.form.bias_port
+    if port is None:
         return  # no bias input to fold into
     removed = np.setdiff1d(np.arange(mean.shape[0]), c.keep_in)
     if not len(removed):
         return
-    w = graph.const(node.input[1]).astype(np.float64)
-    if node.op_type == "Conv":
-        groups = int(attr(node, "group", 1))
-        if groups > 1 and w.shape[1] == 1:
-            return  # depthwise: a removed input removes its outputs too
-        gone = np.zeros(mean.shape[0])
-        gone[removed] = mean[removed]
-        wsum = w.reshape(w.shape[0], w.shape[1], -1).sum(axis=2)  # [M, C/g]
-        m = w.shape[0]
-        delta = (wsum.reshape(groups, m // groups, -1) * gone.reshape(groups, 1, -1)).sum(axis=2).ravel()
-    else:  # Gemm
-        b = w.T if int(attr(node, "transB", 0)) else w  # [K, N]
-        delta = mean[removed] @ b[removed]
-        delta = delta * float(attr(node, "alpha", 1.0))
+    delta = c.form.bias_shift(graph.const(node.input[1]).astype(np.float64), mean, removed)
+    if delta is None:
+        return
     if c.keep_out is not None:
         delta = delta[c.keep_out]
-    bias_name = target.input[2] if len(target.input) > 2 and target.input[2] else ""
+    bias_name = target.input[port] if len(target.input) > port and target.input[port] else ""
     dtype = graph.elem_type(node.input[1]) or onnx.TensorProto.FLOAT
     base = edits.value(bias_name).astype(np.float64) if bias_name else np.zeros_like(delta)
-    if node.op_type == "Gemm":
-        delta = delta / float(attr(node, "beta", 1.0))  # Gemm scales C by beta
-    edits.set_input(target, 2, base + delta, dtype)  # broadcasts over a [N], [1, N] or [M, N] bias
+    edits.set_input(target, port, base + delta, dtype)  # broadcasts over a [N], [1, N] or [M, N] bias
 
 
 # -- least squares -----------------------------------------------------------------------------------------
@@ -193,8 +215,8 @@ def _least_squares(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis:
                    limit: int | None, seed: int) -> set[int]:
     """Refit consumers in topological order, each on inputs from the pruned network as already refitted."""
     graph = analysis.graph
-    shapes = _output_shapes(original, data)
-    fit = [c for c in consumers if _fits(c, graph) and c.node.output[0] in shapes]
+    shapes = _output_shapes(original, data, [c.node.output[0] for c in consumers if c.form.refit])
+    fit = [c for c in consumers if c.form.refit and c.node.output[0] in shapes]
     n = len(data) if limit is None else min(limit, len(data))
     pinned = static_batch(original)
     if pinned not in (None, 1):
@@ -206,28 +228,27 @@ def _least_squares(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis:
     done: set[int] = set()
     with Progress("reconstructing", len(plans)) as bar:
         for rows in plans:
-            x = _collect_inputs(pruned, rows, data, batch_size, graph)
+            x = _collect_inputs(pruned, rows, data, batch_size)
             if _solve(rows, x, graph, edits):
                 done.add(rows.consumer.index)
             bar.advance()
     return done
 
 
-def _output_shapes(model: onnx.ModelProto, data: Dataset) -> dict[str, tuple[int, ...]]:
-    """Per-sample output shapes of every Conv/Gemm, from one run on the first sample."""
-    names = [n.output[0] for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+def _output_shapes(model: onnx.ModelProto, data: Dataset, names: list[str]) -> dict[str, tuple[int, ...]]:
+    """Per-sample output shapes of the tensors ``names``, from one run on the first sample."""
     feeds, _ = next(data.batches(1))
     values = Session(model, edit=expose(names)).run(feeds, names)
     return {n: v.shape[1:] for n, v in zip(names, values)}
 
 
 def _choose_rows(c: _Consumer, out_shape: tuple[int, ...], n: int, rng: np.random.Generator) -> _Rows:
-    positions = int(np.prod(out_shape[1:])) if c.node.op_type == "Conv" else 1
+    positions = int(np.prod(out_shape[1:])) if c.form.spatial else 1
     rows = min(_MAX_ROWS, n * positions)
     count = min(n, max(-(-rows // positions) * _OVERSAMPLE, 16))  # spread the rows over several samples
     samples = np.sort(rng.choice(n, size=count, replace=False))
     pick = rng.choice(count * positions, size=min(rows, count * positions), replace=False)
-    if c.node.op_type != "Conv":
+    if not c.form.spatial:
         return _Rows(c, samples, (pick,))
     which, rest = np.divmod(pick, positions)
     oh, ow = np.divmod(rest, out_shape[2])
@@ -240,14 +261,8 @@ def _run_samples(model: onnx.ModelProto, names: list[str], data: Dataset, sample
     session = Session(model, edit=expose(names))
     for start in range(0, len(samples), batch_size):
         chosen = samples[start:start + batch_size]
-        feeds = _gather(data, chosen)
+        feeds = data.take(chosen)
         yield start, session.run(feeds, names)
-
-
-def _gather(data: Dataset, indices: np.ndarray) -> dict[str, np.ndarray]:
-    if data.files:
-        return {data.image_input: data._images([data.files[i] for i in indices])}
-    return {k: np.ascontiguousarray(v[indices]) for k, v in data.inputs.items()}
 
 
 def _collect_targets(original: onnx.ModelProto, plans: list[_Rows], data: Dataset, batch_size: int) -> None:
@@ -280,19 +295,15 @@ def _collect_targets(original: onnx.ModelProto, plans: list[_Rows], data: Datase
         r.target = target
 
 
-def _collect_inputs(pruned: onnx.ModelProto, r: _Rows, data: Dataset, batch_size: int, graph) -> np.ndarray:
+def _collect_inputs(pruned: onnx.ModelProto, r: _Rows, data: Dataset, batch_size: int) -> np.ndarray:
     node = r.consumer.node
-    kernel = graph.const_shape(node.input[1])[2:]
     blocks = []
     for start, (x,) in _run_samples(pruned, [node.input[0]], data, r.samples, batch_size):
         x = np.asarray(x, dtype=np.float64)
         in_batch = (r.where[0] >= start) & (r.where[0] < start + x.shape[0])
         rows = np.nonzero(in_batch)[0]
         local = r.where[0][rows] - start
-        if node.op_type in ("Gemm", "MatMul"):
-            blocks.append((rows, x.reshape(x.shape[0], -1)[local]))
-        else:
-            blocks.append((rows, _patches(node, kernel, x, local, r.where[1][rows], r.where[2][rows])))
+        blocks.append((rows, r.consumer.form.rows(x, local, tuple(w[rows] for w in r.where[1:]))))
     width = blocks[0][1].shape[1] if blocks else 0
     xs = np.zeros((len(r.where[0]), width))
     for rows, value in blocks:
@@ -300,39 +311,13 @@ def _collect_inputs(pruned: onnx.ModelProto, r: _Rows, data: Dataset, batch_size
     return xs
 
 
-def _patches(node: onnx.NodeProto, kernel: tuple[int, ...], x: np.ndarray, n: np.ndarray, oh: np.ndarray,
-             ow: np.ndarray) -> np.ndarray:
-    """im2col rows of the input patches under output positions (n, oh, ow)."""
-    kh, kw = kernel
-    pads = list(attr(node, "pads", [0, 0, 0, 0]))
-    sh, sw = attr(node, "strides", [1, 1])
-    dh, dw = attr(node, "dilations", [1, 1])
-    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    ki = (np.arange(kh) * dh)[None, None, :, None]
-    kj = (np.arange(kw) * dw)[None, None, None, :]
-    channels = np.arange(x.shape[1])[None, :, None, None]
-    patches = xp[n[:, None, None, None], channels, (oh * sh)[:, None, None, None] + ki,
-                 (ow * sw)[:, None, None, None] + kj]
-    return patches.reshape(len(n), -1)
-
-
-def _fits(c: _Consumer, graph) -> bool:
-    node = c.node
-    if node.op_type == "Gemm":
-        return not int(attr(node, "transA", 0))
-    if node.op_type == "MatMul":
-        return graph.rank(node.input[0]) == 2
-    w = graph.const_shape(node.input[1])
-    depthwise = int(attr(node, "group", 1)) > 1 and w is not None and w[1] == 1
-    return not depthwise and w is not None and len(w) == 4 and attr(node, "auto_pad", "NOTSET") in (b"NOTSET", "NOTSET")
-
-
-def _solve(r: _Rows, x: np.ndarray, graph, edits: _PrunedEdits) -> bool:
+def _solve(r: _Rows, x: np.ndarray, graph: Graph, edits: _PrunedEdits) -> bool:
     """Ridge least squares per conv group (one group for Gemm/MatMul), then write weights and bias back."""
-    node = r.consumer.node
+    node, form = r.consumer.node, r.consumer.form
+    assert r.target is not None
     y = r.target.astype(np.float64)
-    groups = int(attr(node, "group", 1)) if node.op_type == "Conv" else 1
-    intercept = node.op_type != "MatMul"  # MatMul has no bias to absorb the offset
+    groups = form.groups
+    intercept = form.bias_port is not None  # MatMul has no bias to absorb the offset
     rows = x.reshape(x.shape[0], groups, -1)  # [R, groups, inputs of one group]
     outputs = y.shape[1] // groups
     thetas = []
@@ -351,21 +336,19 @@ def _solve(r: _Rows, x: np.ndarray, graph, edits: _PrunedEdits) -> bool:
             return False
         thetas.append(theta)
     theta = np.concatenate(thetas, axis=1)
-    weights, bias = (theta[:-1].T, theta[-1]) if intercept else (theta.T, None)
+    fitted, fitted_bias = (theta[:-1].T, theta[-1]) if intercept else (theta.T, None)
+    weights, bias = form.store(fitted, fitted_bias, len(r.consumer.keep_in))
     target = edits.node(node)
     dtype = graph.elem_type(node.input[1]) or onnx.TensorProto.FLOAT
-    if node.op_type == "Conv":
-        kernel = graph.const_shape(node.input[1])[2:]
-        weights = weights.reshape(weights.shape[0], len(r.consumer.keep_in) // groups, *kernel)
-    elif node.op_type == "MatMul":
-        weights = weights.T  # B is [inputs, outputs]
-    else:
-        weights = weights / float(attr(node, "alpha", 1.0))
-        if int(attr(node, "transB", 0)) == 0:
-            weights = weights.T
-        has_bias = len(node.input) > 2 and node.input[2]
-        bias = bias / (float(attr(node, "beta", 1.0)) if has_bias else 1.0)
     edits.set_input(target, 1, weights, dtype)
-    if bias is not None:
-        edits.set_input(target, 2, bias, dtype)
+    if bias is not None and form.bias_port is not None:
+        edits.set_input(target, form.bias_port, bias, dtype)
     return True
+
+
+register_recovery(RecoveryMethod("none", "no recovery: the cut model as the plan leaves it", compensate=False))
+register_recovery(RecoveryMethod("bias", "fold the removed channels' mean contribution into the consumers' biases"))
+register_recovery(RecoveryMethod("lstsq", "refit the consumers by least squares on calibration data (bias "
+                                          "compensation where a refit does not apply)", refit=_least_squares))
+#: The registered recovery methods, by name.
+RECOVERY_MODES = tuple(_METHODS)

@@ -14,7 +14,7 @@ from onnxprune.analysis.dependency import Analysis
 from onnxprune.core.channels import Labeled
 from onnxprune.core.graph import copy_fields
 from onnxprune.core.graph import subgraph_reads as _subgraph_reads
-from onnxprune.ops import applier_for
+from onnxprune.core.handlers import handler_for
 
 __all__ = ["Rewriter", "apply_keep"]
 
@@ -87,9 +87,9 @@ def apply_keep(analysis: Analysis, keep: dict[str, np.ndarray]) -> onnx.ModelPro
     graph = analysis.graph
     for i, node in enumerate(graph.nodes):
         if any(n in keep for n in list(node.input) + list(node.output)):
-            applier = applier_for(node)
-            if applier is not None:
-                applier(i, node, rw)
+            handler = handler_for(node)
+            if handler is not None:
+                handler.apply(i, node, rw)
     return _assemble(rw, analysis, keep)
 
 

@@ -24,10 +24,10 @@ from onnx import helper, numpy_helper
 from onnxprune.analysis.dependency import Analysis, PruneGroup
 from onnxprune.analysis.dependency import analyze as find_groups
 from onnxprune.core.graph import Graph, static_input_shapes
+from onnxprune.core.handlers import BenchLink, BenchSpec, handler_for
 from onnxprune.core.progress import Progress
-from onnxprune.measure.macs import COUNTED_OPS, concrete_shapes
+from onnxprune.measure.macs import concrete_shapes
 from onnxprune.measure.runtime import CPU, Session, provider_list
-from onnxprune.ops import attr
 from onnxprune.planning.planner import PlanConfig, choose
 from onnxprune.tuning.latency import median_times, repeats_for
 
@@ -110,21 +110,25 @@ def _measure(model: onnx.ModelProto, analysis: Analysis, g: PruneGroup, heavy: l
 
 def _measurable(graph: Graph, i: int, shapes: dict[str, list[int]]) -> bool:
     node = graph.nodes[i]
-    if node.op_type not in COUNTED_OPS or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+    if len(node.input) < 2 or graph.const_shape(node.input[1]) is None:
         return False
-    w = graph.const_shape(node.input[1])
-    if w is None or node.input[0] not in shapes or node.output[0] not in shapes:
+    if node.input[0] not in shapes or node.output[0] not in shapes:
         return False
-    if node.op_type == "MatMul" and len(w) != 2:
+    if graph.elem_type(node.input[0]) not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
         return False
-    return graph.elem_type(node.input[0]) in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    return _bench(graph, node, shapes[node.input[0]], shapes[node.output[0]], shapes[node.input[0]]) is not None
 
 
-#: Ops that pass a tensor on with its shape (and that onnxruntime fuses or runs cheaply): a group's nodes
-#: joined through them are chained in the micro-benchmark, as in the model.
-_PASS = {"BatchNormalization", "Relu", "Clip", "LeakyRelu", "HardSwish", "HardSigmoid", "Sigmoid", "Elu",
-         "Selu", "PRelu", "Identity", "Dropout", "InstanceNormalization"}
-_JOIN = {"Add", "Sum", "Mul", "Max", "Min"}
+def _bench(graph: Graph, node: onnx.NodeProto, x: list[int], y: list[int], x_full: list[int]) -> BenchSpec | None:
+    handler = handler_for(node)
+    return handler.bench(node, graph, x, y, x_full) if handler is not None else None
+
+
+def _link(node: onnx.NodeProto) -> BenchLink | None:
+    """How the micro-benchmark chains through a node (shape-preserving ops onnxruntime fuses or runs cheaply
+    pass a tensor on; residual ``Add``s and gating ``Mul``s join)."""
+    handler = handler_for(node)
+    return handler.bench_link(node) if handler is not None else None
 
 
 def _source(graph: Graph, name: str, members: set[int]) -> int | None:
@@ -139,9 +143,10 @@ def _source(graph: Graph, name: str, members: set[int]) -> int | None:
             return p
         seen.add(p)
         node = graph.nodes[p]
-        if node.op_type in _PASS and node.input:
+        link = _link(node)
+        if link == "pass" and node.input:
             todo.append(node.input[0])
-        elif node.op_type in _JOIN:
+        elif link == "join":
             todo.extend(n for n in node.input if n and not graph.is_const(n))
     return None
 
@@ -167,18 +172,8 @@ def _mini_model(model: onnx.ModelProto, analysis: Analysis, nodes: list[int], sh
     for k, i in enumerate(members):
         node = graph.nodes[i]
         x, y = cut(node.input[0]), cut(node.output[0])
-        w = list(graph.const_shape(node.input[1]) or ())
-        group = int(attr(node, "group", 1))
-        new_group = x[1] if group > 1 and group == shapes[node.input[0]][1] else group  # depthwise follows
-        if node.op_type == "Conv":
-            w = [y[1], x[1] // new_group, *w[2:]]
-        elif node.op_type == "ConvTranspose":
-            w = [x[1], y[1] // new_group, *w[2:]]
-        elif node.op_type == "Gemm":
-            k_dim = x[0] if attr(node, "transA", 0) else x[1]
-            w = [y[1], k_dim] if attr(node, "transB", 0) else [k_dim, y[1]]
-        else:  # MatMul with a 2-D constant weight
-            w = [x[-1], y[-1]]
+        spec = _bench(graph, node, x, y, list(shapes[node.input[0]]))
+        assert spec is not None  # members are measurable
         elem = graph.elem_type(node.input[0])
         dtype = helper.tensor_dtype_to_np_dtype(elem)
         source = _source(graph, node.input[0], set(members))
@@ -190,15 +185,14 @@ def _mini_model(model: onnx.ModelProto, analysis: Analysis, nodes: list[int], sh
             inputs.append(helper.make_tensor_value_info(data, elem, x))
             feeds[data] = rng.standard_normal(x).astype(dtype)
         names = [data, f"w{k}"]
-        inits.append(numpy_helper.from_array((rng.standard_normal(w) * 0.1).astype(dtype), names[1]))
-        if node.op_type != "MatMul" and len(node.input) > 2 and node.input[2]:
-            bias = list(graph.const_shape(node.input[2]) or [])
+        inits.append(numpy_helper.from_array((rng.standard_normal(spec.weight) * 0.1).astype(dtype), names[1]))
+        port = spec.bias_port
+        if port is not None and len(node.input) > port and node.input[port]:
+            bias = list(graph.const_shape(node.input[port]) or [])
             channels = y[1] if len(bias) == 1 and bias[0] == shapes[node.output[0]][1] else None
             names.append(f"b{k}")
             inits.append(numpy_helper.from_array(np.zeros(channels if channels else bias, dtype=dtype), names[2]))
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if "group" in attrs:
-            attrs["group"] = new_group
+        attrs = spec.attrs
         parts.append(helper.make_node(node.op_type, names, [f"y{k}"], name=f"n{k}", **attrs))
     outputs = [helper.make_tensor_value_info(f"y{k}", graph.elem_type(graph.nodes[i].input[0]), None)
                for k, i in enumerate(members) if f"y{k}" not in read]

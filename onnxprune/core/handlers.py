@@ -1,0 +1,208 @@
+"""Op handlers: everything onnxprune knows about one op type, in one object registered by (domain, op type).
+
+A handler answers, for the nodes of its op types:
+
+* analysis -- :meth:`Handler.propagate` labels, ties and blocks channels (``ctx`` is an :class:`AnalysisContext`);
+* rewriting -- :meth:`Handler.apply` slices the node's constants and fixes its attributes for a plan
+  (``rw`` is a :class:`RewriteContext`);
+* cost -- :meth:`Handler.macs` (multiply-accumulates for concrete shapes) and :meth:`Handler.mac_scaling` (the
+  tensors whose kept fraction scales them, for the budget's cost model);
+* recovery -- :meth:`Handler.linear`, the weight layout bias compensation and least-squares refits work on, and
+  :meth:`Handler.running_statistics` (normalisations whose statistics recovery re-estimates);
+* tuning -- :meth:`Handler.bench`, what the ``--round-to auto`` micro-benchmark builds, and
+  :meth:`Handler.bench_link`, how it chains nodes;
+* the graph -- :meth:`Handler.foldable` (on constants, the result is a constant) and :meth:`Handler.output_rank`
+  (the rank of the output where shape inference gives up).
+
+``com.microsoft`` and other domains register like ``ai.onnx``. An op without a handler blocks every group it
+touches. Adding an op is one handler module in :mod:`onnxprune.ops` and its test.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar
+
+import numpy as np
+from onnx import NodeProto, helper
+
+if TYPE_CHECKING:
+    from onnxprune.core.channels import Labeled
+    from onnxprune.core.graph import Graph
+
+__all__ = ["AnalysisContext", "BenchLink", "BenchSpec", "Handler", "LinearForm", "RankRule", "RewriteContext",
+           "Shapes", "attr", "handler_for", "node_attrs", "register", "registered"]
+
+Shapes = Mapping[str, Sequence[int]]
+RankRule = Literal["same", "broadcast"]
+BenchLink = Literal["pass", "join"]
+
+
+def attr(node: NodeProto, name: str, default: Any = None) -> Any:
+    """An attribute's Python value, or ``default``."""
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def node_attrs(node: NodeProto) -> dict[str, Any]:
+    """Every attribute of a node as Python values."""
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+class AnalysisContext(Protocol):
+    """What a handler sees while the graph is analysed (:class:`onnxprune.analysis.dependency.Analyzer`)."""
+
+    graph: Graph
+
+    def labeled(self, name: str) -> Labeled | None: ...
+    def set(self, name: str, axis: int, atoms: np.ndarray) -> None: ...
+    def source(self, node: int, tensor: str, axis: int, size: int) -> np.ndarray: ...
+    def fixed(self, node: int, tensor: str, size: int, reason: str) -> np.ndarray: ...
+    def tie(self, a: np.ndarray, b: np.ndarray) -> None: ...
+    def block(self, atoms: np.ndarray, reason: str) -> None: ...
+    def block_inputs(self, node: int, reason: str) -> None: ...
+    def constrain(self, blocks: np.ndarray, soft: bool = False) -> None: ...
+    def weight(self, name: str, atoms: np.ndarray, role: str, node: int, axis: int = 0,
+               view: Callable[[np.ndarray], np.ndarray] | None = None) -> None: ...
+    def node_label(self, node: int) -> str: ...
+
+
+class RewriteContext(Protocol):
+    """What a handler sees while a plan is applied (:class:`onnxprune.rewriting.rewrite.Rewriter`)."""
+
+    graph: Graph
+
+    def keep(self, name: str) -> np.ndarray | None: ...
+    def keep_or_all(self, name: str) -> np.ndarray: ...
+    def labeled(self, name: str) -> Labeled | None: ...
+    def const(self, name: str) -> np.ndarray: ...
+    def set_input(self, node: int, port: int, value: np.ndarray) -> None: ...
+    def add_input(self, node: int, value: np.ndarray, suffix: str) -> None: ...
+    def set_attr(self, node: int, name: str, value: Any) -> None: ...
+    def del_attr(self, node: int, name: str) -> None: ...
+    def fresh(self, base: str) -> str: ...
+    def replace_node(self, node: int, nodes: list[NodeProto], constants: dict[str, np.ndarray]) -> None: ...
+
+
+class LinearForm:
+    """A consumer seen as y = W x + b, for bias compensation and least-squares refits.
+
+    ``groups`` independent blocks of inputs and outputs (a grouped conv); ``spatial``: one regression row per
+    output position (a conv) rather than per sample; ``bias_port``: the input that holds (or would hold) the
+    bias, ``None`` when the op has none; ``refit``: least squares applies to this node.
+    """
+
+    groups: int = 1
+    spatial: bool = False
+    bias_port: int | None = 2
+    refit: bool = False
+
+    def bias_shift(self, weight: np.ndarray, mean: np.ndarray, removed: np.ndarray) -> np.ndarray | None:
+        """How the stored bias changes when the inputs ``removed`` (with mean values ``mean``) are cut, per
+        output; ``None`` when nothing can be folded."""
+        return None
+
+    def rows(self, x: np.ndarray, sample: np.ndarray, where: tuple[np.ndarray, ...]) -> np.ndarray:
+        """Regression rows (one per position) of the input ``x`` at the samples and positions given."""
+        raise NotImplementedError
+
+    def store(self, weights: np.ndarray, bias: np.ndarray | None, inputs: int
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Fitted ``weights`` [outputs, inputs of a group (x kernel)] and ``bias`` in the op's own layout."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """One node of the ``--round-to auto`` micro-benchmark: its weight shape and attributes at given widths."""
+
+    weight: list[int]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    bias_port: int | None = None
+
+
+class Handler:
+    """Base of every op handler: override what applies to the op; the defaults say "nothing to do"."""
+
+    #: The op types this handler serves, in ``domain`` ("" is ai.onnx).
+    op_types: ClassVar[tuple[str, ...]] = ()
+    domain: ClassVar[str] = ""
+
+    def propagate(self, i: int, node: NodeProto, ctx: AnalysisContext) -> None:
+        """Label the node's outputs, tie and block channels."""
+        raise NotImplementedError
+
+    def apply(self, i: int, node: NodeProto, rw: RewriteContext) -> None:
+        """Slice the node's constants and fix its attributes for the kept channels (default: nothing to do)."""
+
+    def macs(self, node: NodeProto, shapes: Shapes) -> int:
+        """Multiply-accumulates of the node for concrete shapes (default: free)."""
+        return 0
+
+    def mac_scaling(self, node: NodeProto, graph: Graph) -> tuple[str, ...]:
+        """The tensors whose kept fractions multiply the node's MACs (input and output channels)."""
+        return (node.input[0], node.output[0])
+
+    def linear(self, node: NodeProto, graph: Graph) -> LinearForm | None:
+        """The node as a linear consumer of its first input, for recovery (default: not one)."""
+        return None
+
+    def running_statistics(self, node: NodeProto) -> tuple[int, int] | None:
+        """Input ports of the running mean and variance recovery re-estimates (default: none)."""
+        return None
+
+    def bench(self, node: NodeProto, graph: Graph, x: list[int], y: list[int], x_full: Sequence[int]
+              ) -> BenchSpec | None:
+        """The micro-benchmark's version of the node for input/output shapes ``x``/``y`` (cut widths) where the
+        original input shape was ``x_full``; ``None`` when it is not measured."""
+        return None
+
+    def bench_link(self, node: NodeProto) -> BenchLink | None:
+        """How the micro-benchmark chains through the node: "pass" (first input passes on with its shape),
+        "join" (residual Add, gating Mul: every computed input), or not at all."""
+        return None
+
+    def foldable(self, node: NodeProto) -> bool:
+        """Whether the node's result on constant inputs is treated (and folded) as a constant."""
+        return False
+
+    def output_rank(self, node: NodeProto) -> RankRule | None:
+        """The output's rank where shape inference gave up: "same" as the first input, "broadcast" (the largest
+        input rank), or unknown."""
+        return None
+
+
+_REGISTRY: dict[tuple[str, str], Handler] = {}
+H = TypeVar("H", bound=type[Handler])
+
+
+def _domain(domain: str) -> str:
+    return "" if domain in ("", "ai.onnx") else domain
+
+
+def register(cls: H) -> H:
+    """Class decorator: register one instance of the handler for each of its op types (duplicates refused)."""
+    instance = cls()
+    if cls.propagate is Handler.propagate:
+        raise ValueError(f"handler {cls.__name__} has no propagate()")
+    if not cls.op_types:
+        raise ValueError(f"handler {cls.__name__} names no op types")
+    for op in cls.op_types:
+        key = (_domain(cls.domain), op)
+        if key in _REGISTRY:
+            raise ValueError(f"two handlers registered for {'.'.join(filter(None, key))}: "
+                             f"{type(_REGISTRY[key]).__name__} and {cls.__name__}")
+        _REGISTRY[key] = instance
+    return cls
+
+
+def handler_for(node: NodeProto) -> Handler | None:
+    """The handler of a node's (domain, op type), or ``None``."""
+    return _REGISTRY.get((_domain(node.domain), node.op_type))
+
+
+def registered() -> list[tuple[str, str]]:
+    """Every registered (domain, op type), sorted."""
+    return sorted(_REGISTRY)
