@@ -7,7 +7,6 @@ a bug in its rewriter.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,6 @@ from onnx import helper, numpy_helper
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 EXAMPLE_MODEL = ROOT / "models" / "mnist_resnet.onnx"
-sys.path.insert(0, str(TESTS))  # `import builders`
 
 
 def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -47,8 +47,7 @@ def test_lenet5_schedules_remove_90_percent_of_macs_within_one_point(lenet5, sch
 def test_label_free_distillation_recovers_90_percent_of_lost_fidelity():
     if importlib.util.find_spec("rapidocr_onnxruntime") is None:
         pytest.skip("pip install --no-deps -r tests/requirements-real-models.txt")
-    sys.path.insert(0, str(ROOT / "tools"))
-    import bench_label_free
+    import bench_label_free  # tools/ is on pytest's pythonpath (pyproject.toml)
 
     rows = bench_label_free.run(train_count=2000, val_count=1000, epochs=5)
     for row in rows:
