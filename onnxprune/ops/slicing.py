@@ -1,0 +1,203 @@
+"""Ops that join or cut the channel axis: Concat, Split, Slice and Gather."""
+from __future__ import annotations
+
+import numpy as np
+from onnx import NodeProto
+
+from onnxprune.core.handlers import AnalysisContext, Handler, RewriteContext, attr, register
+from onnxprune.ops.common import _const_ints, _pass
+
+
+# --------------------------------------------------------------------------------------------
+@register
+class Concat(Handler):
+    op_types = ("Concat",)
+
+    def propagate(self, i: int, node: NodeProto, ctx: AnalysisContext) -> None:
+        names = [n for n in node.input]
+        labs = [ctx.labeled(n) for n in names]
+        if not any(labs):
+            return
+        rank = ctx.graph.rank(node.output[0]) or next(ctx.graph.rank(n) for n in names if ctx.graph.rank(n))
+        axis = int(attr(node, "axis", 0)) % rank
+        label = f"Concat {ctx.node_label(i)}"
+        lab_axes = {lab.axis for lab in labs if lab is not None}
+        if lab_axes != {axis}:
+            if len(lab_axes) == 1 and all(lab is not None for lab in labs):  # joined along another axis: tie
+                first = labs[0]
+                for lab in labs[1:]:
+                    if lab.size != first.size:
+                        ctx.block_inputs(i, f"{label} joins channel tensors of different widths")
+                        return
+                    ctx.tie(first.atoms, lab.atoms)
+                _pass(ctx, node, first.axis, first.atoms)
+            else:
+                ctx.block_inputs(i, f"{label} joins tensors whose channels lie on other axes")
+            return
+        parts = []
+        for name, lab in zip(names, labs):
+            if lab is not None:
+                parts.append(lab.atoms)
+                continue
+            shape = ctx.graph.shape(name)
+            size = shape[axis] if shape is not None and len(shape) > axis else None
+            if not isinstance(size, int):
+                ctx.block_inputs(i, f"{label}: width of input '{name}' unknown")
+                return
+            parts.append(ctx.fixed(i, name, size, f"{label} joins fixed channels from '{name}'"))
+        _pass(ctx, node, axis, np.concatenate(parts))
+
+
+def _split_sizes(ctx, node: NodeProto, total: int) -> list[int] | None:
+    if len(node.input) > 1 and node.input[1]:
+        return _const_ints(ctx, node.input[1])
+    sizes = attr(node, "split")
+    if sizes:
+        return [int(s) for s in sizes]
+    n = len(node.output)
+    if total % n == 0:
+        return [total // n] * n
+    chunk = -(-total // n)  # opset 18 num_outputs: last chunk smaller
+    return [chunk] * (n - 1) + [total - chunk * (n - 1)]
+
+
+@register
+class Split(Handler):
+    op_types = ("Split",)
+
+    def propagate(self, i: int, node: NodeProto, ctx: AnalysisContext) -> None:
+        lx = ctx.labeled(node.input[0])
+        if lx is None:
+            return
+        rank = ctx.graph.rank(node.input[0])
+        axis = int(attr(node, "axis", 0)) % rank if rank else int(attr(node, "axis", 0))
+        if axis != lx.axis:
+            for out in node.output:
+                if out:
+                    ctx.set(out, lx.axis, lx.atoms)
+            return
+        sizes = _split_sizes(ctx, node, lx.size)
+        if sizes is None or sum(sizes) != lx.size or len(sizes) != len(node.output):
+            ctx.block(lx.atoms, f"Split {ctx.node_label(i)}: split sizes unknown")
+            return
+        if len(set(sizes)) == 1 and len(sizes) > 1:
+            ctx.constrain(lx.atoms.reshape(len(sizes), sizes[0]), soft=True)  # chunks stay equal (YOLOv8 C2f)
+        start = 0
+        for out, size in zip(node.output, sizes):
+            if out:
+                ctx.set(out, axis, lx.atoms[start:start + size])
+            start += size
+
+    def apply(self, i: int, node: NodeProto, rw: RewriteContext) -> None:
+        lx = rw.labeled(node.input[0])
+        if lx is None or rw.keep(node.input[0]) is None:
+            return
+        if all(rw.labeled(o) is None or rw.labeled(o).axis == lx.axis and rw.labeled(o).size == lx.size
+               for o in node.output if o):
+            return  # split along another axis
+        sizes = np.array([len(rw.keep_or_all(o)) for o in node.output], dtype=np.int64)
+        if rw.graph.opset() >= 13:
+            if len(node.input) > 1 and node.input[1]:
+                rw.set_input(i, 1, sizes)
+            else:
+                rw.add_input(i, sizes, "split")
+                rw.del_attr(i, "num_outputs")
+        else:
+            rw.set_attr(i, "split", [int(s) for s in sizes])
+
+
+@register
+class Slice(Handler):
+    op_types = ("Slice",)
+
+    def propagate(self, i: int, node: NodeProto, ctx: AnalysisContext) -> None:
+        lx = ctx.labeled(node.input[0])
+        if lx is None:
+            return
+        rank = ctx.graph.rank(node.input[0])
+        if len(node.input) > 1:  # opset >= 10: starts, ends, axes, steps as inputs
+            starts, ends = _const_ints(ctx, node.input[1]), _const_ints(ctx, node.input[2])
+            axes = _const_ints(ctx, node.input[3]) if len(node.input) > 3 and node.input[3] else None
+            steps = _const_ints(ctx, node.input[4]) if len(node.input) > 4 and node.input[4] else None
+        else:
+            starts, ends, axes, steps = attr(node, "starts"), attr(node, "ends"), attr(node, "axes"), None
+        if starts is None or ends is None or rank is None:
+            ctx.block(lx.atoms, f"Slice {ctx.node_label(i)} has non-constant bounds")
+            return
+        axes = [a % rank for a in (axes if axes is not None else range(len(starts)))]
+        steps = steps or [1] * len(starts)
+        for a, s, e, st in zip(axes, starts, ends, steps):
+            if a == lx.axis:
+                if st != 1:
+                    ctx.block(lx.atoms, f"Slice {ctx.node_label(i)} strides over the channel axis")
+                    return
+                lo, hi = _clamp(s, lx.size), _clamp(e, lx.size)
+                _pass(ctx, node, lx.axis, lx.atoms[lo:hi])
+                return
+        _pass(ctx, node, lx.axis, lx.atoms)
+
+    def apply(self, i: int, node: NodeProto, rw: RewriteContext) -> None:
+        """A channel-axis slice [lo, hi) of the kept channels is still contiguous: count what survives before."""
+        x = node.input[0]
+        kin = rw.keep(x)
+        lx = rw.labeled(x)
+        if kin is None or len(node.input) < 3:
+            return
+        rank = rw.graph.rank(x)
+        starts, ends = rw.const(node.input[1]), rw.const(node.input[2])
+        axes = rw.const(node.input[3]) if len(node.input) > 3 and node.input[3] else np.arange(len(starts))
+        hit = [k for k, a in enumerate(axes) if int(a) % rank == lx.axis]
+        if not hit:
+            return
+        k = hit[0]
+        lo, hi = _clamp(int(starts[k]), lx.size), _clamp(int(ends[k]), lx.size)
+        new_starts, new_ends = np.array(starts).copy(), np.array(ends).copy()
+        new_starts[k], new_ends[k] = np.searchsorted(kin, lo), np.searchsorted(kin, hi)
+        rw.set_input(i, 1, new_starts)
+        rw.set_input(i, 2, new_ends)
+
+
+def _clamp(index: int, size: int) -> int:
+    return min(max(index + size if index < 0 else index, 0), size)
+
+
+@register
+class Gather(Handler):
+    op_types = ("Gather",)
+
+    def propagate(self, i: int, node: NodeProto, ctx: AnalysisContext) -> None:
+        """Gather on another axis moves the channel axis; on the channel axis it must pick channels along one
+        dimension of a constant index tensor (the dynamo exporter writes flatten-like gathers that way)."""
+        lx = ctx.labeled(node.input[0])
+        if ctx.labeled(node.input[1]) is not None:
+            ctx.block_inputs(i, f"Gather {ctx.node_label(i)} takes channels as indices")
+            return
+        if lx is None:
+            return
+        rank = ctx.graph.rank(node.input[0])
+        idx = ctx.graph.const(node.input[1])
+        if rank is None or idx is None:
+            ctx.block(lx.atoms, f"Gather {ctx.node_label(i)}: indices not constant")
+            return
+        axis = int(attr(node, "axis", 0)) % rank
+        if axis != lx.axis:
+            _pass(ctx, node, lx.axis if lx.axis < axis else lx.axis - 1 + idx.ndim, lx.atoms)
+            return
+        varying = [k for k, d in enumerate(idx.shape) if d != 1]
+        if len(varying) != 1:
+            ctx.block(lx.atoms, f"Gather {ctx.node_label(i)} picks channels in a pattern onnxprune cannot follow")
+            return
+        flat = np.where(idx.ravel() < 0, idx.ravel() + lx.size, idx.ravel())
+        _pass(ctx, node, axis + varying[0], lx.atoms[flat])
+
+    def apply(self, i: int, node: NodeProto, rw: RewriteContext) -> None:
+        lx, ly = rw.labeled(node.input[0]), rw.labeled(node.output[0])
+        kin, kout = rw.keep(node.input[0]), rw.keep(node.output[0])
+        rank = rw.graph.rank(node.input[0])
+        if kin is None or ly is None or int(attr(node, "axis", 0)) % rank != lx.axis:
+            return
+        idx = rw.const(node.input[1])
+        flat = np.where(idx.ravel() < 0, idx.ravel() + lx.size, idx.ravel())
+        kout = kout if kout is not None else np.arange(len(flat))
+        shape = [len(kout) if d != 1 else 1 for d in idx.shape]
+        rw.set_input(i, 1, np.searchsorted(kin, flat[kout]).astype(idx.dtype).reshape(shape))
