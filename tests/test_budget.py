@@ -9,26 +9,62 @@ import builders
 import numpy as np
 import onnx
 import pytest
+from conftest import input_shapes
 
 import onnxprune
 from onnxprune.cli import main
 from onnxprune.core.graph import static_input_shapes
 from onnxprune.measure.cost import CostModel
+from onnxprune.measure.macs import count_macs, count_params
 from onnxprune.rewriting.rewrite import apply_keep
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT / "models" / "mnist_resnet.onnx"
 
 
+def _add_back_one_channel(plan: dict, group_tensors: list[str]) -> dict | None:
+    """The plan with one more channel kept in one group: the group's first listed tensor gets back its lowest
+    removed index and its other tensors are left out (apply_plan extends a cut to the whole group)."""
+    entries = [t for t in plan["tensors"] if t["name"] in group_tensors]
+    if not entries:
+        return None
+    first = entries[0]
+    removed = sorted(set(range(first["size"])) - set(first["keep"]))
+    if not removed:
+        return None
+    others = [t for t in plan["tensors"] if t["name"] not in group_tensors]
+    return {**plan, "tensors": others + [{**first, "keep": sorted(first["keep"] + removed[:1])}]}
+
+
 @pytest.mark.parametrize("kind", ["macs", "params"])
 @pytest.mark.parametrize("target", [0.3, 0.5, 0.7])
-def test_budget_lands_on_target(kind, target):
-    model = onnxprune.load(MNIST)
-    config = onnxprune.PruneConfig(**{f"target_{kind}": target})
-    result = onnxprune.prune(model, config)
-    assert result.verification.mask_equivalent is True
-    got = result.report[f"{kind}_kept"]
-    assert got <= target + 0.02 and got >= target - 0.06  # a 16-channel model moves in coarse steps
+def test_budget_lands_within_one_channel_of_target(tmp_path, kind, target):
+    """The written model's MACs (or parameters), counted by count_macs/count_params, stay at or under the target,
+    and keeping back a single channel of some group would break it: the budget is used up to one channel."""
+    src, out, plan_path = tmp_path / "m.onnx", tmp_path / "p.onnx", tmp_path / "p.json"
+    shutil.copy(MNIST, src)
+    assert main([str(src), f"--target-{kind}", str(target), "-o", str(out), "--plan", str(plan_path), "-q"]) == 0
+    original, pruned = onnx.load(src), onnx.load(out)
+    shapes = input_shapes(original)
+
+    def fraction(model: onnx.ModelProto) -> float:
+        if kind == "macs":
+            return count_macs(model, shapes)[0] / count_macs(original, shapes)[0]
+        return count_params(model) / count_params(original)
+
+    got = fraction(pruned)
+    assert got <= target + 1e-9
+    plan = json.loads(plan_path.read_text())
+    overshoots = []
+    for group in onnxprune.analyze(original).groups:
+        if group.prunable and group.cells is None:
+            more = _add_back_one_channel(plan, group.tensors)
+            if more is not None:
+                bigger = onnxprune.apply_plan(original, onnxprune.Plan.from_dict(more), verify_result=False)
+                overshoots.append(fraction(bigger.model))
+    assert overshoots, "the budget cut some group"
+    assert all(f > got for f in overshoots)  # every channel kept back costs something
+    assert max(overshoots) > target, (got, sorted(overshoots))
 
 
 @pytest.mark.parametrize("build", [builders.residual_add, builders.se_block, builders.flatten_gemm_head,
@@ -133,7 +169,11 @@ def test_max_drop_keeps_accuracy_and_beats_a_uniform_ratio():
     assert before - after <= 0.01 + 1e-9
     uniform = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.3), calib=calib)
     assert result.report["macs_kept"] < uniform.report["macs_kept"] - 0.05
-    assert len(result.report["max_drop"]["candidates"]) == 7
+    # the model returned is the smallest budget tried that stayed within the limit
+    tried = result.report["max_drop"]["candidates"]
+    within = [c for c in tried if c["drop"] <= 0.01 + 1e-9]
+    assert within and [c for c in tried if c["drop"] > 0.01 + 1e-9], "the search met the limit from both sides"
+    assert result.report["macs_kept"] == pytest.approx(min(within, key=lambda c: c["target_macs"])["macs_kept"])
 
 
 def test_max_drop_needs_eval(tmp_path, capsys):
@@ -175,7 +215,14 @@ def test_target_latency_bisects_on_measured_latency():
     result = onnxprune.prune_to_latency(model, onnxprune.PruneConfig(), 0.6, steps=3)
     lat = result.report["latency"]
     assert len(lat["candidates"]) == 3 and lat["ms_original"] > 0 and lat["ms_pruned"] > 0
-    met = [c["target_macs"] for c in lat["candidates"] if c["latency_ratio"] <= 0.6]
-    if met:
-        assert result.report["macs_kept"] == pytest.approx(max(met), abs=0.05)
+    # a bisection over the MACs budget, steered by the ratios it recorded
+    lo, hi = 0.0, 1.0
+    for c in lat["candidates"]:
+        assert c["target_macs"] == pytest.approx((lo + hi) / 2)
+        lo, hi = (c["target_macs"], hi) if c["latency_ratio"] <= 0.6 else (lo, c["target_macs"])
+    # the model returned is the largest budget that met the target, else the smallest one tried
+    met = [c for c in lat["candidates"] if c["latency_ratio"] <= 0.6]
+    chosen = max(met, key=lambda c: c["target_macs"]) if met else min(lat["candidates"],
+                                                                       key=lambda c: c["target_macs"])
+    assert result.report["macs_kept"] == pytest.approx(chosen["macs_kept"])
     assert result.verification.mask_equivalent is True

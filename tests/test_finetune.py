@@ -122,7 +122,7 @@ def test_dropnet_schedule_prunes_and_fine_tunes(example):
     assert training["schedule"] == "dropnet" and training["planned_steps"] == 2
     assert [s["accepted"] for s in training["steps"]] == [True, True]
     assert result.report["macs_kept"] < 0.4 and result.report["options"]["criterion"] == "mean-act"
-    assert result.verification.checker and result.verification.mask_equivalent is None
+    assert result.verification is not None and result.verification.mask_equivalent is None
 
 
 def test_dropnet_stops_below_kappa(example, monkeypatch):

@@ -83,13 +83,14 @@ def test_median_times_one_entry_per_run():
 def test_latency_table_has_an_entry_per_prunable_group(build):
     model = build()
     analysis = onnxprune.analyze(model)
-    table = latency_table(model, rounds=2, warmup=1)
+    table = latency_table(model, kept=(0.6, 0.3), rounds=2, warmup=1)
     prunable = {g.id: g for g in analysis.groups if g.prunable}
     assert set(table.groups) == set(prunable) and table.skipped == []
-    assert table.kept == [1.0, 0.75, 0.5, 0.25]
+    assert table.kept == [1.0, 0.6, 0.5, 0.3]  # the full width, the fractions asked for and always one half
     for gid, row in table.groups.items():
-        assert row["widths"][0] == prunable[gid].size and len(row["widths"]) == len(row["ms"]) == 4
-        assert all(1 <= w <= prunable[gid].size for w in row["widths"])
+        size = prunable[gid].size
+        assert row["widths"][0] == size and len(row["widths"]) == len(row["ms"]) == 4
+        assert all(1 <= w <= size for w in row["widths"])
         assert row["widths"] == sorted(row["widths"], reverse=True)
         assert all(ms > 0 for ms in row["ms"]) and 0.0 <= row["share"] <= 1.0
     doc = json.loads(json.dumps(table.to_dict()))
@@ -119,16 +120,29 @@ def test_round_to_map_rounds_each_group_to_its_own_multiple():
         PlanConfig(round_to_map={0: 0}).validate()
 
 
-def test_auto_round_to_picks_a_tried_multiple_per_group():
+def test_auto_round_to_applies_its_rule_to_what_it_measured():
+    """Candidates (1, 8, 32) on groups of 24, 40 and 20: 32 is tried only for the 40-wide group; the chosen
+    multiple is the largest whose measured ratio is within the tolerance of the fastest and no slower than not
+    rounding (checked on the ratios the result reports, whatever the machine measured)."""
     model = wide_chain()
-    found = auto_round_to(model, rounds=2, warmup=1)
-    analysis = onnxprune.analyze(model)
-    for g in (g for g in analysis.groups if g.prunable):
-        m = found.multiples[g.id]
-        assert m in (1, 4, 8, 16) and m < g.size
-        assert set(found.ratios[g.id]) == {k for k in (1, 4, 8, 16) if k < g.size}
-        assert found.ratios[g.id][1] == 1.0 and all(r > 0 for r in found.ratios[g.id].values())
-    assert {d["id"] for d in found.to_dict()["groups"]} == set(found.multiples)
+    tolerance = 0.03
+    found = auto_round_to(model, candidates=(1, 8, 32), rounds=2, warmup=1, tolerance=tolerance)
+    sizes = {g.id: g.size for g in onnxprune.analyze(model).groups if g.prunable}
+    assert sorted(sizes.values()) == [20, 24, 40] and set(found.multiples) == set(sizes)
+    for gid, size in sizes.items():
+        ratios = found.ratios[gid]
+        assert set(ratios) == ({1, 8, 32} if size > 32 else {1, 8})
+        assert all(r > 0 for r in ratios.values())
+        limit = min(min(ratios.values()) + tolerance, 1.0)
+        assert found.multiples[gid] == max(m for m, r in ratios.items() if r <= limit), (gid, ratios)
+    assert {d["id"]: d["multiple"] for d in found.to_dict()["groups"]} == found.multiples
+
+
+def test_auto_round_to_leaves_groups_too_small_for_any_candidate_at_one():
+    model = builders.residual_add()  # groups of 8 and 6
+    found = auto_round_to(model, candidates=(8, 16), rounds=1, warmup=1)
+    prunable = [g.id for g in onnxprune.analyze(model).groups if g.prunable]
+    assert found.multiples == {gid: 1 for gid in prunable} and found.ratios == {}
 
 
 @pytest.mark.parametrize("build", [builders.depthwise_separable, builders.grouped_conv, builders.conv_transpose,
