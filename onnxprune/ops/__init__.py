@@ -6,6 +6,6 @@ its test in ``tests/ops/``.
 """
 from __future__ import annotations
 
-from onnxprune.ops import conv, elementwise, linear, norm, quantized, reshaping, slicing, spatial  # noqa: F401 - they register
+from onnxprune.ops import conv, elementwise, fused_conv, linear, norm, quantized, reshaping, slicing, spatial  # noqa: F401 - they register
 
 __all__: list[str] = []

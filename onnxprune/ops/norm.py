@@ -96,8 +96,9 @@ class AxisNorm(Handler):
         ctx.set(node.output[0], lx.axis, lx.atoms)
 
     def apply(self, i: int, node: NodeProto, rw: RewriteContext) -> None:
-        if node.op_type == "LayerNormalization":
-            _layer_norm_apply(i, node, rw)
+        lab, rank = rw.labeled(node.input[0]), rw.graph.rank(node.input[0])
+        if node.op_type == "LayerNormalization" and lab is not None and lab.axis == (rank or 0) - 1:
+            _layer_norm_apply(i, node, rw)  # it normalises over the channels (other axes: nothing to slice)
 
     def output_rank(self, node: NodeProto) -> RankRule | None:
         return "same"
