@@ -92,8 +92,6 @@ def test_layer_norm_over_channels_and_space_blocks():
     assert_groups(model, [(4, "mixes the channels"), (2, OUT)])
 
 
-@pytest.mark.xfail(strict=True, reason="package bug: ops/norm.py layer_norm_apply rewrites every LayerNorm whose "
-                   "input lost channels as if it normalised over them (slices the W-sized scale by the channel keep)")
 def test_layer_norm_over_width_passes_and_keeps_its_parameters():
     """x -> A: Conv(3->4) -> LayerNorm(axis=-1: W only, scale[8]) -> B: Conv(4->2) -> y"""
     b = GraphBuilder(23)

@@ -1,0 +1,106 @@
+"""Slicing handlers (onnxprune/ops/slicing.py): Concat, Split, Slice and Gather join or cut the channel axis.
+Expected index maps, constants and weights are worked out by hand here."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from builders import GraphBuilder, _finish
+from opkit import OUT, assert_groups, const, cut, groups, kept, macs, name_of, node, port
+
+
+def _tail(b: GraphBuilder, h: str, cin: int) -> str:
+    """The blocked consumer every graph ends in: Conv(cin->2, 3x3) -> y."""
+    return b.conv(h, cin, 2)
+
+
+def test_concat_maps_each_input_to_its_offset():
+    """x -+-> A: Conv(3->4) -+
+          +-> B: Conv(3->3) -+-> Concat(axis=1) [7] -> C: Conv(7->2) -> y"""
+    b = GraphBuilder(40)
+    a, c = b.conv("x", 3, 4), b.conv("x", 3, 3)
+    cat = b.op("Concat", [a, c], axis=1)
+    y = _tail(b, cat, 7)
+    model = _finish(b, y)
+    assert_groups(model, [(4, None), (3, None), (2, OUT)])
+    result = cut(model, (a, 4, [0, 3]), (c, 3, [0, 2]))
+    assert kept(result, cat) == [0, 3, 4 + 0, 4 + 2]
+    np.testing.assert_array_equal(port(result.model, name_of(y), 1), port(model, name_of(y), 1)[:, [0, 3, 4, 6]])
+    assert macs(result.model, name_of(y)) == (2 * 64) * 4 * 9
+
+
+def test_concat_with_a_graph_input_fixes_its_channels():
+    """x[3] -> A: Conv(3->4) -+-> Concat [7] -> Conv(7->2) -> y
+    x ------------------------+      x's 3 channels: blocked (fixed)"""
+    b = GraphBuilder(41)
+    a = b.conv("x", 3, 4)
+    model = _finish(b, _tail(b, b.op("Concat", [a, "x"], axis=1), 7))
+    assert_groups(model, [(4, None), (3, "fixed channels from 'x'"), (2, OUT)])
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+def test_split_sizes_are_rewritten(explicit):
+    """x -> A: Conv(3->6) -> Split(axis=1, [2|4] or equal [3|3]) -> P: Conv(.->2), Q: Conv(.->2) -> Add -> y"""
+    b = GraphBuilder(42)
+    a = b.conv("x", 3, 6)
+    sizes = [2, 4] if explicit else [3, 3]
+    p, q = b.op("Split", [a, b.ints(sizes)] if explicit else [a], n_out=2, axis=1)
+    pc, qc = b.conv(p, sizes[0], 2), b.conv(q, sizes[1], 2)
+    model = _finish(b, b.op("Add", [pc, qc]))
+    assert_groups(model, [(6, None), (2, OUT)])
+    keep = [1, 2, 4, 5] if explicit else [0, 2, 3, 5]
+    result = cut(model, (a, 6, keep))
+    split = next(n for n in result.model.graph.node if n.op_type == "Split")
+    np.testing.assert_array_equal(const(result.model, split.input[1]), [1, 3] if explicit else [2, 2])
+    want_p, want_q = ([1], [0, 2, 3]) if explicit else ([0, 2], [0, 2])  # local indices of each chunk
+    np.testing.assert_array_equal(port(result.model, name_of(pc), 1), port(model, name_of(pc), 1)[:, want_p])
+    np.testing.assert_array_equal(port(result.model, name_of(qc), 1), port(model, name_of(qc), 1)[:, want_q])
+
+
+def test_slice_bounds_are_rewritten():
+    """x -> A: Conv(3->6) -> Slice(axis 1, [1:4]) -> C: Conv(3->2) -> y
+    keep {0, 2, 3, 5}: the window [1, 4) holds 2 and 3, at new positions 1 and 2 -> Slice [1:3]"""
+    b = GraphBuilder(43)
+    a = b.conv("x", 3, 6)
+    s = b.op("Slice", [a, b.ints([1]), b.ints([4]), b.ints([1])])
+    y = _tail(b, s, 3)
+    model = _finish(b, y)
+    assert_groups(model, [(6, None), (2, OUT)])
+    result = cut(model, (a, 6, [0, 2, 3, 5]))
+    sl = node(result.model, name_of(s))
+    assert list(const(result.model, sl.input[1])) == [1] and list(const(result.model, sl.input[2])) == [3]
+    assert kept(result, s) == [1, 2]  # of the slice's 3 channels (1, 2, 3), channel 1 went
+    np.testing.assert_array_equal(port(result.model, name_of(y), 1), port(model, name_of(y), 1)[:, [1, 2]])
+
+
+def test_slice_striding_over_channels_blocks():
+    """x -> Conv(3->6) -> Slice(axis 1, [0:6:2]) -> Conv(3->2) -> y"""
+    b = GraphBuilder(44)
+    s = b.op("Slice", [b.conv("x", 3, 6), b.ints([0]), b.ints([6]), b.ints([1]), b.ints([2])])
+    assert_groups(_finish(b, _tail(b, s, 3)), [(6, "strides over the channel axis"), (2, OUT)])
+
+
+def test_gather_indices_are_rewritten():
+    """x -> A: Conv(3->4) -> Gather(axis=1, [3, 0, 2, 2]) -> C: Conv(4->2) -> y
+    keep {0, 3}: gathered positions 0 (channel 3) and 1 (channel 0) survive; new indices [1, 0]"""
+    b = GraphBuilder(45)
+    a = b.conv("x", 3, 4)
+    g = b.op("Gather", [a, b.ints([3, 0, 2, 2])], axis=1)
+    y = _tail(b, g, 4)
+    model = _finish(b, y)
+    assert_groups(model, [(4, None), (2, OUT)])
+    result = cut(model, (a, 4, [0, 3]))
+    assert kept(result, g) == [0, 1]
+    np.testing.assert_array_equal(const(result.model, node(result.model, name_of(g)).input[1]), [1, 0])
+    np.testing.assert_array_equal(port(result.model, name_of(y), 1), port(model, name_of(y), 1)[:, [0, 1]])
+
+
+def test_gather_with_channels_as_indices_blocks():
+    """x -> A: Conv(3->4) -> Cast(int64) = idx;  Gather(data[10,8,8], idx) -> ... : A's values are indices"""
+    b = GraphBuilder(46)
+    idx = b.op("Cast", [b.op("Abs", [b.conv("x", 3, 4, k=1)])], to=7)
+    data = b.const(b.randn(5, 2), "D")
+    clipped = b.op("Mod", [idx, b.ints([5])])
+    y = b.op("Gather", [data, clipped], axis=0)
+    model = _finish(b, y)
+    reasons = [r for _, r in groups(model)]
+    assert reasons and "takes channels as indices" in reasons[0]
