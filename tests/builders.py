@@ -199,7 +199,8 @@ def depthwise_separable(seed: int = 0) -> onnx.ModelProto:
 def inverted_residual(seed: int = 0) -> onnx.ModelProto:
     """MobileNetV2 block: 1x1 expand, depthwise, 1x1 project, residual Add::
 
-        x -> stem(3->8) = s -> Conv1x1(8->16)+BN+Relu6 -> DW(16)+BN+Relu6 -> Conv1x1(16->8)+BN -> Add(s) -> Conv(8->4) -> y
+        x -> stem(3->8) = s -> Conv1x1(8->16)+BN+Relu6 -> DW(16)+BN+Relu6 -> Conv1x1(16->8)+BN -> Add(s)
+          -> Conv(8->4) -> y
         groups: {stem, project} 8, {expand (+dw)} 16, last blocked
     """
     b = GraphBuilder(seed)
