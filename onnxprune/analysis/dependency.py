@@ -97,6 +97,10 @@ class Analyzer:
     def labeled(self, name: str) -> Labeled | None:
         return self.labels.get(name) if name else None
 
+    def label(self, name: str) -> Labeled:
+        """The channel axis of a tensor known to carry channels."""
+        return self.labels[name]
+
     def set(self, name: str, axis: int, atoms: np.ndarray) -> None:
         self.labels[name] = Labeled(int(axis), np.asarray(atoms, dtype=np.int64))
 
@@ -197,8 +201,8 @@ def _close(ctx: Analyzer, exclude: Sequence[str]) -> Analysis:
     for s in order:
         atoms = np.nonzero(group_of_atom == s)[0]
         units = np.unique(root[atoms])  # roots are the smallest atom of a unit, so creation order holds
-        sources = [graph.label(ctx.sources[k][0]) for k in np.nonzero(src_root == s)[0]]
-        groups.append(PruneGroup(gid[s], units, sorted(set(sources), key=sources.index), [], []))
+        labels = [graph.label(ctx.sources[k][0]) for k in np.nonzero(src_root == s)[0]]
+        groups.append(PruneGroup(gid[s], units, sorted(set(labels), key=labels.index), [], []))
         unit_local[units] = np.arange(len(units))
     unit_local = unit_local[root] if n_atoms else unit_local
     gid_of_source = np.full(max(len(ctx.sources), 1), -1, dtype=np.int64)

@@ -8,7 +8,7 @@ is cheap and works for models far over protobuf's 2 GB limit.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import onnx
@@ -167,17 +167,20 @@ class Graph:
         inputs = [self.const(n) if n else None for n in node.input]
         if node.op_type == "Identity":
             return inputs[0]
+        known = {n: v for n, v in zip(node.input, inputs) if n and v is not None}
+        if len(known) != sum(1 for n in node.input if n):
+            return None
         try:
             from onnx.reference import ReferenceEvaluator
 
             graph = helper.make_graph(
                 [node], "fold",
                 [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
-                 for n, v in zip(node.input, inputs) if n],
+                 for n, v in known.items()],
                 [helper.make_tensor_value_info(node.output[0], 0, None)])
             model = helper.make_model(graph, opset_imports=list(self.model.opset_import))
-            feeds = {n: v for n, v in zip(node.input, inputs) if n}
-            return np.asarray(ReferenceEvaluator(model).run(None, feeds)[0])
+            outputs: list[Any] = list(ReferenceEvaluator(model).run(None, known))
+            return np.asarray(outputs[0])
         except Exception:  # noqa: BLE001 - an op we cannot fold is simply not a constant to us
             return None
 

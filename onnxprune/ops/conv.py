@@ -197,6 +197,7 @@ class ConvTranspose(Handler):
         w = rw.const(node.input[1])
         g = int(attr(node, "group", 1))
         if g > 1:  # depthwise
+            kin = rw.keep_or_all(x)
             w = w[kin]
             rw.set_attr(i, "group", len(kin))
         else:

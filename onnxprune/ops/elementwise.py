@@ -36,7 +36,8 @@ class Unary(Handler):
             return
         if node.op_type == "Clip":
             for name in node.input[1:]:
-                if name and (ctx.graph.const(name) is None or ctx.graph.const(name).size != 1):
+                bound = ctx.graph.const(name) if name else None
+                if name and (bound is None or bound.size != 1):
                     ctx.block(lx.atoms, f"Clip {ctx.node_label(i)} has non-scalar bounds")
                     return
         ctx.set(node.output[0], lx.axis, lx.atoms)
@@ -62,17 +63,18 @@ class Nary(Handler):
     op_types = NARY
 
     def propagate(self, i: int, node: NodeProto, ctx: AnalysisContext) -> None:
-        labeled = [(p, ctx.labeled(n)) for p, n in enumerate(node.input) if ctx.labeled(n) is not None]
+        labeled = [(p, ctx.label(n)) for p, n in enumerate(node.input) if ctx.labeled(n) is not None]
         if not labeled:
             return
         label = f"{node.op_type} {ctx.node_label(i)}"
-        ranks = [ctx.graph.rank(n) if n else 0 for n in node.input]
-        out_rank = ctx.graph.rank(node.output[0])
-        if out_rank is None and all(r is not None for r in ranks):
-            out_rank = max(ranks)  # type: ignore[type-var]
-        if out_rank is None or any(r is None for r in ranks):
+        maybe_ranks = [ctx.graph.rank(n) if n else 0 for n in node.input]
+        if any(r is None for r in maybe_ranks):
             ctx.block_inputs(i, f"{label}: operand ranks unknown")
             return
+        ranks = [int(r or 0) for r in maybe_ranks]
+        out_rank = ctx.graph.rank(node.output[0])
+        if out_rank is None:
+            out_rank = max(ranks)
         axes = {lab.axis + out_rank - ranks[p] for p, lab in labeled}
         if len(axes) != 1:
             ctx.block_inputs(i, f"{label} combines channels lying on different axes")
@@ -108,7 +110,7 @@ class Nary(Handler):
         if keep is None:
             return
         out_rank = rw.graph.rank(y) or max(rw.graph.rank(n) or 0 for n in node.input if n)
-        axis = rw.labeled(y).axis
+        axis = rw.label(y).axis
         for p, name in enumerate(node.input):
             if not name or rw.labeled(name) is not None or not rw.graph.is_const(name):
                 continue

@@ -119,7 +119,7 @@ def _layer_norm_apply(i: int, node: NodeProto, rw: RewriteContext) -> None:
     keep = rw.keep(x)
     if keep is None:
         return
-    size, kept = rw.labeled(x).size, len(keep)
+    size, kept = rw.label(x).size, len(keep)
     dtype = rw.const(node.input[1]).dtype
     eps = float(attr(node, "epsilon", 1e-5))
     base = (node.name or f"LayerNormalization_{i}").replace("/", "_")
@@ -183,7 +183,7 @@ class GroupNorm(Handler):
         keep = rw.keep(x)
         if keep is None:
             return
-        size = rw.labeled(x).size
+        size = rw.label(x).size
         groups = int(attr(node, "num_groups"))
         per_group, kept = size // groups, len(keep) // groups
         scale, bias = rw.const(node.input[1]), rw.const(node.input[2])

@@ -104,7 +104,7 @@ class Flatten(Handler):
         if not all(isinstance(d, int) for d in tail):
             ctx.block(lx.atoms, f"Flatten {ctx.node_label(i)}: dimensions after the channel axis are not static")
             return
-        _pass(ctx, node, 1 if k > 0 else 0, _expand_atoms(lx.atoms, tail, lx.axis - k))
+        _pass(ctx, node, 1 if k > 0 else 0, _expand_atoms(lx.atoms, [int(d or 0) for d in tail], lx.axis - k))
 
     def foldable(self, node: NodeProto) -> bool:
         return True
@@ -134,8 +134,9 @@ class Reshape(Handler):
                 return
             # [.., g*c, ..] -> [.., g, c, ..] (channel shuffle): the g blocks must lose the same channels, so
             # tie them; the larger of the two new axes carries the channels.
-            blocks = lx.atoms.reshape(dst[lx.axis], dst[lx.axis + 1])
-            inner = dst[lx.axis + 1] >= dst[lx.axis]
+            outer, inner_size = int(dst[lx.axis] or 0), int(dst[lx.axis + 1] or 0)  # static: _split_map checked
+            blocks = lx.atoms.reshape(outer, inner_size)
+            inner = inner_size >= outer
             lines = blocks if inner else blocks.T
             for row in lines[1:]:
                 ctx.tie(lines[0], row)
@@ -155,9 +156,9 @@ class Reshape(Handler):
         if keep is None or not rw.graph.is_const(node.input[1]):
             return
         shape = np.array(rw.const(node.input[1]), dtype=np.int64).copy()
-        axis = rw.labeled(y).axis
-        if shape[axis] == -1 or (shape[axis] == 0 and rw.labeled(node.input[0]).axis == axis
-                                 and len(rw.labeled(node.input[0]).atoms) == len(rw.labeled(y).atoms)):
+        axis = rw.label(y).axis
+        if shape[axis] == -1 or (shape[axis] == 0 and rw.label(node.input[0]).axis == axis
+                                 and len(rw.label(node.input[0]).atoms) == len(rw.label(y).atoms)):
             return
         shape[axis] = len(keep)
         rw.set_input(i, 1, shape)

@@ -18,14 +18,18 @@ class Concat(Handler):
         labs = [ctx.labeled(n) for n in names]
         if not any(labs):
             return
-        rank = ctx.graph.rank(node.output[0]) or next(ctx.graph.rank(n) for n in names if ctx.graph.rank(n))
-        axis = int(attr(node, "axis", 0)) % rank
         label = f"Concat {ctx.node_label(i)}"
+        rank = ctx.graph.rank(node.output[0]) or next((r for n in names if (r := ctx.graph.rank(n))), None)
+        if rank is None:
+            ctx.block_inputs(i, f"{label}: ranks unknown")
+            return
+        axis = int(attr(node, "axis", 0)) % rank
         lab_axes = {lab.axis for lab in labs if lab is not None}
         if lab_axes != {axis}:
-            if len(lab_axes) == 1 and all(lab is not None for lab in labs):  # joined along another axis: tie
-                first = labs[0]
-                for lab in labs[1:]:
+            present = [lab for lab in labs if lab is not None]
+            if len(lab_axes) == 1 and len(present) == len(labs):  # joined along another axis: tie
+                first = present[0]
+                for lab in present[1:]:
                     if lab.size != first.size:
                         ctx.block_inputs(i, f"{label} joins channel tensors of different widths")
                         return
@@ -35,9 +39,9 @@ class Concat(Handler):
                 ctx.block_inputs(i, f"{label} joins tensors whose channels lie on other axes")
             return
         parts = []
-        for name, lab in zip(names, labs):
-            if lab is not None:
-                parts.append(lab.atoms)
+        for name, maybe in zip(names, labs):
+            if maybe is not None:
+                parts.append(maybe.atoms)
                 continue
             shape = ctx.graph.shape(name)
             size = shape[axis] if shape is not None and len(shape) > axis else None
@@ -92,7 +96,7 @@ class Split(Handler):
         lx = rw.labeled(node.input[0])
         if lx is None or rw.keep(node.input[0]) is None:
             return
-        if all(rw.labeled(o) is None or rw.labeled(o).axis == lx.axis and rw.labeled(o).size == lx.size
+        if all(rw.labeled(o) is None or rw.label(o).axis == lx.axis and rw.label(o).size == lx.size
                for o in node.output if o):
             return  # split along another axis
         sizes = np.array([len(rw.keep_or_all(o)) for o in node.output], dtype=np.int64)
@@ -140,10 +144,10 @@ class Slice(Handler):
         """A channel-axis slice [lo, hi) of the kept channels is still contiguous: count what survives before."""
         x = node.input[0]
         kin = rw.keep(x)
-        lx = rw.labeled(x)
-        if kin is None or len(node.input) < 3:
-            return
         rank = rw.graph.rank(x)
+        if kin is None or len(node.input) < 3 or rank is None:
+            return
+        lx = rw.label(x)
         starts, ends = rw.const(node.input[1]), rw.const(node.input[2])
         axes = rw.const(node.input[3]) if len(node.input) > 3 and node.input[3] else np.arange(len(starts))
         hit = [k for k, a in enumerate(axes) if int(a) % rank == lx.axis]
@@ -194,7 +198,7 @@ class Gather(Handler):
         lx, ly = rw.labeled(node.input[0]), rw.labeled(node.output[0])
         kin, kout = rw.keep(node.input[0]), rw.keep(node.output[0])
         rank = rw.graph.rank(node.input[0])
-        if kin is None or ly is None or int(attr(node, "axis", 0)) % rank != lx.axis:
+        if kin is None or lx is None or ly is None or rank is None or int(attr(node, "axis", 0)) % rank != lx.axis:
             return
         idx = rw.const(node.input[1])
         flat = np.where(idx.ravel() < 0, idx.ravel() + lx.size, idx.ravel())

@@ -47,7 +47,7 @@ class Spatial(Handler):
             return
         sizes = np.array(rw.const(node.input[3]), dtype=np.int64).copy()
         if sizes.size:
-            sizes[rw.labeled(node.output[0]).axis] = len(keep)
+            sizes[rw.label(node.output[0]).axis] = len(keep)
             rw.set_input(i, 3, sizes)
 
     def output_rank(self, node: NodeProto) -> RankRule | None:

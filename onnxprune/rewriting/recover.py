@@ -188,14 +188,18 @@ def _compensate_bias(c: _Consumer, analysis: Analysis, mean: np.ndarray, edits: 
     removed = np.setdiff1d(np.arange(mean.shape[0]), c.keep_in)
     if not len(removed):
         return
-    delta = c.form.bias_shift(graph.const(node.input[1]).astype(np.float64), mean, removed)
+    weight = graph.const(node.input[1])
+    if weight is None:
+        return
+    delta = c.form.bias_shift(weight.astype(np.float64), mean, removed)
     if delta is None:
         return
     if c.keep_out is not None:
         delta = delta[c.keep_out]
     bias_name = target.input[port] if len(target.input) > port and target.input[port] else ""
     dtype = graph.elem_type(node.input[1]) or onnx.TensorProto.FLOAT
-    base = edits.value(bias_name).astype(np.float64) if bias_name else np.zeros_like(delta)
+    current = edits.value(bias_name) if bias_name else None
+    base = current.astype(np.float64) if current is not None else np.zeros_like(delta)
     edits.set_input(target, port, base + delta, dtype)  # broadcasts over a [N], [1, N] or [M, N] bias
 
 
@@ -268,7 +272,7 @@ def _run_samples(model: onnx.ModelProto, names: list[str], data: Dataset, sample
 def _collect_targets(original: onnx.ModelProto, plans: list[_Rows], data: Dataset, batch_size: int) -> None:
     needed = np.unique(np.concatenate([r.samples for r in plans])) if plans else np.zeros(0, dtype=np.int64)
     names = sorted({r.consumer.node.output[0] for r in plans})
-    parts: dict[int, list[np.ndarray]] = {id(r): [] for r in plans}
+    parts: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {id(r): [] for r in plans}
     for start, values in _run_samples(original, names, data, needed, batch_size):
         out = dict(zip(names, values))
         batch_samples = needed[start:start + batch_size]

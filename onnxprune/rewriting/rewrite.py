@@ -48,6 +48,10 @@ class Rewriter:
     def labeled(self, name: str) -> Labeled | None:
         return self._labels.get(name)
 
+    def label(self, name: str) -> Labeled:
+        """The channel axis of a tensor known to carry channels."""
+        return self._labels[name]
+
     def const(self, name: str) -> np.ndarray:
         value = self.graph.const(name)
         if value is None:
@@ -145,11 +149,11 @@ def _assemble(rw: Rewriter, analysis: Analysis, keep: dict[str, np.ndarray]) -> 
                    or any((i, p) in renamed for p in range(len(node.input)))
                    or (node.op_type == "Constant" and node.output and node.output[0] in replaced))
         for p in range(len(node.input)):
-            name = renamed.get((i, p))
-            if name in as_nodes:  # emitted right before its first reader
-                value, dtype = as_nodes.pop(name)
-                g_out.node.append(helper.make_node("Constant", [], [name], name=name,
-                                                   value=_tensor(value, name, dtype)))
+            reads = renamed.get((i, p))
+            if reads is not None and reads in as_nodes:  # emitted right before its first reader
+                value, dtype = as_nodes.pop(reads)
+                g_out.node.append(helper.make_node("Constant", [], [reads], name=reads,
+                                                   value=_tensor(value, reads, dtype)))
         new = g_out.node.add()
         new.CopyFrom(node)
         if not changes:
