@@ -12,12 +12,14 @@ Cases, run interleaved ``--repeat`` times (base, a, b, c, base, a, b, c, ...):
 * ``a``: the same imports, then ``onnx.load`` + ``onnx.save`` of the model
 * ``b``: ``onnxprune MODEL --ratio R -o OUT`` (the CLI, verification on)
 * ``c``: the same with ``--no-verify``
+* with ``--baseline DIR`` (a checkout of another commit, e.g. ``git worktree add /tmp/base main~3``) also
+  ``b0``/``c0``: ``b``/``c`` run from that checkout, and the ratios b/b0, c/c0 (is this commit slower?)
 
 Medians are reported, absolute and as increments over ``base``, with the
 ratios b/a and c/a and peak RSS per byte of model file.
 
     python tools/bench_cost.py [--model resnet50.onnx | --work DIR] [--ratio 0.5]
-        [--repeat 3] [--json PATH]
+        [--repeat 3] [--json PATH] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ LABELS = {
     "a": "onnx.load + onnx.save",
     "b": "onnxprune CLI (verify)",
     "c": "onnxprune CLI --no-verify",
+    "b0": "baseline CLI (verify)",
+    "c0": "baseline CLI --no-verify",
 }
 
 
@@ -77,10 +81,10 @@ print(wall, usage.ru_maxrss, p.returncode)
 """
 
 
-def run_child(cmd: list[str], log: Path) -> dict[str, Any]:
+def run_child(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``cmd`` via the runner; return wall seconds, peak RSS (bytes) of that child, and its exit code."""
     res = subprocess.run([sys.executable, "-S", "-c", _RUNNER, str(log), *cmd], capture_output=True, text=True,
-                         check=True)
+                         check=True, env=env)
     wall, maxrss, rc = res.stdout.split()
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: KiB on Linux, bytes on macOS
     return {"wall_s": float(wall), "rss": int(maxrss) * scale, "rc": int(rc)}
@@ -93,8 +97,9 @@ def case_cmd(case: str, model: Path, out: Path, ratio: float) -> list[str]:
     if case == "a":
         code = f"{IMPORTS}\nimport sys\nonnx.save(onnx.load(sys.argv[1]), sys.argv[2])"
         return [sys.executable, "-c", code, str(model), str(out)]
-    cmd = [*onnxprune_cmd(), str(model), "--ratio", str(ratio), "-o", str(out)]
-    return cmd + (["--no-verify"] if case == "c" else [])
+    cli = [sys.executable, "-m", "onnxprune.cli"] if case.endswith("0") else onnxprune_cmd()
+    cmd = [*cli, str(model), "--ratio", str(ratio), "-o", str(out)]
+    return cmd + (["--no-verify"] if case.startswith("c") else [])
 
 
 def _cleanup(out: Path) -> None:
@@ -112,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", type=Path, default=None, help="write results JSON here")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="a checkout of another commit to time side by side (cases b0, c0)")
     args = ap.parse_args(argv)
+    cases = CASES + (("b0", "c0") if args.baseline else ())
+    baseline_env = dict(os.environ, PYTHONPATH=str(args.baseline)) if args.baseline else None
 
     tmp = None
     if args.work is None:
@@ -132,13 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {model} ({size / 2**20:.1f} MiB), ratio {args.ratio}, repeat {args.repeat}, "
           f"cli {' '.join(onnxprune_cmd())}", flush=True)
 
-    runs: dict[str, list[dict[str, Any]]] = {c: [] for c in CASES}
+    runs: dict[str, list[dict[str, Any]]] = {c: [] for c in cases}
     failures = []
     for rep in range(args.repeat):
-        for case in CASES:
+        for case in cases:
             _cleanup(out)
             log = out_dir / f"{case}.{rep}.log"
-            r = run_child(case_cmd(case, model, out, args.ratio), log)
+            r = run_child(case_cmd(case, model, out, args.ratio), log, baseline_env if case.endswith("0") else None)
             if case != "base":
                 r["out_bytes"] = file_size(out) if out.exists() else None
             runs[case].append(r)
@@ -150,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     _cleanup(out)
 
     med = {c: {"wall_s": statistics.median(r["wall_s"] for r in runs[c]),
-               "rss": statistics.median(r["rss"] for r in runs[c])} for c in CASES}
+               "rss": statistics.median(r["rss"] for r in runs[c])} for c in cases}
     base = med["base"]
-    for c in CASES:
+    for c in cases:
         med[c]["wall_incr_s"] = med[c]["wall_s"] - base["wall_s"]
         med[c]["rss_incr"] = med[c]["rss"] - base["rss"]
         med[c]["rss_per_file"] = med[c]["rss"] / size
@@ -165,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{'RSS/file':>8s} {'+RSS/file':>9s}")
     print(head)
     print("-" * len(head))
-    for c in CASES:
+    for c in cases:
         m = med[c]
         print(f"{c + ' ' + LABELS[c]:28s} {m['wall_s']:7.2f} {m['wall_incr_s']:8.2f} {m['rss'] / mib:8.1f} "
               f"{m['rss_incr'] / mib:9.1f} {m['rss_per_file']:8.2f} {m['rss_incr_per_file']:9.2f}")
@@ -175,17 +184,17 @@ def main(argv: list[str] | None = None) -> int:
     head = f"{'ratio':6s} {'wall':>6s} {'+wall':>6s} {'RSS':>6s} {'+RSS':>6s}"
     print(head)
     print("-" * len(head))
-    a = med["a"]
-    for c in ("b", "c"):
-        m = med[c]
-        ratios[f"{c}/a"] = {
+    pairs = [("b", "a"), ("c", "a")] + ([("b", "b0"), ("c", "c0")] if args.baseline else [])
+    for c, d in pairs:
+        m, a = med[c], med[d]
+        ratios[f"{c}/{d}"] = {
             "wall": m["wall_s"] / a["wall_s"],
             "wall_incr": m["wall_incr_s"] / a["wall_incr_s"] if a["wall_incr_s"] > 0 else float("nan"),
             "rss": m["rss"] / a["rss"],
             "rss_incr": m["rss_incr"] / a["rss_incr"] if a["rss_incr"] > 0 else float("nan"),
         }
-        r = ratios[f"{c}/a"]
-        print(f"{c + '/a':6s} {r['wall']:6.2f} {r['wall_incr']:6.2f} {r['rss']:6.2f} {r['rss_incr']:6.2f}")
+        r = ratios[f"{c}/{d}"]
+        print(f"{c + '/' + d:6s} {r['wall']:6.2f} {r['wall_incr']:6.2f} {r['rss']:6.2f} {r['rss_incr']:6.2f}")
     if failures:
         print("\nfailures:")
         for f in failures:
