@@ -71,12 +71,12 @@ class FinetuneResult:
         return {"history": self.history, "best_epoch": self.best_epoch}
 
 
-def require_torch():
-    """Import torch, or say how to install it."""
+def require_torch(what: str = "fine-tuning"):
+    """Import torch, or say that ``what`` needs it and how to install it."""
     try:
         import torch
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise UsageError("fine-tuning needs torch: pip install 'onnxprune[torch]'") from exc
+        raise UsageError(f"{what} needs torch: pip install 'onnxprune[torch]'") from exc
     return torch
 
 

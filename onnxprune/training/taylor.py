@@ -13,20 +13,21 @@ import onnx
 from onnxprune.core.progress import Progress
 from onnxprune.measure.calibrate import model_batches
 from onnxprune.measure.data import Dataset
+from onnxprune.planning.criteria import channel_criterion, register
 from onnxprune.training.finetune import require_torch
 
-__all__ = ["taylor_statistics"]
+__all__ = ["TAYLOR", "taylor_statistics"]
 
 
 def taylor_statistics(model: onnx.ModelProto, tensors: list[str], axes: dict[str, int], data: Dataset,
                       batch_size: int = 32, limit: int | None = None) -> dict[str, np.ndarray]:
     """Per-channel Taylor scores of ``tensors`` (channel axis from ``axes``) over ``data``."""
-    torch = require_torch()
+    torch = require_torch("the taylor criterion")
     from onnxprune.training.bridge import OnnxModule
 
     module = OnnxModule(model, train_bn=False).eval()
     F = torch.nn.functional
-    sums = {name: None for name in tensors}
+    sums: dict[str, np.ndarray | None] = {name: None for name in tensors}
     seen = 0
     n = len(data) if limit is None else min(limit, len(data))
     with Progress("measuring gradients", n) as bar:
@@ -54,7 +55,16 @@ def taylor_statistics(model: onnx.ModelProto, tensors: list[str], axes: dict[str
                 contribution = value.detach() * value.grad
                 per_sample = contribution.sum(dim=other) if other else contribution
                 total = per_sample.abs().sum(dim=0).double().numpy()
-                sums[name] = total if sums[name] is None else sums[name] + total
+                previous = sums[name]
+                sums[name] = total if previous is None else previous + total
             seen += part.stop - part.start
             bar.advance(part.stop - part.start)
     return {name: value / max(seen, 1) for name, value in sums.items() if value is not None}
+
+
+def _identity(scores: np.ndarray) -> np.ndarray:
+    return scores
+
+
+#: The registered ``taylor`` criterion: per-channel scores from :func:`taylor_statistics`.
+TAYLOR = register(channel_criterion("taylor", _identity, needs="gradients", statistics=taylor_statistics))
