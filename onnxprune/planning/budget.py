@@ -8,7 +8,7 @@ import onnx
 
 from onnxprune.analysis.dependency import Analysis
 from onnxprune.measure.cost import CostModel
-from onnxprune.planning.planner import PlanConfig, choose
+from onnxprune.planning.planner import PlanConfig, choose, ranked_units
 
 __all__ = ["CostModel", "plan_for_budget"]
 
@@ -22,14 +22,7 @@ def plan_for_budget(model: onnx.ModelProto, analysis: Analysis, scores: dict[int
     groups = [g for g in analysis.groups if g.prunable]
     if not groups:
         return {}
-    normalised, owner = [], []
-    for g in groups:
-        s = scores[g.id]
-        mean = s.mean()
-        normalised.append(s / mean if mean > 0 else np.zeros_like(s))
-        owner.append(np.full(g.size, g.id))
-    order = np.argsort(np.concatenate(normalised), kind="stable")
-    who = np.concatenate(owner)[order]
+    who = ranked_units(groups, scores)
     sizes = {g.id: g.size for g in groups}
     which = 0 if kind == "macs" else 1
 
@@ -38,7 +31,7 @@ def plan_for_budget(model: onnx.ModelProto, analysis: Analysis, scores: dict[int
         kept = {gid: size - int(lost[gid]) for gid, size in sizes.items()}
         return choose(analysis, scores, config, kept)
 
-    lo, hi = 0, len(order)
+    lo, hi = 0, len(who)
     best = removal(hi)
     while lo < hi:
         mid = (lo + hi) // 2

@@ -10,7 +10,27 @@ import numpy as np
 from onnxprune.analysis.dependency import Analysis, PruneGroup
 from onnxprune.errors import UsageError
 
-__all__ = ["PlanConfig", "choose"]
+__all__ = ["PlanConfig", "choose", "kept_count", "ranked_units"]
+
+
+def kept_count(size: int, ratio: float) -> int:
+    """Channels a group of ``size`` keeps when ``ratio`` of them is removed (the removal rounded down, so a
+    group of 3 at 0.5 keeps 2)."""
+    return size - math.floor(ratio * size + 1e-9)
+
+
+def ranked_units(groups: list[PruneGroup], scores: dict[int, np.ndarray]) -> np.ndarray:
+    """The group id of every unit of ``groups``, weakest first in one global ranking: each group's scores
+    divided by their mean (all zero where the mean is not positive), ties kept in group order."""
+    normalised = []
+    owner = []
+    for g in groups:
+        s = scores[g.id]
+        mean = s.mean()
+        normalised.append(s / mean if mean > 0 else np.zeros_like(s))
+        owner.append(np.full(g.size, g.id))
+    order = np.argsort(np.concatenate(normalised), kind="stable")
+    return np.concatenate(owner)[order]
 
 
 @dataclass(frozen=True)
@@ -60,11 +80,11 @@ def choose(analysis: Analysis, scores: dict[int, np.ndarray], config: PlanConfig
     elif config.global_ranking:
         targets = _global_targets(groups, scores, config.ratio)
     else:
-        targets = {g.id: g.size - math.floor(config.ratio * g.size + 1e-9) for g in groups}
+        targets = {g.id: kept_count(g.size, config.ratio) for g in groups}
     removed: dict[int, np.ndarray] = {}
     for g in groups:
-        kept = _select(g, scores[g.id], targets[g.id], config)
-        gone = np.setdiff1d(np.arange(g.size), kept)
+        chosen = _select(g, scores[g.id], targets[g.id], config)
+        gone = np.setdiff1d(np.arange(g.size), chosen)
         if len(gone):
             removed[g.id] = gone
     _keep_tensors_nonempty(analysis, removed, scores, config)
@@ -94,7 +114,7 @@ def _give_back(g: PruneGroup, gone: np.ndarray, s: np.ndarray, unit: int, round_
     """Units to restore so that ``unit`` is kept and the group's cells and rounding still hold."""
     if g.cells is not None:  # the same number more per cell (``unit`` first in its own cell)
         step = round_to // math.gcd(round_to, len(g.cells)) if round_to > 1 else 1
-        back = []
+        back: list[int] = []
         for cell in g.cells:
             lost = cell[np.isin(cell, gone)]
             lost = lost[np.argsort(-s[lost], kind="stable")]
@@ -115,17 +135,9 @@ def _give_back(g: PruneGroup, gone: np.ndarray, s: np.ndarray, unit: int, round_
 
 
 def _global_targets(groups: list[PruneGroup], scores: dict[int, np.ndarray], ratio: float) -> dict[int, int]:
-    normalised = []
-    owner = []
-    for g in groups:
-        s = scores[g.id]
-        mean = s.mean()
-        normalised.append(s / mean if mean > 0 else np.zeros_like(s))
-        owner.append(np.full(g.size, g.id))
-    flat, who = np.concatenate(normalised), np.concatenate(owner)
-    n_remove = math.floor(ratio * len(flat) + 1e-9)
-    order = np.argsort(flat, kind="stable")[:n_remove]
-    lost = np.bincount(who[order], minlength=max(g.id for g in groups) + 1)
+    ranked = ranked_units(groups, scores)
+    n_remove = len(ranked) - kept_count(len(ranked), ratio)
+    lost = np.bincount(ranked[:n_remove], minlength=max(g.id for g in groups) + 1)
     return {g.id: g.size - int(lost[g.id]) for g in groups}
 
 

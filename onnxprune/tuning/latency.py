@@ -16,7 +16,7 @@ from onnxprune.analysis.dependency import analyze as find_groups
 from onnxprune.core.graph import Graph
 from onnxprune.core.progress import Progress
 from onnxprune.measure.runtime import CPU, Session, provider_list, random_inputs
-from onnxprune.planning.planner import PlanConfig, choose
+from onnxprune.planning.planner import PlanConfig, choose, kept_count
 from onnxprune.rewriting.rewrite import apply_keep
 
 __all__ = ["LatencyTable", "latency_ratio", "latency_table", "median_times", "repeats_for"]
@@ -120,7 +120,7 @@ def latency_table(model: onnx.ModelProto, kept: Sequence[float] = (0.75, 0.5, 0.
         for g in chosen:
             widths, sessions = [g.size], [original]
             for f in fractions:
-                target = g.size - math.floor((1.0 - f) * g.size + 1e-9)
+                target = kept_count(g.size, 1.0 - f)
                 removed = choose(analysis, scores, PlanConfig(ratio=0.0), {g.id: target}).get(g.id)
                 if removed is None:
                     widths.append(g.size)

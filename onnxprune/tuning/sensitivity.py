@@ -6,7 +6,6 @@ agreement and relative error always). Also the share of MACs each group touches,
 ratio: the deepest tried fraction whose measured loss stays within the tolerance."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +19,8 @@ from onnxprune.measure.calibrate import collect, consumer_inputs, model_batches
 from onnxprune.measure.data import Dataset
 from onnxprune.measure.runtime import CPU, Session
 from onnxprune.measure.stats import group_rows, model_stats
-from onnxprune.planning.criteria import score
-from onnxprune.planning.planner import PlanConfig, choose
+from onnxprune.planning.criteria import group_sums, score
+from onnxprune.planning.planner import PlanConfig, choose, kept_count
 from onnxprune.rewriting.rewrite import apply_keep
 from onnxprune.tuning.latency import latency_table
 
@@ -91,7 +90,7 @@ def sensitivity(model: onnx.ModelProto, data: Dataset, fractions: tuple[float, .
             row["macs_share"] = row["macs"] / stats.macs if stats.macs else 0.0
             row["curve"] = []
             for f in fractions:
-                kept = {g.id: g.size - math.floor(f * g.size + 1e-9)}
+                kept = {g.id: kept_count(g.size, f)}
                 removed = {gid: r for gid, r in choose(analysis, scores, PlanConfig(ratio=f), kept).items()
                            if gid == g.id}
                 if not removed:
@@ -126,11 +125,7 @@ def _energy(model: onnx.ModelProto, analysis, data: Dataset, batch_size: int, li
         if ref.role != "in" or name not in stats:
             continue
         column = np.square(ref.view(analysis.graph.const(ref.name)).astype(np.float64)).sum(axis=1)
-        gids, local = analysis.unit_index(ref.atoms)
-        per = column * stats[name].square / max(stats[name].elements, 1)
-        for gid in np.unique(gids):
-            mine = gids == gid
-            np.add.at(energy[int(gid)], local[mine], per[mine])
+        group_sums(analysis, ref.atoms, column * stats[name].square / max(stats[name].elements, 1), energy)
     return energy
 
 
@@ -158,14 +153,14 @@ def plot(result: Sensitivity, path: Path) -> bool:
     left.set_title("sensitivity per group")
     left.legend(fontsize="small", ncol=2)
     shown = [r for r in result.rows if "curve" in r]
-    xs = np.arange(len(shown))
+    at = np.arange(len(shown))
     width = 0.4 if result.latency else 0.8
-    right.bar(xs, [r["macs_share"] for r in shown], width, label="MACs touched")
+    right.bar(at, [r["macs_share"] for r in shown], width, label="MACs touched")
     if result.latency:
-        right.bar(xs + width, [r.get("latency_share") or 0.0 for r in shown], width,
+        right.bar(at + width, [r.get("latency_share") or 0.0 for r in shown], width,
                   label="latency saved at half width")
         right.legend(fontsize="small")
-    right.set_xticks(xs + (width / 2 if result.latency else 0), [str(r["id"]) for r in shown])
+    right.set_xticks(at + (width / 2 if result.latency else 0), [str(r["id"]) for r in shown])
     right.set_xlabel("group")
     right.set_ylabel("share of the model")
     right.set_title("where the MACs and the time are")
