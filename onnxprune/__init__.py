@@ -15,12 +15,14 @@ from onnxprune.core.modelio import save_model as save  # noqa: E402
 from onnxprune.errors import (  # noqa: E402
     ModelError,
     OnnxPruneError,
+    OutputError,
     PlanError,
     UnsupportedError,
     UsageError,
     VerificationError,
 )
-from onnxprune.pipeline.pruning import PruneConfig, PruneResult, apply_plan, prune, prune_to_latency, prune_within  # noqa: E402
+from onnxprune.pipeline.pruning import PruneConfig, PruneResult, apply_plan, prune  # noqa: E402
+from onnxprune.pipeline.search import prune_to_latency, prune_within  # noqa: E402
 from onnxprune.planning.plan import Plan  # noqa: E402
 from onnxprune.rewriting.verify import Verification, verify  # noqa: E402
 from onnxprune.training.finetune import FinetuneConfig, FinetuneResult, finetune  # noqa: E402 - imports torch only when called
@@ -32,6 +34,7 @@ __all__ = [
     "FinetuneResult",
     "ModelError",
     "OnnxPruneError",
+    "OutputError",
     "Plan",
     "PlanError",
     "PruneConfig",

@@ -1,9 +1,14 @@
-"""The one error hierarchy of onnxprune; ``cli`` maps it to exit codes."""
+"""The one error hierarchy of onnxprune; ``onnxprune.cli.app`` maps it to exit codes.
+
+Exit codes of the command line: 0 ok, 1 error (any :class:`OnnxPruneError` not listed here, or an unreadable
+file), 2 usage (:class:`UsageError`), 3 verification failed (:class:`VerificationError`), 130 interrupted.
+"""
 from __future__ import annotations
 
 __all__ = [
     "OnnxPruneError",
     "ModelError",
+    "OutputError",
     "UnsupportedError",
     "PlanError",
     "UsageError",
@@ -19,6 +24,10 @@ class OnnxPruneError(Exception):
 
 class ModelError(OnnxPruneError):
     """The input model cannot be read or is not a valid ONNX graph."""
+
+
+class OutputError(OnnxPruneError):
+    """An output cannot be written: a missing or read-only directory, a full disk, a path that is a folder."""
 
 
 class UnsupportedError(OnnxPruneError):
