@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +16,14 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, numpy_helper
 
-from onnxprune.errors import ModelError, OnnxPruneError
+from onnxprune.errors import ModelError, OutputError, UsageError
 
 __all__ = [
     "load_model",
     "save_model",
     "write_text_atomic",
+    "write_outputs",
+    "check_outputs",
     "file_sha256",
     "tensor_nbytes",
     "EXTERNAL_DATA_THRESHOLD",
@@ -81,7 +84,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], external_da
     use_external = _data_bytes(model) > EXTERNAL_DATA_THRESHOLD if external_data is None else external_data
     directory = target.parent if str(target.parent) else Path(".")
     if not directory.is_dir():
-        raise OnnxPruneError(f"output directory '{directory}' does not exist")
+        raise OutputError(f"output directory '{directory}' does not exist")
     tmpdir = Path(_mkdtemp(directory))
     try:
         tmp_model = tmpdir / target.name
@@ -97,7 +100,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], external_da
             os.replace(src, dst)
         return [dst for _, dst in written]
     except OSError as exc:
-        raise OnnxPruneError(f"cannot write '{target}': {exc.strerror or exc}") from exc
+        raise OutputError(f"cannot write '{target}': {exc.strerror or exc}") from exc
     finally:
         for leftover in tmpdir.glob("*"):
             leftover.unlink(missing_ok=True)
@@ -108,7 +111,7 @@ def _mkdtemp(directory: Path) -> str:
     try:
         return tempfile.mkdtemp(prefix=".onnxprune-", dir=directory)
     except OSError as exc:
-        raise OnnxPruneError(f"cannot write to '{directory}': {exc.strerror or exc}") from exc
+        raise OutputError(f"cannot write to '{directory}': {exc.strerror or exc}") from exc
 
 
 def _write_with_external_data(model: onnx.ModelProto, model_path: Path, data_path: Path, location: str) -> None:
@@ -141,7 +144,7 @@ def _write_with_external_data(model: onnx.ModelProto, model_path: Path, data_pat
             t.raw_data = raw
 
 
-def _all_tensors(model: onnx.ModelProto):
+def _all_tensors(model: onnx.ModelProto) -> Iterator[TensorProto]:
     yield from model.graph.initializer
     for node in model.graph.node:
         for a in node.attribute:
@@ -163,8 +166,43 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     except OSError as exc:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        raise OnnxPruneError(f"cannot write '{target}': {exc.strerror or exc}") from exc
+        raise OutputError(f"cannot write '{target}': {exc.strerror or exc}") from exc
     return target
+
+
+def check_outputs(source: Path, outputs: Sequence[Path]) -> None:
+    """Refuse to overwrite ``source`` (the input) and fail before any work when an output cannot be written:
+    :class:`UsageError` for clashing paths, :class:`OutputError` for a missing or read-only folder."""
+    resolved = [out.resolve() for out in outputs]
+    if len(set(resolved)) != len(resolved):
+        raise UsageError("the model, --plan and --report outputs must be different files")
+    for out in outputs:
+        if out.exists() and source.exists() and os.path.samefile(out, source):
+            raise UsageError(f"refusing to overwrite the input model '{source}'; choose another --output")
+        parent = out.parent if str(out.parent) else Path(".")
+        if not parent.is_dir():
+            raise OutputError(f"cannot write '{out}': directory '{parent}' does not exist")
+        if not os.access(parent, os.W_OK):
+            raise OutputError(f"cannot write '{out}': directory '{parent}' is not writable")
+        if out.is_dir():
+            raise OutputError(f"cannot write '{out}': it is a directory")
+
+
+def write_outputs(model: onnx.ModelProto, path: Path,
+                  documents: Callable[[list[Path]], Sequence[tuple[Path | None, str]]]) -> list[Path]:
+    """Write ``model`` to ``path``, then the text ``documents(model files written)`` names (a path of ``None``
+    is skipped); if any of it fails, remove what was written and re-raise. Returns the model files."""
+    written = save_model(model, path)
+    texts: list[Path] = []
+    try:
+        for target, text in documents(written):
+            if target is not None:
+                texts.append(write_text_atomic(target, text))
+    except BaseException:
+        for p in written + texts:
+            p.unlink(missing_ok=True)
+        raise
+    return written
 
 
 def _umask() -> int:
