@@ -4,9 +4,10 @@ preprocessing described by :class:`ImageSpec`. Batches are produced lazily, so s
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import numpy as np
 import onnx
@@ -81,18 +82,21 @@ class Dataset:
         for start in range(0, n, batch_size):
             part = slice(start, min(start + batch_size, n))
             if self.files:
-                yield {self.image_input: self._images(self.files[part])}, part
+                yield self._images(self.files[part]), part
             else:
                 yield {k: np.ascontiguousarray(v[part]) for k, v in self.inputs.items()}, part
 
     def take(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """Feeds for the samples at ``indices`` (any order), e.g. a shuffled training batch."""
         if self.files:
-            return {self.image_input: self._images([self.files[i] for i in indices])}
+            return self._images([self.files[i] for i in indices])
         return {k: np.ascontiguousarray(v[indices]) for k, v in self.inputs.items()}
 
-    def _images(self, paths: list[Path]) -> np.ndarray:
-        return np.stack([_read_image(p, self.spec, self.image_shape) for p in paths]).astype(self.image_dtype)
+    def _images(self, paths: list[Path]) -> dict[str, np.ndarray]:
+        """Feeds for the image files at ``paths``."""
+        spec, shape, name = self.spec, self.image_shape, self.image_input
+        assert spec is not None and shape is not None and name is not None  # set for every image dataset
+        return {name: np.stack([_read_image(p, spec, shape) for p in paths]).astype(self.image_dtype)}
 
 
 def _model_inputs(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
@@ -180,6 +184,11 @@ def _image_folder(root: Path, model: onnx.ModelProto, inputs: dict, spec: ImageS
     return Dataset({}, np.array(labels, dtype=np.int64) if classes else None, files, spec, name, shape, dtype)
 
 
+def _bilinear(image: Any) -> Any:
+    """Pillow's bilinear filter (``Image.Resampling.BILINEAR`` from Pillow 9.1, ``Image.BILINEAR`` before)."""
+    return getattr(image, "Resampling", image).BILINEAR
+
+
 def _read_image(path: Path, spec: ImageSpec, shape: list[int]) -> np.ndarray:
     try:
         from PIL import Image
@@ -187,8 +196,8 @@ def _read_image(path: Path, spec: ImageSpec, shape: list[int]) -> np.ndarray:
         raise UsageError("reading image folders needs Pillow: pip install 'onnxprune[images]'") from exc
     h, w = (shape[2], shape[3]) if spec.layout == "NCHW" else (shape[1], shape[2])
     with Image.open(path) as img:
-        img = img.convert("L" if spec.color == "L" else "RGB").resize((w, h), Image.BILINEAR)
-        x = np.asarray(img, dtype=np.float32)
+        img = img.convert("L" if spec.color == "L" else "RGB").resize((w, h), _bilinear(Image))
+        x: np.ndarray = np.asarray(img, dtype=np.float32)
     if x.ndim == 2:
         x = x[:, :, None]
     if spec.color == "BGR":

@@ -1,15 +1,22 @@
 """Elementwise operators, softmax and reductions, and linear algebra for the torch bridge."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
-from onnxprune.training.bridge.registry import OPS, TORCH_DTYPES, axis_of, ints_of, op, text_of
+from onnxprune.training.bridge.registry import TORCH_DTYPES, Op, axis_of, ints_of, op, register_op, text_of
 
 
 # ---- elementwise
-def _binary(fn):
+def _binary(fn: Callable[[Any, Any], torch.Tensor]) -> Op:
     return lambda ctx, a, x: [fn(x[0], x[1])]
+
+
+def _unary(fn: Callable[[Any], torch.Tensor]) -> Op:
+    return lambda ctx, a, x: [fn(x[0])]
 
 
 def _div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -22,7 +29,7 @@ for _name, _fn in {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": 
                    "Equal": torch.eq, "Less": torch.lt, "Greater": torch.gt, "LessOrEqual": torch.le,
                    "GreaterOrEqual": torch.ge, "And": torch.logical_and, "Or": torch.logical_or,
                    "Mod": torch.remainder}.items():
-    OPS[_name] = _binary(_fn)
+    register_op(_name, _binary(_fn))
 
 for _name, _fn in {"Relu": F.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Exp": torch.exp,
                    "Log": torch.log, "Sqrt": torch.sqrt, "Neg": torch.neg, "Abs": torch.abs, "Erf": torch.erf,
@@ -30,7 +37,7 @@ for _name, _fn in {"Relu": F.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh,
                    "Sin": torch.sin, "Cos": torch.cos, "Not": torch.logical_not, "Sign": torch.sign,
                    "Softplus": F.softplus, "Softsign": F.softsign, "Mish": F.mish, "HardSwish": F.hardswish,
                    "Identity": lambda t: t}.items():
-    OPS[_name] = (lambda f: lambda ctx, a, x: [f(x[0])])(_fn)
+    register_op(_name, _unary(_fn))
 
 
 @op("Dropout")
@@ -98,9 +105,9 @@ def _variadic(fn):
     return run
 
 
-OPS["Max"] = _variadic(torch.maximum)
-OPS["Min"] = _variadic(torch.minimum)
-OPS["Sum"] = _variadic(torch.add)
+register_op("Max", _variadic(torch.maximum))
+register_op("Min", _variadic(torch.minimum))
+register_op("Sum", _variadic(torch.add))
 
 
 @op("Mean")
@@ -134,8 +141,8 @@ def _coerced(fn):
     return run
 
 
-OPS["Softmax"] = _coerced(torch.softmax)
-OPS["LogSoftmax"] = _coerced(torch.log_softmax)
+register_op("Softmax", _coerced(torch.softmax))
+register_op("LogSoftmax", _coerced(torch.log_softmax))
 
 
 def _reduce(fn):
@@ -153,14 +160,14 @@ def _reduce(fn):
     return run
 
 
-OPS["ReduceMean"] = _reduce(lambda t, d, k: torch.mean(t, dim=d, keepdim=k))
-OPS["ReduceSum"] = _reduce(lambda t, d, k: torch.sum(t, dim=d, keepdim=k))
-OPS["ReduceMax"] = _reduce(lambda t, d, k: torch.amax(t, dim=d, keepdim=k))
-OPS["ReduceMin"] = _reduce(lambda t, d, k: torch.amin(t, dim=d, keepdim=k))
-OPS["ReduceProd"] = _reduce(lambda t, d, k: _prod(t, d, k))
-OPS["ReduceL2"] = _reduce(lambda t, d, k: torch.sqrt(torch.sum(t * t, dim=d, keepdim=k)))
-OPS["ReduceL1"] = _reduce(lambda t, d, k: torch.sum(torch.abs(t), dim=d, keepdim=k))
-OPS["ReduceSumSquare"] = _reduce(lambda t, d, k: torch.sum(t * t, dim=d, keepdim=k))
+register_op("ReduceMean", _reduce(lambda t, d, k: torch.mean(t, dim=d, keepdim=k)))
+register_op("ReduceSum", _reduce(lambda t, d, k: torch.sum(t, dim=d, keepdim=k)))
+register_op("ReduceMax", _reduce(lambda t, d, k: torch.amax(t, dim=d, keepdim=k)))
+register_op("ReduceMin", _reduce(lambda t, d, k: torch.amin(t, dim=d, keepdim=k)))
+register_op("ReduceProd", _reduce(lambda t, d, k: _prod(t, d, k)))
+register_op("ReduceL2", _reduce(lambda t, d, k: torch.sqrt(torch.sum(t * t, dim=d, keepdim=k))))
+register_op("ReduceL1", _reduce(lambda t, d, k: torch.sum(torch.abs(t), dim=d, keepdim=k)))
+register_op("ReduceSumSquare", _reduce(lambda t, d, k: torch.sum(t * t, dim=d, keepdim=k)))
 
 
 def _prod(t: torch.Tensor, dims: list[int], keep: bool) -> torch.Tensor:
@@ -180,8 +187,8 @@ def _arg(fn):
     return run
 
 
-OPS["ArgMax"] = _arg(torch.argmax)
-OPS["ArgMin"] = _arg(torch.argmin)
+register_op("ArgMax", _arg(torch.argmax))
+register_op("ArgMin", _arg(torch.argmin))
 
 
 # ---- linear algebra

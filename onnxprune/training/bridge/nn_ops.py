@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from onnxprune.training.bridge.registry import OPS, axis_of, ints_of, op, text_of
+from onnxprune.errors import UnsupportedError
+from onnxprune.training.bridge.registry import axis_of, ints_of, op, register_op, text_of
 
 
 # ---- convolution and pooling
@@ -65,7 +67,7 @@ def _conv_transpose(ctx, a, x):
     t, w = x[0], x[1]
     n = w.dim() - 2
     if a.get("output_shape") is not None or text_of(a.get("auto_pad", "NOTSET")) != "NOTSET":
-        raise NotImplementedError("ConvTranspose with output_shape/auto_pad")
+        raise UnsupportedError("the torch bridge does not support ConvTranspose with output_shape/auto_pad")
     pads = list(a.get("pads", [0] * (2 * n)))
     sym, _ = _torch_padding(pads)
     extra = list(a.get("output_padding", [0] * n))
@@ -91,20 +93,21 @@ def _pool_op(kind: str):
         if kind == "MaxPool":
             if sym is None:
                 t, sym = F.pad(t, flat, value=-math.inf), [0] * n
-            fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[n]
-            return [fn(t, kernel, strides, sym, a.get("dilations", [1] * n), ceil_mode=ceil)]
+            pool: Callable[..., torch.Tensor] = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[n]
+            return [pool(t, kernel, strides, sym, a.get("dilations", [1] * n), ceil_mode=ceil)]
         include = bool(a.get("count_include_pad", 0))
         if sym is None:
             if not include:
-                raise NotImplementedError("AveragePool with asymmetric pads excluding the padding")
+                raise UnsupportedError("the torch bridge does not support AveragePool with asymmetric pads "
+                                       "excluding the padding")
             t, sym = F.pad(t, flat), [0] * n
-        fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[n]
-        return [fn(t, kernel, strides, sym, ceil_mode=ceil, count_include_pad=include)]
+        average: Callable[..., torch.Tensor] = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[n]
+        return [average(t, kernel, strides, sym, ceil_mode=ceil, count_include_pad=include)]
     return run
 
 
-OPS["MaxPool"] = _pool_op("MaxPool")
-OPS["AveragePool"] = _pool_op("AveragePool")
+register_op("MaxPool", _pool_op("MaxPool"))
+register_op("AveragePool", _pool_op("AveragePool"))
 
 
 @op("GlobalAveragePool")
@@ -171,7 +174,7 @@ def _resize(ctx, a, x):
     else:
         values = [float(s) for s in scales.tolist()]
         if values[:2] != [1.0, 1.0]:
-            raise NotImplementedError("Resize of the batch or channel axes")
+            raise UnsupportedError("the torch bridge does not support Resize of the batch or channel axes")
         factors = values[2:]
         out_size = [int(math.floor(d * s)) for d, s in zip(t.shape[2:], factors)]
     if mode == "nearest":
@@ -188,8 +191,8 @@ def _resize(ctx, a, x):
             if sizes is None:
                 return [F.interpolate(t, scale_factor=factors, mode=torch_mode, align_corners=False)]
             return [F.interpolate(t, size=out_size, mode=torch_mode, align_corners=False)]
-        raise NotImplementedError(f"Resize linear with {ctm}")
-    raise NotImplementedError(f"Resize mode {mode}")
+        raise UnsupportedError(f"the torch bridge does not support Resize linear with {ctm}")
+    raise UnsupportedError(f"the torch bridge does not support Resize mode {mode}")
 
 
 def _nearest_index(size_in: int, size_out: int, scale: float, ctm: str, nearest: str) -> np.ndarray:
@@ -206,9 +209,11 @@ def _nearest_index(size_in: int, size_out: int, scale: float, ctm: str, nearest:
     elif ctm == "tf_half_pixel_for_nn":
         src = (x + 0.5) / scale
     else:
-        raise NotImplementedError(f"Resize with {ctm}")
-    rounding = {"round_prefer_floor": lambda v: np.ceil(v - 0.5), "round_prefer_ceil": lambda v: np.floor(v + 0.5),
-                "floor": np.floor, "ceil": np.ceil}[nearest]
+        raise UnsupportedError(f"the torch bridge does not support Resize with {ctm}")
+    roundings: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        "round_prefer_floor": lambda v: np.ceil(v - 0.5), "round_prefer_ceil": lambda v: np.floor(v + 0.5),
+        "floor": np.floor, "ceil": np.ceil}
+    rounding = roundings[nearest]
     return np.clip(rounding(src), 0, size_in - 1).astype(np.int64)
 
 

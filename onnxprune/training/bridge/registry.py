@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["OPS", "OpContext", "TORCH_DTYPES", "op", "ints_of", "axis_of", "text_of"]
+__all__ = ["OPS", "OpContext", "TORCH_DTYPES", "op", "register_op", "ints_of", "axis_of", "text_of"]
 
 TORCH_DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: torch.int32, 7: torch.int64,
                 9: torch.bool, 10: torch.float16, 11: torch.float64, 16: torch.bfloat16}
@@ -28,11 +28,19 @@ Op = Callable[[OpContext, dict[str, Any], list], list]
 OPS: dict[str, Op] = {}
 
 
+def register_op(name: str, fn: Op) -> Op:
+    """Register ``fn`` as the implementation of the operator ``name``; a second one is refused (``ValueError``)."""
+    if name in OPS:
+        raise ValueError(f"the torch bridge has an implementation of {name} already")
+    OPS[name] = fn
+    return fn
+
+
 def op(*names: str) -> Callable[[Op], Op]:
     """Register the decorated function as the implementation of ``names``."""
     def register(fn: Op) -> Op:
         for name in names:
-            OPS[name] = fn
+            register_op(name, fn)
         return fn
     return register
 
