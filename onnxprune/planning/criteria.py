@@ -8,7 +8,7 @@ measured on calibration data (or, for ``taylor``, gradients through the torch br
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,8 +21,8 @@ from onnxprune.measure.calibrate import ChannelStats, collect
 from onnxprune.measure.data import Dataset
 
 # CRITERIA, DATA_CRITERIA and GRADIENT_CRITERIA are read from the registry on access (see __getattr__).
-__all__ = ["Criterion", "get_criterion", "names", "register", "score", "channel_criterion", "group_sums",
-           "normalised"]
+__all__ = ["Criterion", "get_criterion", "names", "register", "score", "channel_criterion", "consumer_columns",
+           "group_sums", "normalised"]
 
 Needs = Literal["weights", "calibration", "gradients"]
 Scores = dict[int, np.ndarray]
@@ -118,6 +118,20 @@ def group_sums(analysis: Analysis, atoms: np.ndarray, values: np.ndarray, sums: 
             np.add.at(counts[int(gid)], local[mine], 1.0)
 
 
+def consumer_columns(analysis: Analysis, measured: Container[str]
+                     ) -> Iterator[tuple[np.ndarray, str, np.ndarray]]:
+    """(atoms, input tensor, squared norm of each weight column) of every consumer whose input tensor is in
+    ``measured``: how strongly each consumer reads each channel."""
+    for ref in analysis.weights:
+        tensor = analysis.graph.nodes[ref.node].input[0]
+        if ref.role != "in" or tensor not in measured:
+            continue
+        value = analysis.graph.const(ref.name)
+        if value is None:
+            raise ValueError(f"consumer weight '{ref.name}' is not a constant")
+        yield ref.atoms, tensor, np.square(ref.view(value).astype(np.float64)).sum(axis=1)
+
+
 def _zeros(analysis: Analysis) -> Scores:
     return {g.id: np.zeros(g.size) for g in analysis.groups}
 
@@ -178,15 +192,8 @@ def _consumer_criterion(name: str, combine: Callable[[ChannelStats, np.ndarray],
     def scorer(analysis: Analysis, seed: int, stats: Mapping[str, Any] | None) -> Scores:
         sums, counts = _zeros(analysis), _zeros(analysis)
         measured = stats or {}
-        for ref in analysis.weights:
-            tensor = analysis.graph.nodes[ref.node].input[0]
-            if ref.role != "in" or tensor not in measured:
-                continue
-            value = analysis.graph.const(ref.name)
-            if value is None:
-                raise ValueError(f"consumer weight '{ref.name}' is not a constant")
-            column = np.square(ref.view(value).astype(np.float64)).sum(axis=1)
-            group_sums(analysis, ref.atoms, normalised(combine(measured[tensor], column)), sums, counts)
+        for atoms, tensor, column in consumer_columns(analysis, measured):
+            group_sums(analysis, atoms, normalised(combine(measured[tensor], column)), sums, counts)
         return _mean(sums, counts)
     return Criterion(name, "calibration", scorer, statistics=collect)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -71,7 +71,7 @@ class FinetuneResult:
         return {"history": self.history, "best_epoch": self.best_epoch}
 
 
-def require_torch(what: str = "fine-tuning"):
+def require_torch(what: str = "fine-tuning") -> Any:
     """Import torch, or say that ``what`` needs it and how to install it."""
     try:
         import torch
@@ -101,7 +101,7 @@ def finetune(model: onnx.ModelProto, train: Dataset, config: FinetuneConfig = Fi
     if device.type == "cuda" and device.index is None and world > 1:  # one GPU per process under torchrun
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     module = OnnxModule(model, train_bn=config.bn == "train").to(device)
-    net = module
+    net: Any = module
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(module, device_ids=None if device.type == "cpu" else
                                                         [device.index or 0])
@@ -156,8 +156,9 @@ def finetune(model: onnx.ModelProto, train: Dataset, config: FinetuneConfig = Fi
     return FinetuneResult(write_back(model, module), history, best.epoch)
 
 
-def _step_loss(torch, net, module, train: Dataset, part: np.ndarray, batch_size: int, world: int,
-               teacher: TeacherOutputs | None, mode: str, config: FinetuneConfig, device, regularizer):
+def _step_loss(torch: Any, net: Any, module: Any, train: Dataset, part: np.ndarray, batch_size: int, world: int,
+               teacher: TeacherOutputs | None, mode: str, config: FinetuneConfig, device: Any,
+               regularizer: Callable[[Any], Any] | None) -> Any:
     """The loss of one micro-batch, scaled so that the gradients summed over micro-batches and averaged over
     processes are those of the mean loss over the whole batch."""
     feeds = train.take(part)
@@ -173,11 +174,11 @@ def _step_loss(torch, net, module, train: Dataset, part: np.ndarray, batch_size:
 class _Best:
     """The weights of the best epoch so far (the latest when there is no evaluation)."""
 
-    def __init__(self, module, score) -> None:
+    def __init__(self, module: Any, score: tuple[float, float] | None) -> None:
         self.module, self.score, self.epoch = module, score, 0
         self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
 
-    def offer(self, epoch: int, score) -> None:
+    def offer(self, epoch: int, score: tuple[float, float] | None) -> None:
         if score is None or self.score is None or score >= self.score:
             self.score, self.epoch = score, epoch
             self.state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
@@ -186,15 +187,15 @@ class _Best:
         self.module.load_state_dict(self.state)
 
 
-def _score(e: Evaluation | None) -> tuple | None:
+def _score(e: Evaluation | None) -> tuple[float, float] | None:
     if e is None:
         return None
     primary = e.accuracy if e.accuracy is not None else e.agreement
     return (primary if primary is not None else 0.0, e.cosine if e.cosine is not None else 0.0)
 
 
-def _evaluate(model, eval_data, teacher, config: FinetuneConfig, rank: int, world: int, torch
-              ) -> Evaluation | None:
+def _evaluate(model: onnx.ModelProto, eval_data: Dataset | None, teacher: onnx.ModelProto | None,
+              config: FinetuneConfig, rank: int, world: int, torch: Any) -> Evaluation | None:
     """Evaluation in onnxruntime (rank 0 measures, the others receive its result)."""
     if eval_data is None:
         return None
@@ -261,7 +262,8 @@ def _teacher_outputs(session: Session, feeds: dict[str, np.ndarray], fixed: int 
     return [np.concatenate(parts) for parts in zip(*pieces)]
 
 
-def _loss(torch, outputs, targets, labels, mode: str, temperature: float, device):
+def _loss(torch: Any, outputs: Any, targets: Any, labels: np.ndarray | None, mode: str, temperature: float,
+          device: Any) -> Any:
     """Summed over the samples of the batch: distillation over every float output and/or cross-entropy on
     the first."""
     F = torch.nn.functional
@@ -282,7 +284,7 @@ def _loss(torch, outputs, targets, labels, mode: str, temperature: float, device
     return total
 
 
-def _distill(torch, F, out, want, temperature: float):
+def _distill(torch: Any, F: Any, out: Any, want: Any, temperature: float) -> Any:
     """One output's distillation loss, summed over samples: KL divergence for class scores (logits or
     probabilities), mean squared error relative to the teacher's energy for anything else."""
     n = out.shape[0]
@@ -296,7 +298,7 @@ def _distill(torch, F, out, want, temperature: float):
     return (out - want).pow(2).reshape(n, -1).mean(dim=1).sum() / scale
 
 
-def _is_probability(x) -> bool:
+def _is_probability(x: Any) -> bool:
     """Rows of non-negative numbers summing to one (a softmax output)."""
     if x.dim() != 2 or x.shape[1] < 2:
         return False
@@ -304,7 +306,7 @@ def _is_probability(x) -> bool:
     return bool((with_no_grad >= 0).all() and (with_no_grad.sum(dim=1) - 1).abs().max() < 1e-3)
 
 
-def _distributed(torch, device: str) -> tuple[int, int]:
+def _distributed(torch: Any, device: str) -> tuple[int, int]:
     """(rank, world size): joins the process group ``torchrun`` describes, or (0, 1) alone."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:

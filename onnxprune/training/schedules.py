@@ -12,7 +12,9 @@ Both run inside :func:`onnxprune.pipeline.pruning.prune` as :class:`~onnxprune.p
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 import onnx
@@ -50,14 +52,16 @@ class _Trainer:
         return _metric(evaluate(model, self.eval_data, self.original, self.config.batch_size,
                                 self.config.eval_limit, "validating").to_dict())
 
-    def _finetune(self, model: onnx.ModelProto, label: str, regularizer=None) -> onnx.ModelProto:
+    def _finetune(self, model: onnx.ModelProto, label: str, regularizer: Callable[[Any], Any] | None = None
+                  ) -> onnx.ModelProto:
         result = finetune(model, self.train, self.config, teacher=self.original, eval_data=self.eval_data,
                           regularizer=regularizer, label=label)
         best = result.history[result.best_epoch]["eval"]
         self._measured = (result.model, _metric(best)) if best is not None else None
         return result.model
 
-    def before(self, step: int, model: onnx.ModelProto, analysis: Analysis, kept: dict[int, int]):
+    def before(self, step: int, model: onnx.ModelProto, analysis: Analysis, kept: dict[int, int]
+               ) -> tuple[onnx.ModelProto, dict[int, np.ndarray] | None]:
         return model, None
 
     def report(self) -> dict:
@@ -67,7 +71,8 @@ class _Trainer:
 class DropNet(_Trainer):
     """Fine-tune after every step; stop when the metric falls below ``kappa`` × baseline."""
 
-    def __init__(self, original, train, eval_data, config, kappa: float = 0.99) -> None:
+    def __init__(self, original: onnx.ModelProto, train: Dataset, eval_data: Dataset | None, config: FinetuneConfig,
+                 kappa: float = 0.99) -> None:
         super().__init__(original, train, eval_data, config)
         if not 0.0 < kappa <= 1.0:
             raise UsageError(f"--kappa must be in (0, 1], got {kappa}")
@@ -87,13 +92,15 @@ class DropNet(_Trainer):
 class AutoBalanced(_Trainer):
     """Regularised training before each round, pruning by the regularised filter norms, retraining after."""
 
-    def __init__(self, original, train, eval_data, config, alpha: float = 5e-3) -> None:
+    def __init__(self, original: onnx.ModelProto, train: Dataset, eval_data: Dataset | None, config: FinetuneConfig,
+                 alpha: float = 5e-3) -> None:
         super().__init__(original, train, eval_data, config)
         if not alpha > 0:
             raise UsageError(f"--alpha must be > 0, got {alpha}")
         self.alpha = alpha
 
-    def before(self, step: int, model: onnx.ModelProto, analysis: Analysis, kept: dict[int, int]):
+    def before(self, step: int, model: onnx.ModelProto, analysis: Analysis, kept: dict[int, int]
+               ) -> tuple[onnx.ModelProto, dict[int, np.ndarray] | None]:
         regularizer = BalancedRegularizer(analysis, kept, self.alpha)
         trained = self._finetune(model, f"auto-balanced round {step + 1} (regularised)", regularizer)
         return trained, regularizer.scores(trained)
@@ -127,7 +134,7 @@ class BalancedRegularizer:
                     mine = gids == gid
                     self.rows.setdefault(gid, []).append((ref.name, flat[mine], local[mine]))
 
-    def __call__(self, module):
+    def __call__(self, module: Any) -> Any:
         torch = require_torch()
         total = None
         for gid, entries in self.rows.items():
@@ -170,7 +177,7 @@ class BalancedRegularizer:
         return out
 
 
-def _balance(torch, norms, keep: int):
+def _balance(torch: Any, norms: Any, keep: int) -> tuple[Any, Any]:
     """λ per unit and the mask of the weak units (norm below θ, the ``keep``-th largest norm)."""
     m = norms.clamp_min(1e-12)
     theta = torch.topk(m, keep).values[-1]
@@ -180,7 +187,7 @@ def _balance(torch, norms, keep: int):
 
 
 def training_hooks(schedule: str, original: onnx.ModelProto, train: Dataset | None, eval_data: Dataset | None,
-                   config: FinetuneConfig, kappa: float = 0.99, alpha: float = 5e-3):
+                   config: FinetuneConfig, kappa: float = 0.99, alpha: float = 5e-3) -> DropNet | AutoBalanced | None:
     """The hooks of a training schedule, or ``None`` for the training-free ones."""
     if schedule not in ("dropnet", "auto-balanced"):
         return None

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from onnxprune.analysis.dependency import Analysis
 from onnxprune.analysis.dependency import analyze as find_groups
 from onnxprune.core.graph import Graph, static_input_shapes
 from onnxprune.core.progress import Progress
@@ -19,7 +20,7 @@ from onnxprune.measure.calibrate import collect, consumer_inputs, model_batches
 from onnxprune.measure.data import Dataset
 from onnxprune.measure.runtime import CPU, Session
 from onnxprune.measure.stats import group_rows, model_stats
-from onnxprune.planning.criteria import group_sums, score
+from onnxprune.planning.criteria import consumer_columns, group_sums, score
 from onnxprune.planning.planner import PlanConfig, choose, kept_count
 from onnxprune.rewriting.rewrite import apply_keep
 from onnxprune.tuning.latency import latency_table
@@ -99,7 +100,7 @@ def sensitivity(model: onnx.ModelProto, data: Dataset, fractions: tuple[float, .
                     bar.advance()
                     continue
                 out = _outputs(apply_keep(analysis, analysis.keep_positions(removed)), data, batch_size, probe)
-                point = {"fraction": f, "energy_lost": _lost(energy, analysis, g.id, removed[g.id]),
+                point = {"fraction": f, "energy_lost": _lost(energy, g.id, removed[g.id]),
                          "agreement": float((out.argmax(1) == reference.argmax(1)).mean()),
                          "rel_error": float(np.linalg.norm(out - reference) / max(np.linalg.norm(reference), 1e-30)),
                          "accuracy": float((out.argmax(1) == labels).mean()) if labels is not None else None}
@@ -114,22 +115,19 @@ def sensitivity(model: onnx.ModelProto, data: Dataset, fractions: tuple[float, .
     return Sensitivity(list(fractions), rows, base_acc)
 
 
-def _energy(model: onnx.ModelProto, analysis, data: Dataset, batch_size: int, limit: int) -> dict[int, np.ndarray]:
+def _energy(model: onnx.ModelProto, analysis: Analysis, data: Dataset, batch_size: int, limit: int
+            ) -> dict[int, np.ndarray]:
     """Per group and unit: sum over its consumers of ||W[:, c]||^2 * E[a_c^2] (the input energy it carries)."""
     names = consumer_inputs(analysis)
     stats = collect(model, names, {n: analysis.labels[n].axis for n in names}, data, batch_size, limit,
                     label="measuring channels")
     energy = {g.id: np.zeros(g.size) for g in analysis.groups}
-    for ref in analysis.weights:
-        name = analysis.graph.nodes[ref.node].input[0]
-        if ref.role != "in" or name not in stats:
-            continue
-        column = np.square(ref.view(analysis.graph.const(ref.name)).astype(np.float64)).sum(axis=1)
-        group_sums(analysis, ref.atoms, column * stats[name].square / max(stats[name].elements, 1), energy)
+    for atoms, name, column in consumer_columns(analysis, stats):
+        group_sums(analysis, atoms, column * stats[name].square / max(stats[name].elements, 1), energy)
     return energy
 
 
-def _lost(energy: dict[int, np.ndarray], analysis, gid: int, removed: np.ndarray) -> float:
+def _lost(energy: dict[int, np.ndarray], gid: int, removed: np.ndarray) -> float:
     total = float(energy[gid].sum())
     return float(energy[gid][removed].sum()) / total if total > 0 else 0.0
 

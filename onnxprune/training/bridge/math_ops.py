@@ -7,15 +7,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from onnxprune.training.bridge.registry import TORCH_DTYPES, Op, axis_of, ints_of, op, register_op, text_of
+from onnxprune.training.bridge.registry import TORCH_DTYPES, Op, OpContext, axis_of, ints_of, op, register_op, text_of
 
 
 # ---- elementwise
-def _binary(fn: Callable[[Any, Any], torch.Tensor]) -> Op:
+def _binary(fn: Callable[..., Any]) -> Op:
     return lambda ctx, a, x: [fn(x[0], x[1])]
 
 
-def _unary(fn: Callable[[Any], torch.Tensor]) -> Op:
+def _unary(fn: Callable[..., Any]) -> Op:
     return lambda ctx, a, x: [fn(x[0])]
 
 
@@ -25,49 +25,52 @@ def _div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a / b
 
 
-for _name, _fn in {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": _div, "Pow": torch.pow,
+_BINARY: dict[str, Callable[..., Any]] = {
+                   "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": _div, "Pow": torch.pow,
                    "Equal": torch.eq, "Less": torch.lt, "Greater": torch.gt, "LessOrEqual": torch.le,
                    "GreaterOrEqual": torch.ge, "And": torch.logical_and, "Or": torch.logical_or,
-                   "Mod": torch.remainder}.items():
+                   "Mod": torch.remainder}
+for _name, _fn in _BINARY.items():
     register_op(_name, _binary(_fn))
 
-for _name, _fn in {"Relu": F.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Exp": torch.exp,
+_UNARY: dict[str, Callable[..., Any]] = {"Relu": F.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Exp": torch.exp,
                    "Log": torch.log, "Sqrt": torch.sqrt, "Neg": torch.neg, "Abs": torch.abs, "Erf": torch.erf,
                    "Reciprocal": torch.reciprocal, "Floor": torch.floor, "Ceil": torch.ceil, "Round": torch.round,
                    "Sin": torch.sin, "Cos": torch.cos, "Not": torch.logical_not, "Sign": torch.sign,
                    "Softplus": F.softplus, "Softsign": F.softsign, "Mish": F.mish, "HardSwish": F.hardswish,
-                   "Identity": lambda t: t}.items():
+                   "Identity": lambda t: t}
+for _name, _fn in _UNARY.items():
     register_op(_name, _unary(_fn))
 
 
 @op("Dropout")
-def _dropout(ctx, a, x):
+def _dropout(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     return [x[0], torch.ones_like(x[0], dtype=torch.bool)]
 
 
 @op("LeakyRelu")
-def _leaky(ctx, a, x):
+def _leaky(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     return [F.leaky_relu(x[0], a.get("alpha", 0.01))]
 
 
 @op("Elu")
-def _elu(ctx, a, x):
+def _elu(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     return [F.elu(x[0], a.get("alpha", 1.0))]
 
 
 @op("Selu")
-def _selu(ctx, a, x):
+def _selu(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     alpha, gamma = a.get("alpha", 1.67326319217681884765625), a.get("gamma", 1.05070102214813232421875)
     return [gamma * torch.where(x[0] > 0, x[0], alpha * (torch.exp(x[0]) - 1))]
 
 
 @op("Gelu")
-def _gelu(ctx, a, x):
+def _gelu(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     return [F.gelu(x[0], approximate="tanh" if a.get("approximate", "none") == "tanh" else "none")]
 
 
 @op("HardSigmoid")
-def _hard_sigmoid(ctx, a, x):
+def _hard_sigmoid(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     alpha, beta = a.get("alpha", 0.2), a.get("beta", 0.5)
     if abs(alpha - 1.0 / 6.0) < 1e-7 and beta == 0.5:
         return [F.hardsigmoid(x[0])]  # torch's own kernel for the common case
@@ -75,12 +78,12 @@ def _hard_sigmoid(ctx, a, x):
 
 
 @op("PRelu")
-def _prelu(ctx, a, x):
+def _prelu(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     return [torch.where(x[0] >= 0, x[0], x[0] * x[1])]
 
 
 @op("Clip")
-def _clip(ctx, a, x):
+def _clip(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     lo = x[1] if len(x) > 1 and x[1] is not None else a.get("min")
     hi = x[2] if len(x) > 2 and x[2] is not None else a.get("max")
     lo, hi = (float(v) if isinstance(v, torch.Tensor) and v.numel() == 1 else v for v in (lo, hi))
@@ -96,8 +99,8 @@ def _clip(ctx, a, x):
     return [out]
 
 
-def _variadic(fn):
-    def run(ctx, a, x):
+def _variadic(fn: Callable[..., Any]) -> Op:
+    def run(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
         out = x[0]
         for t in x[1:]:
             out = fn(out, t)
@@ -111,28 +114,28 @@ register_op("Sum", _variadic(torch.add))
 
 
 @op("Mean")
-def _mean(ctx, a, x):
+def _mean(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     return [_variadic(torch.add)(ctx, a, x)[0] / len(x)]
 
 
 @op("Where")
-def _where(ctx, a, x):
+def _where(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     return [torch.where(x[0].bool(), x[1], x[2])]
 
 
 @op("Cast")
-def _cast(ctx, a, x):
+def _cast(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     return [x[0].to(TORCH_DTYPES[a["to"]])]
 
 
 @op("CastLike")
-def _cast_like(ctx, a, x):
+def _cast_like(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     return [x[0].to(x[1].dtype)]
 
 
 # ---- softmax and reductions
-def _coerced(fn):
-    def run(ctx, a, x):
+def _coerced(fn: Callable[..., Any]) -> Op:
+    def run(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
         t = x[0]
         axis = axis_of(a.get("axis", -1 if ctx.opset >= 13 else 1), t.dim())
         if ctx.opset >= 13 or axis == t.dim() - 1:
@@ -145,8 +148,8 @@ register_op("Softmax", _coerced(torch.softmax))
 register_op("LogSoftmax", _coerced(torch.log_softmax))
 
 
-def _reduce(fn):
-    def run(ctx, a, x):
+def _reduce(fn: Callable[..., Any]) -> Op:
+    def run(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
         t = x[0]
         axes = a.get("axes")
         if axes is None and len(x) > 1 and x[1] is not None:
@@ -176,8 +179,8 @@ def _prod(t: torch.Tensor, dims: list[int], keep: bool) -> torch.Tensor:
     return t
 
 
-def _arg(fn):
-    def run(ctx, a, x):
+def _arg(fn: Callable[..., Any]) -> Op:
+    def run(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
         t = x[0]
         axis = axis_of(a.get("axis", 0), t.dim())
         if a.get("select_last_index", 0):
@@ -193,12 +196,12 @@ register_op("ArgMin", _arg(torch.argmin))
 
 # ---- linear algebra
 @op("MatMul")
-def _matmul(ctx, a, x):
+def _matmul(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     return [torch.matmul(x[0], x[1])]
 
 
 @op("Gemm")
-def _gemm(ctx, a, x):
+def _gemm(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     A = x[0].transpose(0, 1) if a.get("transA", 0) else x[0]
     B = x[1].transpose(0, 1) if a.get("transB", 0) else x[1]
     out = torch.matmul(A, B)
@@ -211,6 +214,6 @@ def _gemm(ctx, a, x):
 
 
 @op("Einsum")
-def _einsum(ctx, a, x):
+def _einsum(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     return [torch.einsum(text_of(a["equation"]), *x)]
 

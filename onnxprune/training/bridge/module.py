@@ -9,7 +9,7 @@ initializers and Constant nodes, giving a model with the identical graph — nod
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import onnx
@@ -226,7 +226,7 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray:
     raise UnsupportedError(f"Constant node '{node.name}' with attribute '{attr.name}' is not supported")
 
 
-def _attribute(attr: onnx.AttributeProto):
+def _attribute(attr: onnx.AttributeProto) -> Any:
     value = helper.get_attribute_value(attr)
     if attr.type == AttributeProto.TENSOR:
         return numpy_helper.to_array(value)

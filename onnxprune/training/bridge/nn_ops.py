@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from onnxprune.errors import UnsupportedError
-from onnxprune.training.bridge.registry import axis_of, ints_of, op, register_op, text_of
+from onnxprune.training.bridge.registry import Op, OpContext, axis_of, ints_of, op, register_op, text_of
 
 
 # ---- convolution and pooling
@@ -50,7 +51,7 @@ _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 @op("Conv")
-def _conv(ctx, a, x):
+def _conv(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     t, w = x[0], x[1]
     n = w.dim() - 2
     kernel = list(w.shape[2:])
@@ -63,7 +64,7 @@ def _conv(ctx, a, x):
 
 
 @op("ConvTranspose")
-def _conv_transpose(ctx, a, x):
+def _conv_transpose(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     t, w = x[0], x[1]
     n = w.dim() - 2
     if a.get("output_shape") is not None or text_of(a.get("auto_pad", "NOTSET")) != "NOTSET":
@@ -81,8 +82,8 @@ def _conv_transpose(ctx, a, x):
     return [out]
 
 
-def _pool_op(kind: str):
-    def run(ctx, a, x):
+def _pool_op(kind: str) -> Op:
+    def run(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
         t = x[0]
         kernel = list(a["kernel_shape"])
         n = len(kernel)
@@ -111,35 +112,35 @@ register_op("AveragePool", _pool_op("AveragePool"))
 
 
 @op("GlobalAveragePool")
-def _gap(ctx, a, x):
+def _gap(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     return [torch.mean(x[0], dim=list(range(2, x[0].dim())), keepdim=True)]
 
 
 @op("GlobalMaxPool")
-def _gmp(ctx, a, x):
+def _gmp(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     return [torch.amax(x[0], dim=list(range(2, x[0].dim())), keepdim=True)]
 
 
 # ---- normalisation
 @op("BatchNormalization")
-def _batch_norm(ctx, a, x):
+def _batch_norm(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     t, scale, bias, mean, var = x[:5]
     training = ctx.train_bn and t.shape[0] > 1
     return [F.batch_norm(t, mean, var, scale, bias, training, 1.0 - a.get("momentum", 0.9), a.get("epsilon", 1e-5))]
 
 
 @op("LRN")
-def _lrn(ctx, a, x):
+def _lrn(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     return [F.local_response_norm(x[0], a["size"], a.get("alpha", 1e-4), a.get("beta", 0.75), a.get("bias", 1.0))]
 
 
 @op("InstanceNormalization")
-def _instance_norm(ctx, a, x):
+def _instance_norm(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     return [F.instance_norm(x[0], weight=x[1], bias=x[2], eps=a.get("epsilon", 1e-5))]
 
 
 @op("LayerNormalization")
-def _layer_norm(ctx, a, x):
+def _layer_norm(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     t = x[0]
     axis = axis_of(a.get("axis", -1), t.dim())
     shape = list(t.shape[axis:])
@@ -149,7 +150,7 @@ def _layer_norm(ctx, a, x):
 
 
 @op("GroupNormalization")
-def _group_norm(ctx, a, x):
+def _group_norm(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     t, scale, bias = x[:3]
     groups = a["num_groups"]
     if ctx.opset < 21 and scale.shape[0] == groups and groups != t.shape[1]:  # opset 18: per-group scale
@@ -159,7 +160,7 @@ def _group_norm(ctx, a, x):
 
 
 @op("Resize", "Upsample")
-def _resize(ctx, a, x):
+def _resize(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     t = x[0]
     mode = text_of(a.get("mode", "nearest"))
     ctm = text_of(a.get("coordinate_transformation_mode", "half_pixel" if ctx.opset >= 11 else "asymmetric"))
@@ -218,7 +219,7 @@ def _nearest_index(size_in: int, size_out: int, scale: float, ctm: str, nearest:
 
 
 @op("DepthToSpace")
-def _depth_to_space(ctx, a, x):
+def _depth_to_space(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     t, b = x[0], a["blocksize"]
     n, c, h, w = t.shape
     mode = text_of(a.get("mode", "DCR"))

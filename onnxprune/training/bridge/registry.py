@@ -45,7 +45,7 @@ def op(*names: str) -> Callable[[Op], Op]:
     return register
 
 
-def ints_of(t) -> list[int]:
+def ints_of(t: Any) -> list[int]:
     """Python ints from a tensor or a sequence."""
     return [int(v) for v in (t.tolist() if isinstance(t, torch.Tensor) else t)]
 
@@ -55,6 +55,6 @@ def axis_of(axis: int, rank: int) -> int:
     return axis + rank if axis < 0 else axis
 
 
-def text_of(value) -> str:
+def text_of(value: str | bytes) -> str:
     """An attribute string (bytes in some exports)."""
     return value.decode() if isinstance(value, bytes) else value

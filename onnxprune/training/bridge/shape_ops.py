@@ -1,28 +1,30 @@
 """Shape and data-movement operators for the torch bridge."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from onnx import helper
 
-from onnxprune.training.bridge.registry import TORCH_DTYPES, axis_of, ints_of, op, text_of
+from onnxprune.training.bridge.registry import TORCH_DTYPES, OpContext, axis_of, ints_of, op, text_of
 
 
 @op("Shape")
-def _shape(ctx, a, x):
+def _shape(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     dims = torch.tensor(list(x[0].shape), dtype=torch.int64, device=x[0].device)
     start, end = a.get("start", 0), a.get("end")
     return [dims[start:end]]
 
 
 @op("Size")
-def _size(ctx, a, x):
+def _size(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     return [torch.tensor(x[0].numel(), dtype=torch.int64, device=x[0].device)]
 
 
 @op("Reshape")
-def _reshape(ctx, a, x):
+def _reshape(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     t, shape = x[0], ints_of(x[1])
     if not a.get("allowzero", 0):
         shape = [t.shape[i] if d == 0 else d for i, d in enumerate(shape)]
@@ -30,20 +32,20 @@ def _reshape(ctx, a, x):
 
 
 @op("Flatten")
-def _flatten(ctx, a, x):
+def _flatten(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     t = x[0]
     axis = axis_of(a.get("axis", 1), t.dim())
     return [t.reshape(int(np.prod(t.shape[:axis])), -1)]
 
 
 @op("Transpose")
-def _transpose(ctx, a, x):
+def _transpose(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     perm = a.get("perm") or list(reversed(range(x[0].dim())))
     return [x[0].permute(perm)]
 
 
 @op("Squeeze")
-def _squeeze(ctx, a, x):
+def _squeeze(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     axes = a.get("axes") if "axes" in a else (ints_of(x[1]) if len(x) > 1 and x[1] is not None else None)
     t = x[0]
     if axes is None:
@@ -52,7 +54,7 @@ def _squeeze(ctx, a, x):
 
 
 @op("Unsqueeze")
-def _unsqueeze(ctx, a, x):
+def _unsqueeze(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     axes = a["axes"] if "axes" in a else ints_of(x[1])
     t = x[0]
     rank = t.dim() + len(axes)
@@ -62,13 +64,13 @@ def _unsqueeze(ctx, a, x):
 
 
 @op("Concat")
-def _concat(ctx, a, x):
+def _concat(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     parts = [t for t in x if t is not None and (t.dim() == 0 or t.numel() > 0 or t.dim() > 1)]
     return [torch.cat(parts, dim=a["axis"])]
 
 
 @op("Split")
-def _split(ctx, a, x):
+def _split(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     t, n_out = x[0], ctx.n_outputs
     axis = axis_of(a.get("axis", 0), t.dim())
     sizes = a.get("split")
@@ -82,7 +84,7 @@ def _split(ctx, a, x):
 
 
 @op("Slice")
-def _slice(ctx, a, x):
+def _slice(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     t = x[0]
     if "starts" in a:  # opset < 10: attributes
         starts, ends, axes, steps = a["starts"], a["ends"], a.get("axes"), None
@@ -109,7 +111,7 @@ def _slice(ctx, a, x):
 
 
 @op("Gather")
-def _gather(ctx, a, x):
+def _gather(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     t, index = x[0], x[1].long()
     axis = axis_of(a.get("axis", 0), t.dim())
     index = torch.where(index < 0, index + t.shape[axis], index)
@@ -118,14 +120,14 @@ def _gather(ctx, a, x):
 
 
 @op("GatherElements")
-def _gather_elements(ctx, a, x):
+def _gather_elements(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     t, index = x[0], x[1].long()
     axis = axis_of(a.get("axis", 0), t.dim())
     return [torch.gather(t, axis, torch.where(index < 0, index + t.shape[axis], index))]
 
 
 @op("Expand")
-def _expand(ctx, a, x):
+def _expand(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     shape = ints_of(x[1])
     t = x[0]
     rank = max(t.dim(), len(shape))
@@ -136,12 +138,12 @@ def _expand(ctx, a, x):
 
 
 @op("Tile")
-def _tile(ctx, a, x):
+def _tile(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     return [x[0].repeat(ints_of(x[1]))]
 
 
 @op("ConstantOfShape")
-def _constant_of_shape(ctx, a, x):
+def _constant_of_shape(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     value = a.get("value")
     arr = np.zeros(1, np.float32) if value is None else value
     dtype = TORCH_DTYPES[helper.np_dtype_to_tensor_dtype(arr.dtype)]
@@ -149,12 +151,12 @@ def _constant_of_shape(ctx, a, x):
 
 
 @op("Range")
-def _range(ctx, a, x):
+def _range(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     return [torch.arange(x[0].item(), x[1].item(), x[2].item(), dtype=x[0].dtype, device=x[0].device)]
 
 
 @op("Pad")
-def _pad(ctx, a, x):
+def _pad(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     t = x[0]
     mode = text_of(a.get("mode", "constant"))
     pads = a["pads"] if "pads" in a else ints_of(x[1])
