@@ -97,23 +97,13 @@ def finetune(model: onnx.ModelProto, train: Dataset, config: FinetuneConfig = Fi
     mode = _loss_mode(config.loss, teacher is not None, train.labels is not None)
     rank, world = _distributed(torch, config.device)
     torch.manual_seed(config.seed)
-    device = torch.device(config.device)
-    if device.type == "cuda" and device.index is None and world > 1:  # one GPU per process under torchrun
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    device = _device(torch, config.device, world)
     module = OnnxModule(model, train_bn=config.bn == "train").to(device)
     net: Any = module
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(module, device_ids=None if device.type == "cpu" else
                                                         [device.index or 0])
-    params = [p for p in module.parameters() if p.requires_grad]
-    if config.optimizer == "adam":
-        optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
-    steps_per_epoch = -(-len(train) // config.batch_size)
-    scheduler = None
-    if config.lr_schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, config.epochs * steps_per_epoch))
+    optimizer, scheduler = _optimizer(torch, module, config, len(train))
     targets = TeacherOutputs(teacher, len(train)) if teacher is not None else None
     fixed = static_batch(model)  # a pinned batch size: train in micro-batches of exactly that size
     micro = fixed or config.batch_size
@@ -154,6 +144,28 @@ def finetune(model: onnx.ModelProto, train: Dataset, config: FinetuneConfig = Fi
             best.offer(epoch, _score(evaluation))
     best.restore()
     return FinetuneResult(write_back(model, module), history, best.epoch)
+
+
+def _device(torch: Any, name: str, world: int) -> Any:
+    """The torch device to train on: under torchrun, ``cuda`` means this process's GPU (``LOCAL_RANK``)."""
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None and world > 1:  # one GPU per process under torchrun
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def _optimizer(torch: Any, module: Any, config: FinetuneConfig, samples: int) -> tuple[Any, Any]:
+    """(optimizer, learning-rate scheduler or ``None``) over the trainable parameters of ``module``."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if config.optimizer == "adam":
+        optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    steps_per_epoch = -(-samples // config.batch_size)
+    scheduler = None
+    if config.lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, config.epochs * steps_per_epoch))
+    return optimizer, scheduler
 
 
 def _step_loss(torch: Any, net: Any, module: Any, train: Dataset, part: np.ndarray, batch_size: int, world: int,
