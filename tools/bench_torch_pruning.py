@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         results[arch] = bench_one(arch, args.ratio, args.size, args.seed)
 
     print(f"\nTorch-Pruning {version('torch-pruning')}  pruning_ratio={args.ratio}  input 1x3x{args.size}x{args.size}")
-    print(f"{'arch':20s} {'GMACs before':>12s} {'GMACs after':>12s} {'macs_kept':>10s} {'params_kept':>11s} {'s':>6s}  status")
+    print(f"{'arch':20s} {'GMACs before':>12s} {'GMACs after':>12s} {'macs_kept':>10s} {'params_kept':>11s} "
+          f"{'s':>6s}  status")
     for arch, r in results.items():
         if r["ok"]:
             print(f"{arch:20s} {r['macs_before'] / 1e9:12.3f} {r['macs_after'] / 1e9:12.3f} "
