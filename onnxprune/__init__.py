@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from onnxprune import ops  # noqa: E402,F401 - registers the built-in op handlers first
 from onnxprune.analysis.dependency import Analysis, PruneGroup, analyze  # noqa: E402
 from onnxprune.core.modelio import load_model as load  # noqa: E402
 from onnxprune.core.modelio import save_model as save  # noqa: E402
