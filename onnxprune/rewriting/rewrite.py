@@ -4,6 +4,7 @@ split into copies; nothing else about the graph changes (node order, names, opse
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.analysis.dependency import Analysis
 from onnxprune.core.channels import Labeled
-from onnxprune.core.graph import copy_fields
+from onnxprune.core.graph import Graph, copy_fields
 from onnxprune.core.graph import subgraph_reads as _subgraph_reads
 from onnxprune.core.handlers import handler_for
 
@@ -103,15 +104,35 @@ def _digest(value: np.ndarray) -> str:
     return h.hexdigest()
 
 
+@dataclass
+class _Constants:
+    """Which constant each (node, port) reads after the rewrite, and the constants to write."""
+
+    renamed: dict[tuple[int, int], str] = field(default_factory=dict)
+    replaced: dict[str, np.ndarray] = field(default_factory=dict)  # constant name -> new value, same name
+    created: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict)  # new name -> (value, data type)
+    as_nodes: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict)  # the same, as Constant nodes
+
+
 def _assemble(rw: Rewriter, analysis: Analysis, keep: dict[str, np.ndarray]) -> onnx.ModelProto:
     graph = analysis.graph
     src = graph.model
-    fresh = rw.fresh
-    # Which constant each (node, port) reads after the rewrite.
-    renamed: dict[tuple[int, int], str] = {}
-    replaced: dict[str, np.ndarray] = {}  # constant name -> new value, same name
-    created: dict[str, tuple[np.ndarray, int]] = {}  # new constant name -> (value, onnx data type)
-    as_nodes: dict[str, tuple[np.ndarray, int]] = {}  # the same, to be written as Constant nodes
+    consts = _plan_constants(rw, graph)
+    out = onnx.ModelProto()
+    copy_fields(src, out, skip=("graph",))
+    g_out = out.graph
+    copy_fields(src.graph, g_out, skip=("node", "initializer", "value_info", "input"))
+    _emit_nodes(rw, graph, consts, g_out)
+    _drop_dead_folds(g_out, graph)
+    _emit_initializers(graph, consts, g_out)
+    _emit_value_infos(analysis, keep, consts, g_out)
+    return out
+
+
+def _plan_constants(rw: Rewriter, graph: Graph) -> _Constants:
+    """Replace a constant in place when every use takes the same new value; else give each distinct new value
+    a fresh name (a Constant node where the model keeps its weights in Constant nodes)."""
+    c = _Constants()
     by_const: dict[str, list[tuple[int, int]]] = {}
     for (i, port) in rw.new_inputs:
         by_const.setdefault(graph.nodes[i].input[port], []).append((i, port))
@@ -121,84 +142,96 @@ def _assemble(rw: Rewriter, analysis: Analysis, keep: dict[str, np.ndarray]) -> 
         distinct = set(keys.values())
         if (len(distinct) == 1 and len(changed_uses) == len(all_uses) and name not in graph.outputs
                 and graph.is_stored_const(name)):
-            replaced[name] = rw.new_inputs[changed_uses[0]]
+            c.replaced[name] = rw.new_inputs[changed_uses[0]]
             continue
         names_by_key: dict[str, str] = {}
         for use in sorted(changed_uses):
             key = keys[use]
             if key not in names_by_key:
-                names_by_key[key] = fresh(f"{name}_pruned")
+                names_by_key[key] = rw.fresh(f"{name}_pruned")
                 if _from_constant_nodes(graph, name):  # Paddle-style models keep weights in Constant nodes
-                    as_nodes[names_by_key[key]] = (rw.new_inputs[use], graph.elem_type(name))
+                    c.as_nodes[names_by_key[key]] = (rw.new_inputs[use], graph.elem_type(name))
                 else:
-                    created[names_by_key[key]] = (rw.new_inputs[use], graph.elem_type(name))
-            renamed[use] = names_by_key[key]
+                    c.created[names_by_key[key]] = (rw.new_inputs[use], graph.elem_type(name))
+            c.renamed[use] = names_by_key[key]
+    return c
 
-    out = onnx.ModelProto()
-    copy_fields(src, out, skip=("graph",))
-    g_out = out.graph
-    copy_fields(src.graph, g_out, skip=("node", "initializer", "value_info", "input"))
 
+def _emit_nodes(rw: Rewriter, graph: Graph, c: _Constants, g_out: onnx.GraphProto) -> None:
+    """Copy every node in order with its edits (inputs renamed, attributes, replacements)."""
     for i, node in enumerate(graph.nodes):
         if i in rw.replacements:
             nodes, constants = rw.replacements[i]
             g_out.node.extend(nodes)
-            created.update({name: (value, 0) for name, value in constants.items()})
+            c.created.update({name: (value, 0) for name, value in constants.items()})
             continue
         changes = (i in rw.attrs or i in rw.removed_attrs or i in rw.added_inputs
-                   or any((i, p) in renamed for p in range(len(node.input)))
-                   or (node.op_type == "Constant" and node.output and node.output[0] in replaced))
+                   or any((i, p) in c.renamed for p in range(len(node.input)))
+                   or (node.op_type == "Constant" and node.output and node.output[0] in c.replaced))
         for p in range(len(node.input)):
-            reads = renamed.get((i, p))
-            if reads is not None and reads in as_nodes:  # emitted right before its first reader
-                value, dtype = as_nodes.pop(reads)
+            reads = c.renamed.get((i, p))
+            if reads is not None and reads in c.as_nodes:  # emitted right before its first reader
+                value, dtype = c.as_nodes.pop(reads)
                 g_out.node.append(helper.make_node("Constant", [], [reads], name=reads,
                                                    value=_tensor(value, reads, dtype)))
         new = g_out.node.add()
         new.CopyFrom(node)
-        if not changes:
-            continue
-        for p in range(len(node.input)):
-            if (i, p) in renamed:
-                new.input[p] = renamed[(i, p)]
-        for value, suffix in rw.added_inputs.get(i, []):
-            extra = fresh(f"{node.name or node.op_type}_{suffix}")
-            created[extra] = (value, 0)
-            new.input.append(extra)
-        drop = rw.removed_attrs.get(i, set()) | set(rw.attrs.get(i, {}))
-        kept_attrs = [a for a in new.attribute if a.name not in drop]
-        del new.attribute[:]
-        new.attribute.extend(kept_attrs)
-        for key, value in sorted(rw.attrs.get(i, {}).items()):
-            new.attribute.append(helper.make_attribute(key, value))
-        if node.op_type == "Constant" and node.output[0] in replaced:
-            del new.attribute[:]
-            new.attribute.append(helper.make_attribute(
-                "value", _tensor(replaced[node.output[0]], node.output[0], graph.elem_type(node.output[0]))))
+        if changes:
+            _edit_node(rw, graph, c, i, node, new)
 
-    _drop_dead_folds(g_out, graph)
+
+def _edit_node(rw: Rewriter, graph: Graph, c: _Constants, i: int, node: onnx.NodeProto,
+               new: onnx.NodeProto) -> None:
+    for p in range(len(node.input)):
+        if (i, p) in c.renamed:
+            new.input[p] = c.renamed[(i, p)]
+    for value, suffix in rw.added_inputs.get(i, []):
+        extra = rw.fresh(f"{node.name or node.op_type}_{suffix}")
+        c.created[extra] = (value, 0)
+        new.input.append(extra)
+    drop = rw.removed_attrs.get(i, set()) | set(rw.attrs.get(i, {}))
+    kept_attrs = [a for a in new.attribute if a.name not in drop]
+    del new.attribute[:]
+    new.attribute.extend(kept_attrs)
+    for key, value in sorted(rw.attrs.get(i, {}).items()):
+        new.attribute.append(helper.make_attribute(key, value))
+    if node.op_type == "Constant" and node.output[0] in c.replaced:
+        del new.attribute[:]
+        new.attribute.append(helper.make_attribute(
+            "value", _tensor(c.replaced[node.output[0]], node.output[0], graph.elem_type(node.output[0]))))
+
+
+def _emit_initializers(graph: Graph, c: _Constants, g_out: onnx.GraphProto) -> None:
+    """The initializers still read, replaced ones with their new values, then the new ones by name."""
     used = {n for node in g_out.node for n in node.input} | set(graph.outputs) | _subgraph_reads(g_out)
-    for t in src.graph.initializer:
+    for t in graph.model.graph.initializer:
         if t.name not in used:
             continue
-        if t.name in replaced:
-            g_out.initializer.append(_tensor(replaced[t.name], t.name, t.data_type))
+        if t.name in c.replaced:
+            g_out.initializer.append(_tensor(c.replaced[t.name], t.name, t.data_type))
         else:
             g_out.initializer.append(t)
-    for name in sorted(created):
-        value, dtype = created[name]
+    for name in sorted(c.created):
+        value, dtype = c.created[name]
         g_out.initializer.append(_tensor(value, name, dtype))
 
+
+def _emit_value_infos(analysis: Analysis, keep: dict[str, np.ndarray], c: _Constants,
+                      g_out: onnx.GraphProto) -> None:
+    """Graph inputs (old IR versions list initializers too) and value infos, with the new extents."""
+    graph = analysis.graph
+    src = graph.model
+    used = {n for node in g_out.node for n in node.input} | set(graph.outputs) | _subgraph_reads(g_out)
     init_shapes = {t.name: list(t.dims) for t in g_out.initializer}
     for vi in src.graph.input:
         if vi.name in graph.initializers and vi.name not in used:
             continue
         new_vi = g_out.input.add()
         new_vi.CopyFrom(vi)
-        if vi.name in replaced:
+        if vi.name in c.replaced:
             _set_dims(new_vi, init_shapes[vi.name])
     if len(g_out.input) and any(vi.name in graph.initializers for vi in src.graph.input):
-        for name in sorted(created):  # old IR versions list every initializer as an input
+        for name in sorted(c.created):  # old IR versions list every initializer as an input
             g_out.input.append(helper.make_tensor_value_info(name, _dtype_of(g_out, name), init_shapes[name]))
     dropped = set(graph.initializers) - {t.name for t in g_out.initializer}
     for vi in src.graph.value_info:
@@ -206,15 +239,14 @@ def _assemble(rw: Rewriter, analysis: Analysis, keep: dict[str, np.ndarray]) -> 
             continue
         new_vi = g_out.value_info.add()
         new_vi.CopyFrom(vi)
-        if vi.name in replaced:
-            _set_dims(new_vi, list(replaced[vi.name].shape))
+        if vi.name in c.replaced:
+            _set_dims(new_vi, list(c.replaced[vi.name].shape))
         if vi.name in keep and new_vi.type.tensor_type.HasField("shape"):
             dims = new_vi.type.tensor_type.shape.dim
             axis = analysis.labels[vi.name].axis
             if axis < len(dims):
                 dims[axis].Clear()
                 dims[axis].dim_value = len(keep[vi.name])
-    return out
 
 
 def _from_constant_nodes(graph, name: str) -> bool:
