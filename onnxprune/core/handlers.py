@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar
 import numpy as np
 from onnx import NodeProto, helper
 
+from onnxprune.core.registry import Registry
+
 if TYPE_CHECKING:
     from onnxprune.core.channels import Labeled
     from onnxprune.core.graph import Graph
@@ -176,7 +178,7 @@ class Handler:
         return None
 
 
-_REGISTRY: dict[tuple[str, str], Handler] = {}
+_REGISTRY: Registry[tuple[str, str], Handler] = Registry("op handlers")
 H = TypeVar("H", bound=type[Handler])
 
 
@@ -192,11 +194,7 @@ def register(cls: H) -> H:
     if not cls.op_types:
         raise ValueError(f"handler {cls.__name__} names no op types")
     for op in cls.op_types:
-        key = (_domain(cls.domain), op)
-        if key in _REGISTRY:
-            raise ValueError(f"two handlers registered for {'.'.join(filter(None, key))}: "
-                             f"{type(_REGISTRY[key]).__name__} and {cls.__name__}")
-        _REGISTRY[key] = instance
+        _REGISTRY.add((_domain(cls.domain), op), instance)
     return cls
 
 

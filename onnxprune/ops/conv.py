@@ -118,10 +118,7 @@ class Conv(Handler):
             if kout is not None:
                 w = w[kout]
         rw.set_input(i, 1, w)
-        if len(node.input) > 2 and node.input[2] and kout is not None:
-            rw.set_input(i, 2, rw.const(node.input[2])[kout])
-
-
+        _slice_bias(i, node, rw, kout)
 
     def macs(self, node: NodeProto, shapes: Shapes) -> int:
         w, out = shapes.get(node.input[1]), shapes.get(node.output[0])
@@ -131,8 +128,7 @@ class Conv(Handler):
 
     def mac_scaling(self, node: NodeProto, graph: Graph) -> tuple[str, ...]:
         w = graph.const_shape(node.input[1])
-        depthwise = int(attr(node, "group", 1)) > 1 and w is not None and w[1] == 1
-        return (node.output[0],) if depthwise else (node.input[0], node.output[0])
+        return _scaling(node, int(attr(node, "group", 1)) > 1 and w is not None and w[1] == 1)
 
     def linear(self, node: NodeProto, graph: Graph) -> LinearForm | None:
         return ConvForm(node, graph)
@@ -206,8 +202,7 @@ class ConvTranspose(Handler):
             if kout is not None:
                 w = w[:, kout]
         rw.set_input(i, 1, w)
-        if len(node.input) > 2 and node.input[2] and kout is not None:
-            rw.set_input(i, 2, rw.const(node.input[2])[kout])
+        _slice_bias(i, node, rw, kout)
 
     def macs(self, node: NodeProto, shapes: Shapes) -> int:
         w, x = shapes.get(node.input[1]), shapes.get(node.input[0])
@@ -218,8 +213,7 @@ class ConvTranspose(Handler):
     def mac_scaling(self, node: NodeProto, graph: Graph) -> tuple[str, ...]:
         w = graph.const_shape(node.input[1])
         group = int(attr(node, "group", 1))
-        depthwise = group > 1 and w is not None and w[1] == 1 and w[0] == group
-        return (node.output[0],) if depthwise else (node.input[0], node.output[0])
+        return _scaling(node, group > 1 and w is not None and w[1] == 1 and w[0] == group)
 
     def bench(self, node: NodeProto, graph: Graph, x: list[int], y: list[int], x_full: Sequence[int]
               ) -> BenchSpec | None:
@@ -231,6 +225,16 @@ class ConvTranspose(Handler):
 
     def output_rank(self, node: NodeProto) -> RankRule | None:
         return "same"
+
+
+def _slice_bias(i: int, node: NodeProto, rw: RewriteContext, kout: np.ndarray | None) -> None:
+    if len(node.input) > 2 and node.input[2] and kout is not None:
+        rw.set_input(i, 2, rw.const(node.input[2])[kout])
+
+
+def _scaling(node: NodeProto, depthwise: bool) -> tuple[str, ...]:
+    """A depthwise conv's MACs scale with its output channels only (its input shrinks with them)."""
+    return (node.output[0],) if depthwise else (node.input[0], node.output[0])
 
 
 def _bench_group(node: NodeProto, x: list[int], x_full: Sequence[int]) -> int:

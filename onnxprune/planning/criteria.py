@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from onnxprune.analysis.dependency import Analysis
+from onnxprune.core.registry import Registry
 from onnxprune.errors import UsageError
 from onnxprune.measure.calibrate import ChannelStats, collect
 from onnxprune.measure.data import Dataset
@@ -52,15 +53,12 @@ class Criterion:
         return self.needs != "weights"
 
 
-_REGISTRY: dict[str, Criterion] = {}
+_REGISTRY: Registry[str, Criterion] = Registry("criteria")
 
 
 def register(entry: Criterion) -> Criterion:
     """Add ``entry`` to the registry; a second criterion of the same name is refused (``ValueError``)."""
-    if entry.name in _REGISTRY:
-        raise ValueError(f"criterion '{entry.name}' is registered already")
-    _REGISTRY[entry.name] = entry
-    return entry
+    return _REGISTRY.add(entry.name, entry)
 
 
 def names(needs: Needs | None = None) -> tuple[str, ...]:

@@ -21,6 +21,7 @@ from onnxprune.analysis.dependency import Analysis
 from onnxprune.core.graph import Graph
 from onnxprune.core.handlers import LinearForm, handler_for
 from onnxprune.core.progress import Progress
+from onnxprune.core.registry import Registry
 from onnxprune.measure.calibrate import ChannelStats, static_batch
 from onnxprune.measure.data import Dataset
 from onnxprune.measure.runtime import Session, expose
@@ -44,15 +45,12 @@ class RecoveryMethod:
     compensate: bool = True
 
 
-_METHODS: dict[str, RecoveryMethod] = {}
+_METHODS: Registry[str, RecoveryMethod] = Registry("recovery methods")
 
 
 def register_recovery(method: RecoveryMethod) -> RecoveryMethod:
     """Add a recovery method (``--recover NAME``); a name can be registered once."""
-    if method.name in _METHODS:
-        raise ValueError(f"recovery method '{method.name}' is registered twice")
-    _METHODS[method.name] = method
-    return method
+    return _METHODS.add(method.name, method)
 
 
 @dataclass

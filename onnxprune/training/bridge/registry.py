@@ -9,6 +9,8 @@ from typing import Any, Callable
 
 import torch
 
+from onnxprune.core.registry import Registry
+
 __all__ = ["OPS", "OpContext", "TORCH_DTYPES", "op", "register_op", "ints_of", "axis_of", "text_of"]
 
 TORCH_DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: torch.int32, 7: torch.int64,
@@ -25,15 +27,12 @@ class OpContext:
 
 
 Op = Callable[[OpContext, dict[str, Any], list], list]
-OPS: dict[str, Op] = {}
+OPS: Registry[str, Op] = Registry("torch implementations")
 
 
 def register_op(name: str, fn: Op) -> Op:
     """Register ``fn`` as the implementation of the operator ``name``; a second one is refused (``ValueError``)."""
-    if name in OPS:
-        raise ValueError(f"the torch bridge has an implementation of {name} already")
-    OPS[name] = fn
-    return fn
+    return OPS.add(name, fn)
 
 
 def op(*names: str) -> Callable[[Op], Op]:
