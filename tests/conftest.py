@@ -7,6 +7,7 @@ a bug in its rewriter.
 """
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,65 @@ from onnx import helper, numpy_helper
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 EXAMPLE_MODEL = ROOT / "models" / "mnist_resnet.onnx"
+
+#: What installs each optional package the tests import. ``pip install ".[dev]"`` runs the fast suite; the rest
+#: skips, naming the package. Everything: ``pip install torch==2.13.0`` first, then ``pip install ".[test]"``.
+FULL_INSTALL = 'pip install torch==2.13.0, then pip install ".[test]"'
+OPTIONAL = {
+    "torch": FULL_INSTALL, "torchvision": FULL_INSTALL, "torch_pruning": FULL_INSTALL, "mlxtend": FULL_INSTALL,
+    "onnxscript": FULL_INSTALL, "PIL": 'pip install ".[dev]"', "matplotlib": 'pip install ".[dev]"',
+    "hypothesis": 'pip install ".[dev]"',
+}
+
+
+def needs(package: str) -> str:
+    """The skip reason for a missing optional package."""
+    return f"needs {package}, not installed: {OPTIONAL.get(package, FULL_INSTALL)}"
+
+
+def _missing_optional(exc: ModuleNotFoundError) -> str | None:
+    """The skip reason when ``exc`` is test material (tests/, tools/) importing an optional package that is not
+    installed; None for anything else (onnxprune itself must handle a missing package, so that stays a failure)."""
+    package = (exc.name or "").split(".")[0]
+    if package not in OPTIONAL:
+        return None
+    try:
+        if importlib.util.find_spec(package) is not None:
+            return None  # installed but broken: a real failure
+    except (ImportError, ValueError):
+        return None
+    importer = None
+    tb = exc.__traceback__
+    while tb is not None:  # the innermost frame that is not importlib's is the one that ran the import
+        filename = tb.tb_frame.f_code.co_filename
+        if not filename.startswith("<"):
+            importer = Path(filename).resolve()
+        tb = tb.tb_next
+    if importer is None or not any(importer.is_relative_to(ROOT / d) for d in ("tests", "tools")):
+        return None
+    return needs(package)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    try:
+        return (yield)
+    except ModuleNotFoundError as exc:
+        reason = _missing_optional(exc)
+        if reason is None:
+            raise
+        pytest.skip(reason)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    try:
+        return (yield)
+    except ModuleNotFoundError as exc:
+        reason = _missing_optional(exc)
+        if reason is None:
+            raise
+        pytest.skip(reason)
 
 
 def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -11,8 +11,9 @@ from dataclasses import replace
 import numpy as np
 import onnx
 import pytest
+from conftest import needs
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason=needs("torch"))
 
 import builders  # noqa: E402
 from conftest import EXAMPLE_MODEL, ROOT  # noqa: E402

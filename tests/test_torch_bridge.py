@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from conftest import needs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason=needs("torch"))
 
 import builders  # noqa: E402
 from conftest import EXAMPLE_MODEL, random_feeds, run_ort  # noqa: E402

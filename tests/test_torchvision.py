@@ -1,7 +1,7 @@
 """torchvision architectures (random weights, randomised BatchNorm) exported with both torch exporters,
 pruned at several ratios: every output valid and mask-exact, and as deep as Torch-Pruning goes.
 
-Marked ``slow``: exports need torch + torchvision (the ``test-models`` extra)."""
+Marked ``slow``: exports need torch + torchvision (the ``test`` extra)."""
 from __future__ import annotations
 
 import importlib.util
@@ -10,13 +10,15 @@ from pathlib import Path
 
 import onnx
 import pytest
+from conftest import needs
 
 import onnxprune
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-pytest.importorskip("torch")  # torchvision itself is imported by the tools module, behind its import stub
+pytest.importorskip("torch", reason=needs("torch"))
+pytest.importorskip("torchvision", reason=needs("torchvision"))  # imported by tools/torchvision_models.py
 
 
 def _tools():

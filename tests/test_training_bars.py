@@ -9,9 +9,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import needs
 
-pytest.importorskip("torch")
-pytest.importorskip("mlxtend")
+pytest.importorskip("torch", reason=needs("torch"))
+pytest.importorskip("mlxtend", reason=needs("mlxtend"))
 
 from conftest import ROOT  # noqa: E402
 
