@@ -14,7 +14,7 @@ from onnxprune.measure.evaluate import evaluate
 from onnxprune.measure.runtime import check_provider
 from onnxprune.pipeline.options import PruneConfig
 from onnxprune.pipeline.pruning import PruneResult, prune
-from onnxprune.tuning.latency import latency_ratio
+from onnxprune.tuning.latency import MIN_MS, Timing, compare_latency, measurability
 
 __all__ = ["prune_within", "prune_to_latency"]
 
@@ -58,13 +58,21 @@ def prune_within(model: onnx.ModelProto, config: PruneConfig, max_drop: float, e
 
 def prune_to_latency(model: onnx.ModelProto, config: PruneConfig, target: float, *, calib: Dataset | None = None,
                      eval_data: Dataset | None = None, source_sha256: str | None = None, steps: int = 6,
-                     threads: int = 1, provider: str = "CPUExecutionProvider") -> PruneResult:
+                     threads: int = 1, provider: str = "CPUExecutionProvider", min_ms: float = MIN_MS
+                     ) -> PruneResult:
     """Prune until onnxruntime runs the model in ``target`` of the original's latency (execution ``provider``,
     ``threads`` threads): a bisection over the MACs budget with the latency measured side by side at every
-    candidate. ``round_to="auto"`` is measured on the same provider first."""
+    candidate, in rounds added until the candidate's ratio is clearly on one side of ``target`` or known within
+    :data:`~onnxprune.tuning.latency.RESOLUTION`. A model that cannot be timed reliably here (faster than
+    ``min_ms`` ms, or two sessions of it disagreeing by more than that resolution) is refused with a
+    :class:`UsageError`. ``round_to="auto"`` is measured on the same provider first."""
     if not 0.0 < target <= 1.0:
         raise UsageError(f"--target-latency is the fraction of the latency to keep, in (0, 1]; got {target}")
     check_provider(provider)
+    check = measurability(model, threads=threads, provider=provider, input_shapes=config.input_shapes,
+                          min_ms=min_ms)
+    if check.reason is not None:
+        raise UsageError(f"--target-latency: the model {check.reason} on this machine; use --target-macs")
     config = config.measure_round_to(model, provider=provider, threads=threads)
     # Candidates skip calibration and recovery: neither changes the shapes, so neither changes the latency.
     quick = replace(config, verify=False, target_params=None, criterion=None, recover=None)
@@ -72,11 +80,10 @@ def prune_to_latency(model: onnx.ModelProto, config: PruneConfig, target: float,
     for _ in range(steps):
         mid = (lo + hi) / 2
         candidate = prune(model, replace(quick, target_macs=mid))
-        ratio, ms_before, ms_after = latency_ratio(model, candidate.model, threads=threads,
-                                                   input_shapes=config.input_shapes, provider=provider)
-        tried.append({"target_macs": mid, "macs_kept": candidate.report["macs_kept"], "latency_ratio": ratio,
-                      "ms_original": ms_before, "ms_pruned": ms_after})
-        if ratio <= target:
+        t = compare_latency(model, candidate.model, threads=threads, input_shapes=config.input_shapes,
+                            provider=provider, target=target)
+        tried.append({"target_macs": mid, "macs_kept": candidate.report["macs_kept"], **_measured(t, target)})
+        if t.ratios[1] <= target:
             lo = mid  # fast enough: try keeping more
         else:
             hi = mid
@@ -84,11 +91,23 @@ def prune_to_latency(model: onnx.ModelProto, config: PruneConfig, target: float,
     macs = chosen["target_macs"] if chosen is not None else min(t["target_macs"] for t in tried)
     result = prune(model, replace(config, target_macs=macs, target_params=None), calib=calib, eval_data=eval_data,
                    source_sha256=source_sha256)
-    final, ms_before, ms_after = latency_ratio(model, result.model, threads=threads, rounds=25,
-                                               input_shapes=config.input_shapes, provider=provider)
-    result.report["latency"] = {"target": target, "provider": provider, "threads": threads, "ratio": final,
-                                "ms_original": ms_before, "ms_pruned": ms_after, "candidates": tried}
+    final = compare_latency(model, result.model, threads=threads, rounds=25, input_shapes=config.input_shapes,
+                            provider=provider)
+    result.report["latency"] = {"target": target, "provider": provider, "threads": threads, **_measured(final),
+                                "ratio": final.ratios[1], "timing_check": check.to_dict(), "candidates": tried,
+                                "undecided": [t["target_macs"] for t in tried if not t["decided"]]}
     return result
+
+
+def _measured(t: Timing, target: float | None = None) -> dict[str, Any]:
+    """A comparison as the report lists it: the ratio with its interval, both medians and spreads, the rounds,
+    and whether the interval lies wholly on one side of ``target``."""
+    out = {"latency_ratio": t.ratios[1], "ratio_low": t.low[1], "ratio_high": t.high[1], "ms_original": t.ms[0],
+           "ms_pruned": t.ms[1], "spread_original": t.spread[0], "spread_pruned": t.spread[1], "rounds": t.rounds,
+           "stable": t.stable}
+    if target is not None:
+        out["decided"] = t.high[1] <= target or t.low[1] > target
+    return out
 
 
 def _largest_within(tried: list[dict[str, Any]], target: float) -> dict[str, Any] | None:

@@ -14,8 +14,9 @@ blocked NCHWc layout only when its channel counts fit the block.)
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import onnx
@@ -29,7 +30,7 @@ from onnxprune.core.progress import Progress
 from onnxprune.measure.macs import concrete_shapes
 from onnxprune.measure.runtime import CPU, Session, provider_list
 from onnxprune.planning.planner import PlanConfig, choose
-from onnxprune.tuning.latency import median_times, repeats_for
+from onnxprune.tuning.latency import median_ci, repeats_for, sample_times
 
 __all__ = ["CANDIDATES", "Rounding", "auto_round_to"]
 
@@ -41,51 +42,75 @@ BASES = (0.25, 0.5, 0.75)
 
 @dataclass
 class Rounding:
-    """The chosen multiple per group id and, per measured group, the mean time ratio of each candidate
-    (time at the rounded widths / time at the unrounded ones: below 1 means rounding is faster)."""
+    """The chosen multiple per group id and, per measured group, the median time ratio of each candidate
+    (time at the rounded widths / time at the unrounded ones: below 1 means rounding is faster) with its
+    confidence interval and the rounds it took. ``unstable``: groups whose choice rested on differences within
+    the timing noise after the most rounds allowed; they are not rounded (multiple 1)."""
 
     multiples: dict[int, int]
     ratios: dict[int, dict[int, float]] = field(default_factory=dict)
     provider: str = CPU
     threads: int = 1
+    intervals: dict[int, dict[int, tuple[float, float]]] = field(default_factory=dict)
+    rounds: dict[int, int] = field(default_factory=dict)
+    unstable: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"provider": self.provider, "threads": self.threads,
+        return {"provider": self.provider, "threads": self.threads, "unstable": self.unstable,
                 "groups": [{"id": gid, "multiple": m,
-                            "ratios": {str(k): v for k, v in self.ratios.get(gid, {}).items()}}
+                            "ratios": {str(k): v for k, v in self.ratios.get(gid, {}).items()},
+                            "intervals": {str(k): list(v) for k, v in self.intervals.get(gid, {}).items()},
+                            "rounds": self.rounds.get(gid), "within_noise": gid in self.unstable}
                            for gid, m in sorted(self.multiples.items())]}
 
 
 def auto_round_to(model: onnx.ModelProto, analysis: Analysis | None = None, *,
                   candidates: Sequence[int] = CANDIDATES, provider: str = CPU, threads: int = 1, rounds: int = 7,
-                  warmup: int = 2, tolerance: float = 0.03, input_shapes: dict[str, list[int]] | None = None
-                  ) -> Rounding:
+                  max_rounds: int | None = None, warmup: int = 2, tolerance: float = 0.03,
+                  input_shapes: dict[str, list[int]] | None = None) -> Rounding:
     """Measure the kept-count multiple each prunable group of ``model`` should be rounded to (see the module
-    docstring). Groups without a Conv/Gemm/MatMul, or too small for any candidate above 1, get 1."""
+    docstring). Groups without a Conv/Gemm/MatMul, or too small for any candidate above 1, get 1. Rounds are
+    added (up to ``max_rounds``, default ``3 * rounds``) until every candidate is clearly within or beyond the
+    limit; a group whose choice still rests on noise then falls back to 1 and is listed in ``unstable``."""
     analysis = analysis if analysis is not None else find_groups(Graph.build(model))
     shapes = concrete_shapes(model, static_input_shapes(model, input_shapes))
     scores = {g.id: np.zeros(g.size) for g in analysis.groups}
     result = Rounding({}, provider=provider, threads=threads)
     prunable = [g for g in analysis.groups if g.prunable]
+    bound = max(rounds, max_rounds if max_rounds is not None else 3 * rounds)
     with Progress("measuring channel rounding", len(prunable)) as bar:
         for g in prunable:
             result.multiples[g.id] = 1
             options = sorted({1, *(m for m in candidates if 1 < m < g.size)})
             heavy = [i for i in g.nodes if _measurable(analysis.graph, i, shapes)]
             if len(options) > 1 and heavy:
-                ratios = _measure(model, analysis, g, heavy, shapes, scores, options, provider, threads, rounds,
-                                  warmup)
-                limit = min(min(ratios.values()) + tolerance, 1.0)
-                result.multiples[g.id] = max(m for m in options if ratios[m] <= limit)
-                result.ratios[g.id] = ratios
+                runs, ratio_of = _benchmark(model, analysis, g, heavy, shapes, scores, options, provider, threads)
+                ratios, intervals, done = _measure(runs, ratio_of, options, rounds, bound, warmup, tolerance)
+                chosen, noisy = _choose(ratios, intervals, tolerance)
+                result.multiples[g.id] = 1 if noisy else chosen
+                result.ratios[g.id], result.intervals[g.id], result.rounds[g.id] = ratios, intervals, done
+                if noisy:
+                    result.unstable.append(g.id)
             bar.advance()
     return result
 
 
-def _measure(model: onnx.ModelProto, analysis: Analysis, g: PruneGroup, heavy: list[int],
-             shapes: dict[str, list[int]], scores: dict[int, np.ndarray], options: list[int], provider: str,
-             threads: int, rounds: int, warmup: int) -> dict[int, float]:
-    """Mean over the base widths of time(rounded up to m) / time(unrounded), per candidate m."""
+def _choose(ratios: dict[int, float], intervals: dict[int, tuple[float, float]], tolerance: float
+            ) -> tuple[int, bool]:
+    """The largest multiple whose median ratio is within ``tolerance`` of the fastest and no slower than not
+    rounding, and whether that rests on noise: a larger multiple whose interval straddles the limit."""
+    limit = min(min(ratios.values()) + tolerance, 1.0)
+    chosen = max(m for m in ratios if ratios[m] <= limit)
+    clearly = max((m for m in ratios if intervals[m][1] <= limit), default=1)
+    noisy = any(m > clearly and intervals[m][0] <= limit < intervals[m][1] for m in ratios)
+    return chosen, noisy
+
+
+def _benchmark(model: onnx.ModelProto, analysis: Analysis, g: PruneGroup, heavy: list[int],
+               shapes: dict[str, list[int]], scores: dict[int, np.ndarray], options: list[int], provider: str,
+               threads: int) -> tuple[list[Callable[[], object]], Callable[[list[float]], dict[int, float]]]:
+    """The micro-benchmark's runs (one per distinct width) and how one round's times become, per candidate m,
+    the mean over the base widths of time(rounded up to m) / time(unrounded)."""
     top = max(options)  # base widths off every candidate multiple, with residues spread over [1, top)
     bases = sorted({min(top * math.floor(f * g.size / top) + 1 + (i * top) // len(BASES), g.size - 1)
                     for i, f in enumerate(BASES)})
@@ -102,10 +127,32 @@ def _measure(model: onnx.ModelProto, analysis: Analysis, g: PruneGroup, heavy: l
         mini, feeds[w] = _mini_model(model, analysis, heavy, shapes, analysis.keep_positions({g.id: gone}))
         sessions[w] = Session(mini, threads=threads, providers=provider_list(provider))
     order = sorted(sessions)
-    runs = [(lambda w=w: sessions[w].run(feeds[w])) for w in order]
+    runs: list[Callable[[], object]] = [partial(sessions[w].run, feeds[w]) for w in order]
+    at = {w: i for i, w in enumerate(order)}
+
+    def ratio_of(seconds: list[float]) -> dict[int, float]:
+        return {m: float(np.mean([seconds[at[width[n, m]]] / seconds[at[width[n, 1]]] for n in bases]))
+                for m in options}
+    return runs, ratio_of
+
+
+def _measure(runs: list[Callable[[], object]], ratio_of: Callable[[list[float]], dict[int, float]],
+             options: list[int], rounds: int, bound: int, warmup: int, tolerance: float
+             ) -> tuple[dict[int, float], dict[int, tuple[float, float]], int]:
+    """Per candidate, the median over rounds of its per-round ratio and the median's confidence interval,
+    timed in batches of ``rounds`` until no interval straddles the choice's limit, at most ``bound`` rounds."""
     repeat = repeats_for(runs[0])
-    seconds = dict(zip(order, median_times(runs, rounds, warmup, repeat)))
-    return {m: float(np.mean([seconds[width[n, m]] / seconds[width[n, 1]] for n in bases])) for m in options}
+    per_round: list[dict[int, float]] = []
+    while True:
+        batch = sample_times(runs, min(rounds, bound - len(per_round)), warmup if not per_round else 0, repeat,
+                             first=len(per_round))
+        per_round += [ratio_of([t[k] for t in batch]) for k in range(len(batch[0]))]
+        stats = {m: median_ci([r[m] for r in per_round]) for m in options}
+        ratios = {m: float(v[0]) for m, v in stats.items()}
+        intervals = {m: (float(v[1]), float(v[2])) for m, v in stats.items()}
+        limit = min(min(ratios.values()) + tolerance, 1.0)
+        if len(per_round) >= bound or not any(lo <= limit < hi for lo, hi in intervals.values()):
+            return ratios, intervals, len(per_round)
 
 
 def _measurable(graph: Graph, i: int, shapes: dict[str, list[int]]) -> bool:
