@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 import numpy as np
+import onnx
 
 from onnxprune.cli.format import format_sensitivity
 from onnxprune.cli.options import data_options, load_command_data, parse_floats
@@ -36,14 +37,15 @@ __all__ = ["analyze_cmd"]
 @click.option("--latency-groups", type=int, default=48, show_default=True,
               help="Time only the N groups touching the most MACs (0: like --no-latency).")
 @click.option("--latency-rounds", type=int, default=5, show_default=True,
-              help="Interleaved timing rounds per group.")
+              help="Interleaved timing rounds per group at least (up to 4x as many until the share is stable).")
 @click.option("--provider", default=CPU, show_default=True, metavar="NAME",
               help="onnxruntime execution provider the latency is measured on.")
 @data_options
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing on success (no table, no warnings).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def analyze_cmd(model: Path, data_path: Path | None, out_dir: Path, fractions: str, criterion: str, limit: int,
                 probe: int, tolerance: float, no_latency: bool, latency_groups: int, latency_rounds: int,
-                provider: str, debug: bool, **data_opts: Any) -> None:
+                provider: str, quiet: bool, debug: bool, **data_opts: Any) -> None:
     """Per-group sensitivity of MODEL, MACs share per group and recommended per-group ratios."""
     from onnxprune.tuning.sensitivity import plot, sensitivity
 
@@ -56,17 +58,41 @@ def analyze_cmd(model: Path, data_path: Path | None, out_dir: Path, fractions: s
     original = load_model(model)
     data = load_command_data(data_path, model, original, data_opts)
     if data is None:
-        feeds = random_inputs(original, 0)
-        data = Dataset({k: np.repeat(v, 64, axis=0) + np.random.default_rng(1).standard_normal(
-            (64,) + v.shape[1:]).astype(v.dtype) for k, v in feeds.items()})
+        data = _random_samples(original)
+        _note("no --data: the scores and the estimated loss come from 64 seeded random inputs and say little "
+              "about real data; run with --data SAMPLES", quiet)
     out_dir.mkdir(parents=True, exist_ok=True)
     if limit < 1 or probe < 1:
         raise UsageError("--limit and --probe must be >= 1")
     result = sensitivity(original, data, steps, criterion, data_opts["batch_size"], limit, tolerance, probe)
+    result.data = str(data_path) if data_path is not None else "random"
     if not no_latency and latency_groups > 0:
-        result.add_latency(original, provider=provider, max_groups=latency_groups, rounds=latency_rounds)
+        too_fast = result.add_latency(original, provider=provider, max_groups=latency_groups, rounds=latency_rounds)
+        if too_fast:
+            _note(f"no latency shares: the model {too_fast} on this machine", quiet)
+        elif result.latency and result.latency["unstable"]:
+            _note(f"latency share of {_count(len(result.latency['unstable']), 'group')} left out (-): still within "
+                  f"the timing noise after {4 * latency_rounds} rounds", quiet)
     write_text_atomic(out_dir / "analysis.json", json.dumps(result.to_dict(), indent=1) + "\n")
     plotted = plot(result, out_dir / "sensitivity.png")
+    if quiet:
+        return
     click.echo(format_sensitivity(result))
     click.echo(f"wrote {out_dir / 'analysis.json'}" + (f" and {out_dir / 'sensitivity.png'}" if plotted else
                                                           " (no plot: pip install 'onnxprune[plot]')"))
+
+
+def _random_samples(model: onnx.ModelProto) -> Dataset:
+    """64 seeded random samples around the model's random input (what ``analyze`` measures on without data)."""
+    feeds = random_inputs(model, 0)
+    return Dataset({k: np.repeat(v, 64, axis=0) + np.random.default_rng(1).standard_normal(
+        (64,) + v.shape[1:]).astype(v.dtype) for k, v in feeds.items()})
+
+
+def _note(message: str, quiet: bool) -> None:
+    if not quiet:
+        click.echo(f"onnxprune: warning: {message}", err=True)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
