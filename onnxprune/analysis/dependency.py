@@ -13,6 +13,7 @@ import onnx
 from onnxprune.core.channels import Labeled, UnionFind
 from onnxprune.core.graph import Graph
 from onnxprune.core.handlers import handler_for
+from onnxprune.errors import UsageError
 
 __all__ = ["Analysis", "Analyzer", "PruneGroup", "WeightRef", "analyze"]
 
@@ -231,7 +232,31 @@ def _close(ctx: Analyzer, exclude: Sequence[str]) -> Analysis:
             hit = next((p for p in exclude for n in names if fnmatch.fnmatchcase(n, p)), None)
             if hit is not None:
                 g.blocked = f"excluded by --exclude '{hit}'"
+    _check_exclude(graph, groups, exclude)
     return Analysis(graph, groups, ctx.labels, ctx.weights, root, unit_group, unit_local)
+
+
+def _check_exclude(graph: Graph, groups: list[PruneGroup], exclude: Sequence[str]) -> None:
+    """A usage error for an ``--exclude`` pattern that matches no node or tensor name."""
+    if not exclude:
+        return
+    names = [graph.label(i) for i in range(len(graph.nodes))] + [o for node in graph.nodes for o in node.output]
+    names = list(dict.fromkeys(n for n in names + [n for g in groups for n in g.tensors + g.sources] if n))
+    for pattern in exclude:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            raise UsageError(f"--exclude '{pattern}' matches no node or tensor name{_exclude_hint(pattern, names)}")
+
+
+def _exclude_hint(pattern: str, names: list[str]) -> str:
+    """What the names look like (node names first, in graph order), and a wider pattern that matches some
+    (``*stem*`` for ``stem*``)."""
+    if not names:
+        return " (the model has no nodes)"
+    wider = f"*{pattern.strip('*')}*"
+    matches = [n for n in names if fnmatch.fnmatchcase(n, wider)] if pattern.strip("*") else []
+    example = (matches or names)[0]
+    slash = "names here start with '/', " if example.startswith("/") and not pattern.startswith(("/", "*")) else ""
+    return f" ({slash}e.g. '{example}')" + (f"; try '{wider}'" if matches else "")
 
 
 def _cells(group: PruneGroup, constraints: list[np.ndarray], soft: list[bool], group_of_atom: np.ndarray,

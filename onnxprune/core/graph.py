@@ -15,7 +15,7 @@ import onnx
 from onnx import AttributeProto, NodeProto, TensorProto, helper, numpy_helper
 
 from onnxprune.core.handlers import handler_for
-from onnxprune.errors import ModelError
+from onnxprune.errors import ModelError, UsageError
 
 __all__ = ["Graph", "Dim", "light_model", "node_label", "copy_fields", "static_input_shapes", "SMALL_CONSTANT"]
 
@@ -328,19 +328,38 @@ def _is_repeated(desc) -> bool:
 
 def static_input_shapes(model: onnx.ModelProto, overrides: dict[str, list[int]] | None = None,
                         default_dim: int = DEFAULT_DIM) -> dict[str, list[int]]:
-    """A concrete shape for every real graph input: symbolic batch dims become 1, other unknowns ``default_dim``."""
+    """A concrete shape for every real graph input: symbolic batch dims become 1, other unknowns ``default_dim``.
+    ``overrides`` (``--input-shape``) must name real inputs, match their rank and keep the dims the model pins."""
     inits = {t.name for t in model.graph.initializer}
     shapes: dict[str, list[int]] = {}
     for vi in model.graph.input:
         if vi.name in inits:
             continue
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                for d in vi.type.tensor_type.shape.dim]
         if overrides and vi.name in overrides:
-            shapes[vi.name] = list(overrides[vi.name])
+            shapes[vi.name] = _checked_override(vi.name, dims, list(overrides[vi.name]))
             continue
-        dims = vi.type.tensor_type.shape.dim
-        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0
-                           else (1 if k == 0 else default_dim) for k, d in enumerate(dims)]
+        shapes[vi.name] = [d if d is not None else (1 if k == 0 else default_dim) for k, d in enumerate(dims)]
+    unknown = sorted(set(overrides or ()) - set(shapes))
+    if unknown:
+        raise UsageError(f"--input-shape names no input of the model: '{unknown[0]}' (inputs: "
+                         f"{', '.join(shapes) or 'none'})")
     return shapes
+
+
+def _checked_override(name: str, pinned: list[int | None], dims: list[int]) -> list[int]:
+    """``dims`` for input ``name`` when they fit its rank and the dims the model pins (``None``: free)."""
+    given = f"--input-shape {name}:{'x'.join(str(d) for d in dims)}"
+    if len(dims) != len(pinned):
+        raise UsageError(f"{given}: input '{name}' has rank {len(pinned)}, not {len(dims)}")
+    for k, (want, got) in enumerate(zip(pinned, dims)):
+        if got < 1:
+            raise UsageError(f"{given}: dimensions must be positive")
+        if want is not None and got != want:
+            what = "the batch (dimension 0)" if k == 0 else f"dimension {k}"
+            raise UsageError(f"{given}: the model pins {what} of '{name}' to {want}")
+    return dims
 
 
 def check_input(model: onnx.ModelProto) -> None:

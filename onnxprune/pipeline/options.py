@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 import onnx
 
 from onnxprune.analysis.dependency import analyze
-from onnxprune.core.graph import Graph
+from onnxprune.core.graph import Graph, static_input_shapes
 from onnxprune.errors import UsageError
 from onnxprune.planning.criteria import get_criterion
 from onnxprune.planning.planner import PlanConfig
@@ -63,7 +63,9 @@ class PruneConfig:
     def measure_round_to(self, model: onnx.ModelProto, *, provider: str = "CPUExecutionProvider",
                          threads: int = 1) -> PruneConfig:
         """With ``round_to="auto"``: this config with ``round_to_map`` set to the multiple onnxruntime rewards
-        per group of ``model`` (see :mod:`onnxprune.tuning.rounding`); otherwise this config unchanged."""
+        per group of ``model`` (see :mod:`onnxprune.tuning.rounding`); otherwise this config unchanged.
+        Every run calls it first, so ``input_shapes`` are checked against ``model``'s inputs here, before any work."""
+        static_input_shapes(model, self.input_shapes)  # a UsageError for an unknown input or a pinned dim
         if self.round_to != "auto" or self.round_to_map is not None:
             return self
         from onnxprune.tuning.rounding import auto_round_to
