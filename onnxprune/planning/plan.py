@@ -7,6 +7,7 @@ computes when every listed tensor is multiplied by its 0/1 keep-mask along ``axi
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,6 +44,20 @@ class Plan:
 
     def keep_map(self) -> dict[str, np.ndarray]:
         return {t.name: np.asarray(t.keep, dtype=np.int64) for t in self.tensors}
+
+    def check(self, labels: Mapping[str, Labeled]) -> None:
+        """Refuse an entry that names no channel tensor of the model (``labels``: the analysis's channel
+        tensors) or gives another axis or size than the model's, in one line that says what the model has."""
+        for t in self.tensors:
+            lab = labels.get(t.name)
+            if lab is None:
+                known = list(labels)
+                close = [n for n in known if t.name.strip("/") and t.name.strip("/") in n] or known
+                example = f" (e.g. '{close[0]}')" if close else " (it has none)"
+                raise PlanError(f"plan entry '{t.name}' names no channel tensor of the model{example}")
+            if lab.axis != t.axis or lab.size != t.size:
+                raise PlanError(f"plan entry '{t.name}' (axis {t.axis}, size {t.size}) does not match the model "
+                                f"(axis {lab.axis}, size {lab.size})")
 
     def to_dict(self) -> dict:
         return {
