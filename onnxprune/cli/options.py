@@ -75,12 +75,24 @@ def data_options(fn: F) -> F:
 
 def load_command_data(path: Path | None, model_path: Path, model: onnx.ModelProto, opts: dict[str, Any]
                       ) -> Dataset | None:
-    """The samples at ``path`` (``None`` without a path), image folders preprocessed as ``opts`` say."""
+    """The samples at ``path`` (``None`` without a path), image folders preprocessed as ``opts`` say. What the
+    loader converted (a cast, a resize) is one ``onnxprune: note:`` line each on stderr (not with ``--quiet``);
+    what looks like a mistake (class folders that do not fit the model) one ``onnxprune: warning:`` line each."""
     if path is None:
         return None
     spec = _image_spec(model_path, opts["preprocess"], opts["size"], opts["mean"], opts["std"], opts["scale"],
                        opts["layout"], opts["color"])
-    return load_data(path, model, spec)
+    data = load_data(path, model, spec)
+    _tell(data, quiet=bool(opts.get("quiet")))
+    return data
+
+
+def _tell(data: Dataset, quiet: bool) -> None:
+    """Print the loader's notes (unless ``quiet``) and warnings, one line each, to stderr."""
+    for line in data.warnings:
+        click.echo(f"onnxprune: warning: {line}", err=True)
+    for line in () if quiet else data.notes:
+        click.echo(f"onnxprune: note: {line}", err=True)
 
 
 def _image_spec(model: Path, preprocess: Path | None, size: str | None, mean: str | None, std: str | None,
