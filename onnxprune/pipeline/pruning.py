@@ -17,6 +17,7 @@ import onnx
 import onnxprune.training  # noqa: F401 - registers the criteria of the training stage (taylor)
 from onnxprune.analysis.dependency import Analysis, analyze
 from onnxprune.core.graph import Graph, light_model, static_input_shapes
+from onnxprune.core.progress import note
 from onnxprune.errors import PlanError, UsageError
 from onnxprune.measure.calibrate import collect, consumer_inputs
 from onnxprune.measure.data import Dataset
@@ -100,6 +101,8 @@ def prune(model: onnx.ModelProto, config: PruneConfig = _DEFAULTS, *, calib: Dat
     steps = _schedule(config)
     run = _Steps(model, analysis, config, criterion, recovery, calib, hooks)
     for k, ratio in enumerate(steps):
+        if len(steps) > 1:
+            note(f"{config.schedule} step {k + 1}/{len(steps)}: removing {ratio:.0%} of the remaining channels")
         if not run.step(k, ratio, steps):
             break
     current = run.current
