@@ -93,7 +93,8 @@ def prune_to_latency(model: onnx.ModelProto, config: PruneConfig, target: float,
                    source_sha256=source_sha256)
     final = compare_latency(model, result.model, threads=threads, rounds=25, input_shapes=config.input_shapes,
                             provider=provider)
-    result.report["latency"] = {"target": target, "provider": provider, "threads": threads, **_measured(final),
+    measured = {k: v for k, v in _measured(final).items() if k != "latency_ratio"}
+    result.report["latency"] = {"target": target, "provider": provider, "threads": threads, **measured,
                                 "ratio": final.ratios[1], "timing_check": check.to_dict(), "candidates": tried,
                                 "undecided": [t["target_macs"] for t in tried if not t["decided"]]}
     return result
