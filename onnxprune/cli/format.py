@@ -4,20 +4,40 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from onnxprune.pipeline.report import file_entry, tool
+
 if TYPE_CHECKING:
     from onnxprune.measure.evaluate import Evaluation
     from onnxprune.training.finetune import FinetuneResult
     from onnxprune.tuning.sensitivity import Sensitivity
 
 __all__ = ["format_summary", "format_groups", "format_evaluation", "format_sensitivity", "format_epochs",
-           "summary_document"]
+           "summary_document", "plural", "format_bytes"]
+
+#: The measured example the "not calibrated" line quotes (README quick start: --ratio 0.5 without and with
+#: --calib models/mnist_calib.npz, evaluated on models/mnist_val.npz).
+CALIB_EXAMPLE = "bundled MNIST model at --ratio 0.5: 9.7 % -> 94.9 %"
 
 
 def _human(n: float) -> str:
+    """Counts (parameters, MACs) in decimal units: 9.35M."""
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= scale:
             return f"{n / scale:.2f}{unit}"
     return f"{n:.0f}"
+
+
+def format_bytes(n: float) -> str:
+    """Sizes in binary units with their names: 313538 -> '306.2 KiB'."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 group``, ``2 groups``."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
 def format_summary(report: dict[str, Any]) -> str:
@@ -30,13 +50,13 @@ def format_summary(report: dict[str, Any]) -> str:
         f"groups: {len(groups)} found, {pruned} pruned, {blocked} blocked",
         f"params: {_human(b['params'])} -> {_human(a['params'])} ({_ratio(b['params'], a['params'])})",
         f"MACs:   {_human(b['macs'])} -> {_human(a['macs'])} ({_ratio(b['macs'], a['macs'])})",
-        f"size:   {_human(b['bytes'])}B -> {_human(a['bytes'])}B ({_ratio(b['bytes'], a['bytes'])})",
+        f"size:   {format_bytes(b['bytes'])} -> {format_bytes(a['bytes'])} ({_ratio(b['bytes'], a['bytes'])})",
     ]
     if report.get("latency"):
         lat = report["latency"]
         where = lat.get("provider", "CPUExecutionProvider").removesuffix("ExecutionProvider")
         lines.append(f"latency: {lat['ms_original']:.2f} ms -> {lat['ms_pruned']:.2f} ms ({lat['ratio']:.3f}x, "
-                     f"onnxruntime {where}, {lat['threads']} thread{'s' if lat['threads'] != 1 else ''})")
+                     f"onnxruntime {where}, {plural(lat['threads'], 'thread')})")
     if report.get("training"):
         lines.append(_training_line(report["training"]))
     if report.get("evaluation"):
@@ -56,7 +76,21 @@ def format_summary(report: dict[str, Any]) -> str:
                      f"(max relative error {v['max_rel_error']:.2g})")
     else:
         lines.append("verification skipped (--no-verify)")
-    return "\n".join(lines)
+    return "\n".join(lines + _not_established(report.get("established")))
+
+
+def _not_established(done: dict[str, Any] | None) -> list[str]:
+    """One line for each thing a prune run did not establish, and how to establish it."""
+    if not done:
+        return []
+    lines = []
+    if not done.get("accuracy"):
+        lines.append("onnxprune: note: accuracy not measured (verification proves the rewrite only): "
+                     "--eval DATA measures it")
+    if not done.get("calibrated"):
+        lines.append(f"onnxprune: note: not calibrated: --calib DATA usually recovers much of the accuracy "
+                     f"({CALIB_EXAMPLE})")
+    return lines
 
 
 def _ratio(before: float, after: float) -> str:
@@ -67,7 +101,8 @@ def _training_line(t: dict[str, Any]) -> str:
     """One line on a training schedule: steps kept and why it stopped."""
     steps = t.get("steps", [])
     kept = sum(1 for s in steps if s["accepted"])
-    line = f"{t.get('schedule', 'training')}: {kept} of {t.get('planned_steps', len(steps))} steps kept"
+    planned = t.get("planned_steps", len(steps))
+    line = f"{t.get('schedule', 'training')}: {kept} of {plural(planned, 'step')} kept"
     rejected = next((s for s in steps if not s["accepted"]), None)
     if rejected is not None:
         line += (f" (stopped at step {rejected['step']}: metric {rejected['metric']:.4f} < kappa {t['kappa']} x "
@@ -88,17 +123,20 @@ def format_groups(rows: list[dict[str, Any]], total_macs: int) -> str:
     prunable = [r for r in rows if not r["blocked"] and r["size"] > 1]
     blocked_macs = sum(r["macs"] for r in rows if r["blocked"])
     lines.append("-" * len(header))
-    lines.append(f"{len(rows)} groups: {len(prunable)} prunable, {len(rows) - len(prunable)} not; "
+    lines.append(f"{plural(len(rows), 'group')}: {len(prunable)} prunable, {len(rows) - len(prunable)} not; "
                  f"total MACs {_human(total_macs)}; MACs touching blocked groups "
                  f"{(blocked_macs / total_macs if total_macs else 0):.1%}")
     return "\n".join(lines)
 
 
-def format_evaluation(e: Evaluation) -> str:
-    """One line per measure of an :class:`~onnxprune.measure.evaluate.Evaluation`."""
+def format_evaluation(e: Evaluation, reference_accuracy: float | None = None) -> str:
+    """One line per measure of an :class:`~onnxprune.measure.evaluate.Evaluation` (and the reference's own
+    accuracy on the same samples, where given)."""
     lines = [f"samples: {e.samples}"]
     if e.accuracy is not None:
         lines.append(f"top-1 accuracy: {e.accuracy:.4f}")
+    if reference_accuracy is not None:
+        lines.append(f"reference top-1 accuracy: {reference_accuracy:.4f}")
     if e.agreement is not None:
         lines.append(f"top-1 agreement with reference: {e.agreement:.4f}")
         lines.append(f"cosine similarity to reference: {e.cosine:.4f}")
@@ -110,8 +148,10 @@ def summary_document(report: dict[str, Any], plan_path: Path | None = None, repo
                      ) -> dict[str, Any]:
     """The summary as one JSON-ready document (``--json``) for pipeline steps."""
     groups = report["groups"]
+    latency = report.get("latency")
     return {
         "tool": report["tool"],
+        "command": "prune",
         "input": report.get("input"),
         "output": report.get("output"),
         "plan": str(plan_path) if plan_path is not None else None,
@@ -124,8 +164,22 @@ def summary_document(report: dict[str, Any], plan_path: Path | None = None, repo
                    "blocked": sum(1 for g in groups if g["blocked"])},
         "verification": report.get("verification"),
         "evaluation": report.get("evaluation"),
+        "latency": {k: v for k, v in latency.items() if k != "candidates"} if latency else None,
+        "established": report.get("established"),
         "options": report["options"],
     }
+
+
+def evaluation_document(model: Path, data: Path, result: Evaluation, reference: Path | None,
+                        reference_eval: Evaluation | None) -> dict[str, Any]:
+    """``onnxprune eval --json``: the common head (tool, command, input) and the measures at the top level;
+    ``reference`` names the reference model and its own accuracy."""
+    ref = None
+    if reference is not None:
+        ref = {**file_entry(reference),
+               "accuracy": reference_eval.accuracy if reference_eval is not None else None}
+    return {"tool": tool(), "command": "eval", "input": file_entry(model), "output": None, "data": str(data),
+            **result.to_dict(), "reference": ref}
 
 
 def format_sensitivity(result: Sensitivity) -> str:
@@ -145,12 +199,14 @@ def format_sensitivity(result: Sensitivity) -> str:
                      f"{r['recommended_ratio']:>6.2f}  {', '.join(r['sources'][:2])}")
     skipped = sum(1 for r in result.rows if "curve" not in r)
     if skipped:
-        lines.append(f"({skipped} groups not prunable: see onnxprune inspect)")
+        lines.append(f"({plural(skipped, 'group')} not prunable: see onnxprune inspect)")
     if result.latency is not None:
         timing = result.latency
+        untimed = len(timing["groups_not_timed"])
         lines.append(f"(latency share: time saved when the group alone keeps half its channels; onnxruntime "
-                     f"{timing['provider'].removesuffix('ExecutionProvider')}, {timing['threads']} thread, "
-                     f"{timing['ms_original']:.2f} ms; {len(timing['groups_not_timed'])} groups not timed: -)")
+                     f"{timing['provider'].removesuffix('ExecutionProvider')}, "
+                     f"{plural(timing['threads'], 'thread')}, {timing['ms_original']:.2f} ms"
+                     + (f"; {plural(untimed, 'group')} not timed: -)" if untimed else ")"))
     return "\n".join(lines)
 
 

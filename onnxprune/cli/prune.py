@@ -23,16 +23,19 @@ from onnxprune.cli.options import (
     parse_shapes,
     training_options,
 )
+from onnxprune.cli.paths import check_fraction, check_model_path, output_folders
 from onnxprune.core.modelio import check_outputs, file_sha256, load_model, write_outputs
+from onnxprune.core.progress import progress_mode
 from onnxprune.errors import UsageError
 from onnxprune.measure.data import Dataset
 from onnxprune.measure.runtime import CPU, check_provider
 from onnxprune.pipeline.options import DEFAULT_DATA_CRITERION, SCHEDULES, TRAINING_SCHEDULES, PruneConfig
 from onnxprune.pipeline.pruning import PruneResult, StepHooks, prune
+from onnxprune.pipeline.report import established
 from onnxprune.pipeline.search import prune_to_latency, prune_within
 from onnxprune.planning.criteria import names as criterion_names
 from onnxprune.rewriting.recover import RECOVERY_MODES
-from onnxprune.training.finetune import FinetuneConfig
+from onnxprune.training.finetune import FinetuneConfig, check_device
 from onnxprune.training.schedules import training_hooks
 
 __all__ = ["prune_cmd"]
@@ -126,18 +129,29 @@ def _read_config(ctx: click.Context, param: click.Parameter, value: Path | None)
 def prune_cmd(model: Path, **options: Any) -> None:
     """Prune MODEL and write a smaller, verified model."""
     o = options
+    with progress_mode("off" if o["quiet"] else "lines"):
+        _prune_command(check_model_path(model), o)
+
+
+def _prune_command(model: Path, o: dict[str, Any]) -> None:
     training = finetune_config(o, o["batch_size"], o["seed"])
     output: Path = o["output"] or model.with_name(model.stem + ".pruned.onnx")
     check_provider(o["provider"])
+    check_fraction("--target-macs", o["target_macs"])
+    check_fraction("--target-params", o["target_params"])
     config = _prune_config(o)
     trains = o["schedule"] in TRAINING_SCHEDULES
     config.resolved(o["calib"] is not None or (trains and o["train_path"] is not None))
     if trains and (o["target_latency"] is not None or o["max_drop"] is not None):
         raise UsageError(f"--schedule {o['schedule']} works with --ratio; not with --target-latency or --max-drop")
-    check_outputs(model, [p for p in (output, o["plan_path"], o["report_path"]) if p is not None])
-    original = load_model(model)
-    result = _run(model, original, config, training, o)
-    write_outputs(result.model, output, lambda written: _documents(result, model, output, written, o))
+    if trains:
+        check_device(training.device)
+    outputs = [p for p in (output, o["plan_path"], o["report_path"]) if p is not None]
+    with output_folders(outputs):
+        check_outputs(model, outputs)
+        original = load_model(model)
+        result = _run(model, original, config, training, o)
+        write_outputs(result.model, output, lambda written: _documents(result, model, output, written, o))
     if o["as_json"]:
         click.echo(json.dumps(summary_document(result.report, o["plan_path"], o["report_path"])))
     elif not o["quiet"]:
@@ -194,6 +208,8 @@ def _documents(result: PruneResult, model: Path, output: Path, written: list[Pat
     """The plan and report to write beside the model (the report learns the files' paths and sizes)."""
     result.report["input"] = {"path": str(model), "bytes": model.stat().st_size}
     result.report["output"] = {"path": str(output), "bytes": sum(p.stat().st_size for p in written)}
+    calibrated = o["calib"] is not None or (o["schedule"] in TRAINING_SCHEDULES and o["train_path"] is not None)
+    result.report["established"] = established(result.report, calibrated)
     if o["config_path"] is not None:
         result.report["config_file"] = {"path": str(o["config_path"]), "sha256": file_sha256(o["config_path"])}
     return [(o["plan_path"], result.plan.to_json()),

@@ -22,12 +22,25 @@ from onnxprune.training.finetune import FinetuneConfig, FinetuneResult
 if TYPE_CHECKING:
     from onnxprune.pipeline.options import PruneConfig
 
-__all__ = ["tool", "model_report", "prune_report", "apply_report", "finetune_report", "evaluation"]
+__all__ = ["tool", "model_report", "prune_report", "apply_report", "finetune_report", "evaluation", "established",
+           "file_entry", "final_metric"]
 
 
 def tool() -> dict[str, str]:
     """The ``tool`` entry every report starts with."""
     return {"name": "onnxprune", "version": __version__}
+
+
+def file_entry(path: Path) -> dict[str, Any]:
+    """The ``input`` (or ``output``) entry of every report and JSON summary: ``{"path", "bytes"}``."""
+    return {"path": str(path), "bytes": path.stat().st_size}
+
+
+def established(report: dict[str, Any], calibrated: bool) -> dict[str, bool]:
+    """What a prune run established and what it did not: the rewrite verified, the accuracy measured (``--eval``),
+    the channels scored and the model repaired on data (``--calib``, or a training schedule's data)."""
+    return {"verified": report.get("verification") is not None, "accuracy": bool(report.get("evaluation")),
+            "calibrated": calibrated}
 
 
 def model_report(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analysis,
@@ -83,10 +96,26 @@ def evaluation(original: onnx.ModelProto, pruned: onnx.ModelProto, data: Dataset
 
 def finetune_report(source: Path, teacher: Path | None, config: FinetuneConfig, result: FinetuneResult,
                     tuned_eval: Evaluation | None) -> dict[str, Any]:
-    """The report of ``onnxprune finetune``: the input file and its hash, the teacher, the options, every
-    epoch, and the evaluation of the kept weights."""
-    report = {"tool": tool(), "input": str(source), "input_sha256": file_sha256(source),
-              "teacher": str(teacher) if teacher else None, "options": asdict(config), **result.to_dict()}
+    """The report of ``onnxprune finetune``: the input file (as prune's: path and bytes) and its hash, the
+    teacher, the options, every epoch, the evaluation of the kept weights and the final metric; the command
+    line adds the ``output`` it wrote."""
+    report = {"tool": tool(), "input": file_entry(source), "input_sha256": file_sha256(source),
+              "teacher": str(teacher) if teacher else None, "options": asdict(config), **result.to_dict(),
+              "final": final_metric(result, tuned_eval)}
     if tuned_eval is not None:
         report["evaluation"] = tuned_eval.to_dict()
     return report
+
+
+def final_metric(result: FinetuneResult, tuned_eval: Evaluation | None) -> dict[str, Any]:
+    """The kept epoch and its measure: accuracy (labels), top-1 agreement with the teacher, or the training loss
+    where nothing was evaluated."""
+    kept = next((h for h in result.history if h["epoch"] == result.best_epoch), None) or {}
+    final: dict[str, Any] = {"epoch": result.best_epoch, "loss": kept.get("loss")}
+    if tuned_eval is not None and tuned_eval.accuracy is not None:
+        final.update(metric="accuracy", value=tuned_eval.accuracy)
+    elif tuned_eval is not None and tuned_eval.agreement is not None:
+        final.update(metric="agreement", value=tuned_eval.agreement)
+    else:
+        final.update(metric="loss", value=kept.get("loss"))
+    return final
