@@ -30,9 +30,9 @@ OPTIONAL = {
 }
 
 
-def needs(package: str) -> str:
-    """The skip reason for a missing optional package."""
-    return f"needs {package}, not installed: {OPTIONAL.get(package, FULL_INSTALL)}"
+def needs(package: str, where: str = "") -> str:
+    """The skip reason for a missing optional package (``where``: the line that imports it)."""
+    return f"needs {package}{f' ({where})' if where else ''}, not installed: {OPTIONAL.get(package, FULL_INSTALL)}"
 
 
 def _missing_optional(exc: ModuleNotFoundError) -> str | None:
@@ -46,16 +46,16 @@ def _missing_optional(exc: ModuleNotFoundError) -> str | None:
             return None  # installed but broken: a real failure
     except (ImportError, ValueError):
         return None
-    importer = None
+    importer, line = None, 0
     tb = exc.__traceback__
     while tb is not None:  # the innermost frame that is not importlib's is the one that ran the import
         filename = tb.tb_frame.f_code.co_filename
         if not filename.startswith("<"):
-            importer = Path(filename).resolve()
+            importer, line = Path(filename).resolve(), tb.tb_lineno
         tb = tb.tb_next
     if importer is None or not any(importer.is_relative_to(ROOT / d) for d in ("tests", "tools")):
         return None
-    return needs(package)
+    return needs(package, f"{importer.relative_to(ROOT)}:{line}")
 
 
 @pytest.hookimpl(wrapper=True)
