@@ -290,7 +290,7 @@ def test_ci_runs_the_readme_development_commands():
 
 
 def test_test_extra_brings_what_the_tests_import():
-    """Every third-party package a test module or tools/ imports is in the test extra (or a base dependency)."""
+    """Every third-party package a test module imports is in the test extra (or a base dependency)."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10: tomli, a base dependency there
