@@ -149,7 +149,7 @@ def test_bad_plans_are_refused(tmp_path, capsys, edit, needle):
     plan = json.loads((tmp_path / "p.json").read_text())
     edit(plan)
     (tmp_path / "p.json").write_text(json.dumps(plan))
-    assert main(["apply", str(model), "--plan", str(tmp_path / "p.json"), "-o", str(tmp_path / "b.onnx")]) == 1
+    assert main(["apply", str(model), "--plan", str(tmp_path / "p.json"), "-o", str(tmp_path / "b.onnx")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("onnxprune: error:") and needle in err[0]
     assert not (tmp_path / "b.onnx").exists()
@@ -208,21 +208,9 @@ def test_analyze_without_data_uses_random_inputs(tmp_path):
     assert doc["baseline_accuracy"] is None and doc["fractions"] == [0.5]
 
 
-def test_target_latency_bisects_on_measured_latency():
-    """The bisection records every candidate's measured latency and picks the largest budget that met the
-    target (timings are noisy on a shared machine: the assertion is on the search, not on milliseconds)."""
-    model = onnxprune.load(MNIST)
-    result = onnxprune.prune_to_latency(model, onnxprune.PruneConfig(), 0.6, steps=3)
-    lat = result.report["latency"]
-    assert len(lat["candidates"]) == 3 and lat["ms_original"] > 0 and lat["ms_pruned"] > 0
-    # a bisection over the MACs budget, steered by the ratios it recorded
-    lo, hi = 0.0, 1.0
-    for c in lat["candidates"]:
-        assert c["target_macs"] == pytest.approx((lo + hi) / 2)
-        lo, hi = (c["target_macs"], hi) if c["latency_ratio"] <= 0.6 else (lo, c["target_macs"])
-    # the model returned is the largest budget that met the target, else the smallest one tried
-    met = [c for c in lat["candidates"] if c["latency_ratio"] <= 0.6]
-    chosen = max(met, key=lambda c: c["target_macs"]) if met else min(lat["candidates"],
-                                                                       key=lambda c: c["target_macs"])
-    assert result.report["macs_kept"] == pytest.approx(chosen["macs_kept"])
-    assert result.verification.mask_equivalent is True
+def test_target_latency_refuses_a_model_too_fast_to_time():
+    """The bundled model runs in well under a millisecond: a latency search there would rest on noise, so it is
+    refused with a usage error that points to --target-macs (the search itself is tested with a fake clock in
+    tests/test_first_hour_tuning.py)."""
+    with pytest.raises(onnxprune.UsageError, match="--target-macs"):
+        onnxprune.prune_to_latency(onnxprune.load(MNIST), onnxprune.PruneConfig(), 0.6, steps=3)

@@ -132,16 +132,18 @@ def test_ratio_not_a_number(example_model, capsys):
     _assert_fails(capsys, [str(example_model), "--ratio", "half"], 2, example_model.parent, "ratio")
 
 
-def test_output_dir_missing(example_model, capsys):
+def test_output_dir_missing_is_created(example_model):
     out = example_model.parent / "no" / "such" / "dir" / "out.onnx"
-    _assert_fails(capsys, [str(example_model), "-o", str(out)], 1, example_model.parent, "does not exist")
-    assert not out.parent.exists()
+    assert main([str(example_model), "-o", str(out), "--quiet"]) == 0
+    assert out.exists()
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
 
 
 @pytest.mark.parametrize("flag", ["--plan", "--report"])
-def test_json_output_dir_missing(example_model, capsys, flag):
+def test_json_output_dir_missing_is_created(example_model, flag):
     target = example_model.parent / "missing" / "x.json"
-    _assert_fails(capsys, [str(example_model), flag, str(target)], 1, example_model.parent, "does not exist")
+    assert main([str(example_model), flag, str(target), "--quiet"]) == 0
+    assert json.loads(target.read_text())
 
 
 def test_plan_is_a_directory(example_model, capsys):

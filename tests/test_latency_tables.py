@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from builders import GraphBuilder, _finish
+from test_first_hour_tuning import FakeClock, macs_of
 
 import onnxprune
 from onnxprune.cli import main
@@ -134,7 +135,8 @@ def test_auto_round_to_applies_its_rule_to_what_it_measured():
         assert set(ratios) == ({1, 8, 32} if size > 32 else {1, 8})
         assert all(r > 0 for r in ratios.values())
         limit = min(min(ratios.values()) + tolerance, 1.0)
-        assert found.multiples[gid] == max(m for m, r in ratios.items() if r <= limit), (gid, ratios)
+        rule = max(m for m, r in ratios.items() if r <= limit)  # a choice resting on noise falls back to 1
+        assert found.multiples[gid] == (1 if gid in found.unstable else rule), (gid, ratios, found.unstable)
     assert {d["id"]: d["multiple"] for d in found.to_dict()["groups"]} == found.multiples
 
 
@@ -173,8 +175,10 @@ def test_round_to_auto_prunes_onto_the_chosen_multiples(extra):
     assert result.report["options"]["round_to"] == "auto"
 
 
-def test_round_to_auto_with_target_latency_records_the_provider():
+def test_round_to_auto_with_target_latency_records_the_provider(monkeypatch):
     model = wide_chain()
+    full = macs_of(model)
+    FakeClock(lambda m, k: 5e-3 * macs_of(m) / full).install(monkeypatch)  # latency follows the MACs
     result = onnxprune.prune_to_latency(model, onnxprune.PruneConfig(round_to="auto"), 0.8, steps=2,
                                         provider="CPUExecutionProvider")
     assert result.report["latency"]["provider"] == "CPUExecutionProvider"
@@ -224,7 +228,9 @@ def test_cli_bad_provider_or_round_to_is_one_usage_line(model_path, tmp_path, ca
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wide.onnx"]
 
 
-def test_cli_analyze_reports_latency_share_beside_macs_share(tmp_path, capsys):
+def test_cli_analyze_reports_latency_share_beside_macs_share(tmp_path, capsys, monkeypatch):
+    full = macs_of(onnxprune.load(MNIST))
+    FakeClock(lambda m, k: 5e-3 * macs_of(m) / full).install(monkeypatch)  # timeable, latency follows the MACs
     model = tmp_path / "m.onnx"
     shutil.copy(MNIST, model)
     out = tmp_path / "an"

@@ -8,6 +8,7 @@ from typing import Any
 
 import onnx
 
+from onnxprune.core.progress import note
 from onnxprune.errors import UsageError
 from onnxprune.measure.data import Dataset
 from onnxprune.measure.evaluate import evaluate
@@ -39,11 +40,13 @@ def prune_within(model: onnx.ModelProto, config: PruneConfig, max_drop: float, e
 
     quick = replace(config, verify=False, target_params=None)
     lo, hi, best, tried = 0.0, 1.0, None, []
-    for _ in range(steps):
+    for k in range(1, steps + 1):
         mid = (lo + hi) / 2
         candidate = prune(model, replace(quick, target_macs=mid), calib=calib)
         drop = drop_of(candidate)
         tried.append({"target_macs": mid, "macs_kept": candidate.report["macs_kept"], "drop": drop})
+        note(f"--max-drop candidate {k}/{steps}: MACs {tried[-1]['macs_kept']:.3f} -> drop {drop:.4f} "
+             f"(limit {max_drop})")
         if drop <= max_drop:
             best, hi = mid, mid
         else:
@@ -77,12 +80,14 @@ def prune_to_latency(model: onnx.ModelProto, config: PruneConfig, target: float,
     # Candidates skip calibration and recovery: neither changes the shapes, so neither changes the latency.
     quick = replace(config, verify=False, target_params=None, criterion=None, recover=None)
     lo, hi, tried = 0.0, 1.0, []
-    for _ in range(steps):
+    for k in range(1, steps + 1):
         mid = (lo + hi) / 2
         candidate = prune(model, replace(quick, target_macs=mid))
         t = compare_latency(model, candidate.model, threads=threads, input_shapes=config.input_shapes,
                             provider=provider, target=target)
         tried.append({"target_macs": mid, "macs_kept": candidate.report["macs_kept"], **_measured(t, target)})
+        note(f"--target-latency candidate {k}/{steps}: MACs {tried[-1]['macs_kept']:.3f} -> latency "
+             f"{t.ratios[1]:.3f}x (target {target})")
         if t.ratios[1] <= target:
             lo = mid  # fast enough: try keeping more
         else:
