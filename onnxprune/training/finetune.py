@@ -139,31 +139,11 @@ def finetune(model: onnx.ModelProto, train: Dataset, config: FinetuneConfig = Fi
     history: list[dict] = [{"epoch": 0, "loss": None, "eval": initial.to_dict() if initial else None}]
     best = _Best(module, _score(initial))
     n = len(train)
+    run = _Run(torch, net, module, train, optimizer, scheduler, targets, mode, config, device, regularizer,
+               rank, world, fixed, micro)
     with Progress(label, config.epochs * n, enabled=None if rank == 0 else False) as bar:
         for epoch in range(1, config.epochs + 1):
-            module.train()
-            order = np.random.default_rng([config.seed, epoch]).permutation(n)
-            total, seen = 0.0, 0
-            for start in range(0, n, config.batch_size):
-                batch = order[start:start + config.batch_size]
-                if world > 1 and len(batch) < world * (fixed or 1):
-                    continue  # every process needs a share, or the gradient exchange would wait forever
-                mine = np.array_split(batch, world)[rank]
-                parts = [mine[m:m + micro] for m in range(0, len(mine), micro)]
-                parts = [p for p in parts if not fixed or len(p) == fixed]  # a pinned batch takes no remainder
-                optimizer.zero_grad(set_to_none=True)
-                for k, part in enumerate(parts):
-                    # one gradient exchange per batch: the last micro-batch's backward pass
-                    with net.no_sync() if world > 1 and k < len(parts) - 1 else contextlib.nullcontext():
-                        loss = _step_loss(torch, net, module, train, part, len(batch), world, targets, mode,
-                                          config, device, regularizer)
-                        loss.backward()
-                    total += float(loss.detach()) * len(batch) / world
-                    seen += len(part)
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
-                bar.advance(len(batch))
+            total, seen = _train_epoch(run, epoch, bar)
             evaluation = None
             if eval_data is not None:
                 evaluation = _evaluate(write_back(model, module), eval_data, teacher, config, rank, world, torch)
@@ -173,6 +153,56 @@ def finetune(model: onnx.ModelProto, train: Dataset, config: FinetuneConfig = Fi
             best.offer(epoch, _score(evaluation))
     best.restore()
     return FinetuneResult(write_back(model, module), history, best.epoch)
+
+
+@dataclass
+class _Run:
+    """What one training epoch needs."""
+
+    torch: Any
+    net: Any
+    module: Any
+    train: Dataset
+    optimizer: Any
+    scheduler: Any
+    targets: TeacherOutputs | None
+    mode: str
+    config: FinetuneConfig
+    device: Any
+    regularizer: Callable | None
+    rank: int
+    world: int
+    fixed: int | None
+    micro: int
+
+
+def _train_epoch(run: _Run, epoch: int, bar: Progress) -> tuple[float, int]:
+    """One pass over the training data in a seeded order; (summed loss, samples seen) of this process."""
+    run.module.train()
+    n, config, world = len(run.train), run.config, run.world
+    order = np.random.default_rng([config.seed, epoch]).permutation(n)
+    total, seen = 0.0, 0
+    for start in range(0, n, config.batch_size):
+        batch = order[start:start + config.batch_size]
+        if world > 1 and len(batch) < world * (run.fixed or 1):
+            continue  # every process needs a share, or the gradient exchange would wait forever
+        mine = np.array_split(batch, world)[run.rank]
+        parts = [mine[m:m + run.micro] for m in range(0, len(mine), run.micro)]
+        parts = [p for p in parts if not run.fixed or len(p) == run.fixed]  # a pinned batch takes no remainder
+        run.optimizer.zero_grad(set_to_none=True)
+        for k, part in enumerate(parts):
+            # one gradient exchange per batch: the last micro-batch's backward pass
+            with run.net.no_sync() if world > 1 and k < len(parts) - 1 else contextlib.nullcontext():
+                loss = _step_loss(run.torch, run.net, run.module, run.train, part, len(batch), world, run.targets,
+                                  run.mode, config, run.device, run.regularizer)
+                loss.backward()
+            total += float(loss.detach()) * len(batch) / world
+            seen += len(part)
+        run.optimizer.step()
+        if run.scheduler is not None:
+            run.scheduler.step()
+        bar.advance(len(batch))
+    return total, seen
 
 
 def _epoch_line(label: str, entry: dict, epochs: int) -> str:
