@@ -138,7 +138,7 @@ def test_hand_edited_plan_cuts_the_whole_group(tmp_path):
 
 @pytest.mark.parametrize("edit,needle", [
     (lambda p: p["tensors"][0].update(size=99), "does not match the model"),
-    (lambda p: p["tensors"][0].update(name="nope"), "does not match the model"),
+    (lambda p: p["tensors"][0].update(name="nope"), "names no channel tensor"),
     (lambda p: p["tensors"][0].update(keep=[]), "removes every channel"),
     (lambda p: p.update(format="other"), "plan"),
 ])

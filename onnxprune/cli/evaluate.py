@@ -37,6 +37,7 @@ def eval_cmd(model: Path, data_path: Path, reference: Path | None, limit: int | 
     if ref is not None and data.labels is not None:  # the reference's own accuracy, to compare with
         ref_eval = evaluate(ref, data, None, data_opts["batch_size"], limit, "evaluating reference")
     if as_json:
-        click.echo(json.dumps(evaluation_document(model, data_path, result, reference, ref_eval), indent=1))
+        document = evaluation_document(model, data_path, result, reference, ref_eval, data.classes)
+        click.echo(json.dumps(document, indent=1))
         return
     click.echo(format_evaluation(result, ref_eval.accuracy if ref_eval is not None else None))

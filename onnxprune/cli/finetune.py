@@ -65,9 +65,10 @@ def _finetune(model: Path, train_path: Path, teacher: Path | None, eval_path: Pa
         check_outputs(model, outputs)
         student = load_model(model)
         teacher_model = load_model(check_model_path(teacher)) if teacher is not None else None
-        train = load_command_data(train_path, model, student, opts)
+        data_opts = {**opts, "quiet": quiet}
+        train = load_command_data(train_path, model, student, data_opts)
         assert train is not None  # --data is required
-        eval_data = load_command_data(eval_path, model, student, opts)
+        eval_data = load_command_data(eval_path, model, student, data_opts)
         result = finetune(student, train, config, teacher=teacher_model, eval_data=eval_data)
         if os.environ.get("RANK", "0") != "0":
             return  # under torchrun, the first process writes the result

@@ -171,7 +171,8 @@ def summary_document(report: dict[str, Any], plan_path: Path | None = None, repo
 
 
 def evaluation_document(model: Path, data: Path, result: Evaluation, reference: Path | None,
-                        reference_eval: Evaluation | None) -> dict[str, Any]:
+                        reference_eval: Evaluation | None, classes: dict[str, int] | None = None
+                        ) -> dict[str, Any]:
     """``onnxprune eval --json``: the common head (tool, command, input) and the measures at the top level;
     ``reference`` names the reference model and its own accuracy."""
     ref = None
@@ -179,7 +180,7 @@ def evaluation_document(model: Path, data: Path, result: Evaluation, reference: 
         ref = {**file_entry(reference),
                "accuracy": reference_eval.accuracy if reference_eval is not None else None}
     return {"tool": tool(), "command": "eval", "input": file_entry(model), "output": None, "data": str(data),
-            **result.to_dict(), "reference": ref}
+            **result.to_dict(), "reference": ref, **({"classes": classes} if classes is not None else {})}
 
 
 def format_sensitivity(result: Sensitivity) -> str:

@@ -211,10 +211,7 @@ def apply_plan(model: onnx.ModelProto, plan: Plan, *, verify_result: bool = True
     graph = Graph.build(model)
     analysis = analyze(graph)
     wanted = plan.keep_map()
-    for t in plan.tensors:
-        lab = analysis.labels.get(t.name)
-        if lab is None or lab.axis != t.axis or lab.size != t.size:
-            raise PlanError(f"plan entry '{t.name}' (axis {t.axis}, size {t.size}) does not match the model")
+    plan.check(analysis.labels)
     removed = _dropped_units(analysis, wanted)
     _check_cuts(analysis, removed)
     keep = analysis.keep_positions(removed)

@@ -87,11 +87,15 @@ def apply_report(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: A
 
 def evaluation(original: onnx.ModelProto, pruned: onnx.ModelProto, data: Dataset, batch_size: int
                ) -> dict[str, Any]:
-    """The ``evaluation`` entry: accuracy and fidelity before and after."""
-    return {
+    """The ``evaluation`` entry: accuracy and fidelity before and after (and, for class folders, which folder
+    gave which label)."""
+    entry: dict[str, Any] = {
         "before": evaluate(original, data, None, batch_size, None, "evaluating original").to_dict(),
         "after": evaluate(pruned, data, original, batch_size, None, "evaluating pruned").to_dict(),
     }
+    if data.classes is not None:
+        entry["classes"] = data.classes
+    return entry
 
 
 def finetune_report(source: Path, teacher: Path | None, config: FinetuneConfig, result: FinetuneResult,
