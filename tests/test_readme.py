@@ -77,8 +77,13 @@ def split(command: str) -> tuple[list[str], int]:
     return argv, int(found.group(1)) if found else 0
 
 
+#: README commands another test runs as they stand and checks further (not run twice).
+COVERED = {"lenet5.onnx --ratio 0.75 --schedule": "run with its accuracy bar by tests/test_training_bars.py"}
+
+
 def _param(command: str):
     marks = [pytest.mark.slow] if any(m in command for m in SLOW_MARKERS) else []
+    marks += [pytest.mark.skip(reason=why) for key, why in COVERED.items() if key in command]
     return pytest.param(command, marks=marks, id=command[:110])
 
 
