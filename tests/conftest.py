@@ -58,8 +58,8 @@ def _missing_optional(exc: ModuleNotFoundError) -> str | None:
     return needs(package, f"{importer.relative_to(ROOT)}:{line}")
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item):
+def _skip_missing_optional():
+    """Hook wrapper body: a missing optional package imported by the test's own code skips the test."""
     try:
         return (yield)
     except ModuleNotFoundError as exc:
@@ -67,17 +67,16 @@ def pytest_runtest_setup(item):
         if reason is None:
             raise
         pytest.skip(reason)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    return (yield from _skip_missing_optional())
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
-    try:
-        return (yield)
-    except ModuleNotFoundError as exc:
-        reason = _missing_optional(exc)
-        if reason is None:
-            raise
-        pytest.skip(reason)
+    return (yield from _skip_missing_optional())
 
 
 def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -60,7 +60,7 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 
 
-def _signed_uniform(shape: torch.Size, gen: torch.Generator, lo: float = 0.5, hi: float = 1.5) -> torch.Tensor:
+def signed_uniform(shape: torch.Size, gen: torch.Generator, lo: float = 0.5, hi: float = 1.5) -> torch.Tensor:
     """Uniform magnitudes in [lo, hi) with random sign."""
     mag = torch.empty(shape).uniform_(lo, hi, generator=gen)
     sign = torch.randint(0, 2, shape, generator=gen).float() * 2 - 1
@@ -75,18 +75,18 @@ def randomize_norms(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             n = m.num_features
             if m.weight is not None:
-                m.weight.copy_(_signed_uniform(torch.Size([n]), gen))
+                m.weight.copy_(signed_uniform(torch.Size([n]), gen))
             if m.bias is not None:
                 m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
             if m.running_mean is not None:
                 m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
                 m.running_var.copy_(torch.empty(n).uniform_(0.5, 2.0, generator=gen))
         elif isinstance(m, torch.nn.LayerNorm) and m.elementwise_affine:
-            m.weight.copy_(_signed_uniform(m.weight.shape, gen))
+            m.weight.copy_(signed_uniform(m.weight.shape, gen))
             if m.bias is not None:
                 m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
         elif type(m).__name__ == "CNBlock" and hasattr(m, "layer_scale"):
-            m.layer_scale.copy_(_signed_uniform(m.layer_scale.shape, gen, 0.05, 0.5))
+            m.layer_scale.copy_(signed_uniform(m.layer_scale.shape, gen, 0.05, 0.5))
     return model
 
 

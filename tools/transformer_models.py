@@ -75,6 +75,9 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from torchvision_models import signed_uniform  # noqa: E402
+
 FORMS: tuple[str, ...] = ("legacy", "dynamo", "fused")
 SEQ_LEN = 16
 VOCAB = 256
@@ -123,13 +126,6 @@ ARCHS: tuple[str, ...] = tuple(ARCH_SPECS)
 # --------------------------------------------------------------------------- building
 
 
-def _signed_uniform(shape: torch.Size, gen: torch.Generator, lo: float = 0.5, hi: float = 1.5) -> torch.Tensor:
-    """Uniform magnitudes in [lo, hi) with random sign."""
-    mag = torch.empty(shape).uniform_(lo, hi, generator=gen)
-    sign = torch.randint(0, 2, shape, generator=gen).float() * 2 - 1
-    return mag * sign
-
-
 @torch.no_grad()
 def randomize_norms(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Randomise every LayerNorm / RMSNorm weight (and bias) in place, seeded."""
@@ -139,7 +135,7 @@ def randomize_norms(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
         is_rms = type(m).__name__.endswith("RMSNorm") and isinstance(getattr(m, "weight", None), torch.Tensor)
         if not (is_ln or is_rms):
             continue
-        m.weight.copy_(_signed_uniform(m.weight.shape, gen))
+        m.weight.copy_(signed_uniform(m.weight.shape, gen))
         bias = getattr(m, "bias", None)
         if isinstance(bias, torch.Tensor):
             bias.copy_(torch.randn(bias.shape, generator=gen) * 0.1)
