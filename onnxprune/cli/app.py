@@ -6,6 +6,7 @@ Errors are one line, ``onnxprune: error: ...``; ``--debug`` adds the traceback.
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -122,7 +123,8 @@ def _failure(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, OnnxPruneError):
         return exc.exit_code, " ".join(str(exc).split())
     if isinstance(exc, OSError):  # a file the user named cannot be reached: their problem, not an internal error
-        where = f": '{exc.filename}'" if getattr(exc, "filename", None) else ""
+        name = getattr(exc, "filename", None)
+        where = f": '{os.path.abspath(name)}'" if isinstance(name, str) and name else ""  # which folder it is
         return 1, f"{exc.strerror or type(exc).__name__}{where}"
     text = " ".join(str(exc).split())[:500]
     return 1, f"internal error ({type(exc).__name__}: {text}); rerun with --debug and report it"
