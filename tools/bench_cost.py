@@ -90,14 +90,14 @@ def run_child(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> d
     return {"wall_s": float(wall), "rss": int(maxrss) * scale, "rc": int(rc)}
 
 
-def case_cmd(case: str, model: Path, out: Path, ratio: float) -> list[str]:
-    """Command line of one case."""
+def case_cmd(case: str, model: Path, out: Path, ratio: float, same_launch: bool = False) -> list[str]:
+    """Command line of one case (``same_launch``: the CLI as ``python -m onnxprune.cli``, as the baseline runs)."""
     if case == "base":
         return [sys.executable, "-c", IMPORTS]
     if case == "a":
         code = f"{IMPORTS}\nimport sys\nonnx.save(onnx.load(sys.argv[1]), sys.argv[2])"
         return [sys.executable, "-c", code, str(model), str(out)]
-    cli = [sys.executable, "-m", "onnxprune.cli"] if case.endswith("0") else onnxprune_cmd()
+    cli = [sys.executable, "-m", "onnxprune.cli"] if case.endswith("0") or same_launch else onnxprune_cmd()
     cmd = [*cli, str(model), "--ratio", str(ratio), "-o", str(out)]
     return cmd + (["--no-verify"] if case.startswith("c") else [])
 
@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         for case in cases:
             _cleanup(out)
             log = out_dir / f"{case}.{rep}.log"
-            r = run_child(case_cmd(case, model, out, args.ratio), log, baseline_env if case.endswith("0") else None)
+            r = run_child(case_cmd(case, model, out, args.ratio, args.baseline is not None), log,
+                          baseline_env if case.endswith("0") else None)
             if case != "base":
                 r["out_bytes"] = file_size(out) if out.exists() else None
             runs[case].append(r)
