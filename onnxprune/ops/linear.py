@@ -12,6 +12,7 @@ from onnxprune.core.handlers import (
     BenchSpec,
     Handler,
     LinearForm,
+    RankRule,
     RewriteContext,
     Shapes,
     attr,
@@ -73,6 +74,9 @@ class Gemm(Handler):
     def linear(self, node: NodeProto, graph: Graph) -> LinearForm | None:
         return GemmForm(node)
 
+    def output_rank(self, node: NodeProto) -> RankRule | None:
+        return "same"  # A and Y are both 2-D
+
     def bench(self, node: NodeProto, graph: Graph, x: list[int], y: list[int], x_full: Sequence[int]
               ) -> BenchSpec | None:
         k_dim = x[0] if attr(node, "transA", 0) else x[1]
@@ -124,6 +128,9 @@ class MatMul(Handler):
 
     def linear(self, node: NodeProto, graph: Graph) -> LinearForm | None:
         return MatMulForm(graph.rank(node.input[0]) == 2)
+
+    def output_rank(self, node: NodeProto) -> RankRule | None:
+        return "broadcast"  # the larger operand rank (batch dimensions broadcast)
 
     def bench(self, node: NodeProto, graph: Graph, x: list[int], y: list[int], x_full: Sequence[int]
               ) -> BenchSpec | None:

@@ -1,0 +1,47 @@
+"""com.microsoft SkipLayerNormalization / SkipSimplifiedLayerNormalization (onnxprune/ops/contrib_norms.py): the
+hidden width they normalise is blocked; a MatMul reading them (no value_info: onnx shape inference does not know
+contrib ops) still starts a prunable group, because the handler gives their outputs' rank."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from builders import GraphBuilder, _finish
+from onnx import TensorProto, helper
+from opkit import OUT, assert_groups, cut, macs, name_of, port
+
+MS = [("com.microsoft", 1)]
+
+
+def mlp_after_skip_norm(op: str):
+    """x[1,5,4] -> A: MatMul(4->4) -> SkipNorm(A, skip = x) -> B: MatMul(4->8) -> Relu -> C: MatMul(8->3) -> y
+    groups: A's 4 (blocked: normalised), B's 8 (prunable), C's 3 (graph output)"""
+    b = GraphBuilder(7)
+    a = b.op("MatMul", ["x", b.const(b.randn(4, 4), "W")])
+    gamma = b.const(np.abs(b.randn(4)) + 0.5, "g")
+    inputs = [a, "x", gamma] + ([b.const(b.randn(4, scale=0.1), "beta")] if op == "SkipLayerNormalization" else [])
+    norm = b.op(op, inputs, domain="com.microsoft", epsilon=1e-5)
+    up = b.op("MatMul", [norm, b.const(b.randn(4, 8), "W")])
+    act = b.relu(up)
+    y = b.op("MatMul", [act, b.const(b.randn(8, 3), "W")])
+    return _finish(b, y, x_shape=(1, 5, 4), extra_opsets=MS), {norm: 4, up: 8, act: 8}, up, y
+
+
+def declared(model, widths: dict[str, int]):
+    """A copy with value_info for the tensors past the contrib op (the test oracle reads ranks from it)."""
+    out = copy.deepcopy(model)
+    for name, width in widths.items():
+        out.graph.value_info.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 5, width]))
+    return out
+
+
+@pytest.mark.parametrize("op", ["SkipLayerNormalization", "SkipSimplifiedLayerNormalization"])
+def test_skip_norm_blocks_the_hidden_width_and_lets_the_mlp_prune(op):
+    model, widths, up, y = mlp_after_skip_norm(op)
+    assert_groups(model, [(4, "normalises over the hidden width"), (8, None), (3, OUT)])  # no value_info
+    result = cut(declared(model, widths), (up, 8, [0, 3, 5, 6], 2))
+    new = result.model
+    np.testing.assert_array_equal(port(new, name_of(up), 1), port(model, name_of(up), 1)[:, [0, 3, 5, 6]])
+    np.testing.assert_array_equal(port(new, name_of(y), 1), port(model, name_of(y), 1)[[0, 3, 5, 6]])
+    assert macs(model, name_of(up)) == 5 * 8 * 4 and macs(new, name_of(up)) == 5 * 4 * 4
