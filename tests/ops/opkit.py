@@ -99,3 +99,13 @@ def macs(model: onnx.ModelProto, node_name: str) -> int:
 def name_of(output: str) -> str:
     """The node name of a GraphBuilder op from its output tensor (``conv_3_out`` -> ``conv_3``)."""
     return output[: -len("_out")] if output.endswith("_out") else output.rsplit("_out", 1)[0]
+
+
+def declared(model: onnx.ModelProto, widths: dict[str, int], lead: Sequence[int] = (1, 5)) -> onnx.ModelProto:
+    """A copy with value_info [*lead, width] for tensors onnx shape inference cannot type (past a contrib op):
+    the mask oracle reads ranks from it."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for name, width in widths.items():
+        out.graph.value_info.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [*lead, width]))
+    return out

@@ -2,12 +2,9 @@
 the MLP after it prunes even without value_info, because the handler gives the output's rank."""
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 from builders import GraphBuilder, _finish
-from onnx import TensorProto, helper
-from opkit import OUT, assert_groups, cut, macs, name_of, port
+from opkit import OUT, assert_groups, cut, declared, macs, name_of, port
 
 MS = [("com.microsoft", 1)]
 
@@ -23,14 +20,6 @@ def mlp_after_attention():
     act = b.relu(up)
     y = b.op("MatMul", [act, b.const(b.randn(16, 3), "W")])
     return _finish(b, y, x_shape=(1, 5, 8), extra_opsets=MS), {att: 8, up: 16, act: 16}, up, y
-
-
-def declared(model, widths: dict[str, int]):
-    """A copy with value_info for the tensors past the contrib op (the test oracle reads ranks from it)."""
-    out = copy.deepcopy(model)
-    for name, width in widths.items():
-        out.graph.value_info.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 5, width]))
-    return out
 
 
 def test_attention_blocks_its_input_and_the_mlp_after_it_prunes():

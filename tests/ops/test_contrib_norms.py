@@ -3,13 +3,10 @@ hidden width they normalise is blocked; a MatMul reading them (no value_info: on
 contrib ops) still starts a prunable group, because the handler gives their outputs' rank."""
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 from builders import GraphBuilder, _finish
-from onnx import TensorProto, helper
-from opkit import OUT, assert_groups, cut, macs, name_of, port
+from opkit import OUT, assert_groups, cut, declared, macs, name_of, port
 
 MS = [("com.microsoft", 1)]
 
@@ -26,14 +23,6 @@ def mlp_after_skip_norm(op: str):
     act = b.relu(up)
     y = b.op("MatMul", [act, b.const(b.randn(8, 3), "W")])
     return _finish(b, y, x_shape=(1, 5, 4), extra_opsets=MS), {norm: 4, up: 8, act: 8}, up, y
-
-
-def declared(model, widths: dict[str, int]):
-    """A copy with value_info for the tensors past the contrib op (the test oracle reads ranks from it)."""
-    out = copy.deepcopy(model)
-    for name, width in widths.items():
-        out.graph.value_info.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 5, width]))
-    return out
 
 
 @pytest.mark.parametrize("op", ["SkipLayerNormalization", "SkipSimplifiedLayerNormalization"])
