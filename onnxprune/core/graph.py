@@ -202,14 +202,8 @@ class Graph:
         if producer is None:
             return None
         node = self.nodes[producer]
-        handler = handler_for(node)
-        rule = handler.output_rank(node) if handler is not None else None
-        if rule == "same":  # inference gave up on a same-rank op
-            return self.rank(node.input[0])
-        if rule == "broadcast":
-            ranks = [self.rank(n) for n in node.input if n]
-            return None if any(r is None for r in ranks) else max(ranks)  # type: ignore[type-var]
-        return None
+        handler = handler_for(node)  # inference gave up: the op's handler knows its output rank
+        return handler.output_rank(node, self.rank) if handler is not None else None
 
     def static_shape(self, name: str) -> tuple[int, ...] | None:
         s = self.shape(name)

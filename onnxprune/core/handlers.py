@@ -32,11 +32,12 @@ if TYPE_CHECKING:
     from onnxprune.core.channels import Labeled
     from onnxprune.core.graph import Graph
 
-__all__ = ["AnalysisContext", "BenchLink", "BenchSpec", "Handler", "LinearForm", "RankRule", "RewriteContext",
-           "Shapes", "attr", "handler_for", "node_attrs", "register", "registered"]
+__all__ = ["AnalysisContext", "BenchLink", "BenchSpec", "Handler", "LinearForm", "RankOf", "RewriteContext",
+           "Shapes", "attr", "handler_for", "broadcast_rank", "node_attrs", "register", "registered", "same_rank"]
 
 Shapes = Mapping[str, Sequence[int]]
-RankRule = Literal["same", "broadcast"]
+#: ``rank(tensor name)``: a tensor's rank, or ``None`` when unknown.
+RankOf = Callable[[str], "int | None"]
 BenchLink = Literal["pass", "join"]
 
 
@@ -46,6 +47,18 @@ def attr(node: NodeProto, name: str, default: Any = None) -> Any:
         if a.name == name:
             return helper.get_attribute_value(a)
     return default
+
+
+def same_rank(node: NodeProto, rank: RankOf) -> int | None:
+    """The output has the first input's rank (elementwise ops, convolutions, normalisations, pooling)."""
+    return rank(node.input[0])
+
+
+def broadcast_rank(node: NodeProto, rank: RankOf) -> int | None:
+    """The output has the largest input rank (broadcasting ops), when every input's rank is known."""
+    ranks = [rank(n) for n in node.input if n]
+    known = [r for r in ranks if r is not None]
+    return max(known) if known and len(known) == len(ranks) else None
 
 
 def node_attrs(node: NodeProto) -> dict[str, Any]:
@@ -172,9 +185,9 @@ class Handler:
         """Whether the node's result on constant inputs is treated (and folded) as a constant."""
         return False
 
-    def output_rank(self, node: NodeProto) -> RankRule | None:
-        """The output's rank where shape inference gave up: "same" as the first input, "broadcast" (the largest
-        input rank), or unknown."""
+    def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
+        """The output's rank where shape inference gave up, from the ranks of other tensors (``rank(name)``);
+        ``None`` when unknown. :func:`same_rank` and :func:`broadcast_rank` serve most ops."""
         return None
 
 

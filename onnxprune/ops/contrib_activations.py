@@ -18,7 +18,7 @@ import numpy as np
 from onnx import NodeProto
 
 from onnxprune.core.channels import Labeled
-from onnxprune.core.handlers import AnalysisContext, Handler, RankRule, RewriteContext, register
+from onnxprune.core.handlers import AnalysisContext, Handler, RankOf, RewriteContext, register, same_rank
 
 
 def _bias(node: NodeProto) -> tuple[int, str]:
@@ -84,8 +84,8 @@ class ContribActivation(Handler):
     def apply(self, i: int, node: NodeProto, rw: RewriteContext) -> None:
         _slice_bias(i, node, rw)
 
-    def output_rank(self, node: NodeProto) -> RankRule | None:
-        return "same"
+    def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
+        return same_rank(node, rank)
 
 
 @register
@@ -119,5 +119,5 @@ class BiasAdd(Handler):
     def apply(self, i: int, node: NodeProto, rw: RewriteContext) -> None:
         _slice_bias(i, node, rw)
 
-    def output_rank(self, node: NodeProto) -> RankRule | None:
-        return "same"
+    def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
+        return same_rank(node, rank)

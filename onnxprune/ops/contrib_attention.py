@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from onnx import NodeProto
 
-from onnxprune.core.handlers import AnalysisContext, Handler, RankRule, register
+from onnxprune.core.handlers import AnalysisContext, Handler, RankOf, register, same_rank
 
 
 @register
@@ -19,5 +19,5 @@ class FusedAttention(Handler):
     def propagate(self, i: int, node: NodeProto, ctx: AnalysisContext) -> None:
         ctx.block_inputs(i, f"{node.op_type} {ctx.node_label(i)}: attention heads are not cut yet")
 
-    def output_rank(self, node: NodeProto) -> RankRule | None:
-        return "same"
+    def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
+        return same_rank(node, rank)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from onnx import NodeProto
 
-from onnxprune.core.handlers import AnalysisContext, Handler, RankRule, register
+from onnxprune.core.handlers import AnalysisContext, Handler, RankOf, register, same_rank
 
 
 @register
@@ -24,5 +24,5 @@ class SkipNorm(Handler):
         ctx.block_inputs(i, f"{node.op_type} {ctx.node_label(i)} normalises over the hidden width "
                             "(hidden-width pruning is not supported yet)")
 
-    def output_rank(self, node: NodeProto) -> RankRule | None:
-        return "same"
+    def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
+        return same_rank(node, rank)

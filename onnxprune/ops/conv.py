@@ -13,12 +13,13 @@ from onnxprune.core.handlers import (
     BenchSpec,
     Handler,
     LinearForm,
-    RankRule,
+    RankOf,
     RewriteContext,
     Shapes,
     attr,
     node_attrs,
     register,
+    same_rank,
 )
 from onnxprune.errors import ModelError
 
@@ -141,8 +142,8 @@ class Conv(Handler):
         group = _bench_group(node, x, x_full)
         return BenchSpec([y[1], x[1] // group, *w[2:]], _with_group(node, group), bias_port=2)
 
-    def output_rank(self, node: NodeProto) -> RankRule | None:
-        return "same"
+    def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
+        return same_rank(node, rank)
 
 
 def _slice_grouped_in(w: np.ndarray, kin: np.ndarray, groups: int) -> np.ndarray:
@@ -223,8 +224,8 @@ class ConvTranspose(Handler):
         group = _bench_group(node, x, x_full)
         return BenchSpec([x[1], y[1] // group, *w[2:]], _with_group(node, group), bias_port=2)
 
-    def output_rank(self, node: NodeProto) -> RankRule | None:
-        return "same"
+    def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
+        return same_rank(node, rank)
 
 
 def _slice_bias(i: int, node: NodeProto, rw: RewriteContext, kout: np.ndarray | None) -> None:

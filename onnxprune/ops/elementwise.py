@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 from onnx import NodeProto
 
-from onnxprune.core.handlers import AnalysisContext, BenchLink, Handler, RankRule, RewriteContext, register
+from onnxprune.core.handlers import (
+    AnalysisContext,
+    BenchLink,
+    Handler,
+    RankOf,
+    RewriteContext,
+    broadcast_rank,
+    register,
+    same_rank,
+)
 
 UNARY = (
     "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Celu", "Softplus",
@@ -44,8 +53,8 @@ class Unary(Handler):
         if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1]:
             ctx.set(node.output[1], lx.axis, lx.atoms)
 
-    def output_rank(self, node: NodeProto) -> RankRule | None:
-        return "same"
+    def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
+        return same_rank(node, rank)
 
     def foldable(self, node: NodeProto) -> bool:
         return node.op_type in ("Identity", "Cast")
@@ -119,8 +128,8 @@ class Nary(Handler):
             if 0 <= k < value.ndim and value.shape[k] > 1:
                 rw.set_input(i, p, np.take(value, keep, axis=k))
 
-    def output_rank(self, node: NodeProto) -> RankRule | None:
-        return "same" if node.op_type == "PRelu" else "broadcast"
+    def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
+        return same_rank(node, rank) if node.op_type == "PRelu" else broadcast_rank(node, rank)
 
     def bench_link(self, node: NodeProto) -> BenchLink | None:
         if node.op_type == "PRelu":

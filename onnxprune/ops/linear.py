@@ -12,12 +12,14 @@ from onnxprune.core.handlers import (
     BenchSpec,
     Handler,
     LinearForm,
-    RankRule,
+    RankOf,
     RewriteContext,
     Shapes,
     attr,
+    broadcast_rank,
     node_attrs,
     register,
+    same_rank,
 )
 
 
@@ -74,8 +76,8 @@ class Gemm(Handler):
     def linear(self, node: NodeProto, graph: Graph) -> LinearForm | None:
         return GemmForm(node)
 
-    def output_rank(self, node: NodeProto) -> RankRule | None:
-        return "same"  # A and Y are both 2-D
+    def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
+        return same_rank(node, rank)  # A and Y are both 2-D
 
     def bench(self, node: NodeProto, graph: Graph, x: list[int], y: list[int], x_full: Sequence[int]
               ) -> BenchSpec | None:
@@ -129,8 +131,8 @@ class MatMul(Handler):
     def linear(self, node: NodeProto, graph: Graph) -> LinearForm | None:
         return MatMulForm(graph.rank(node.input[0]) == 2)
 
-    def output_rank(self, node: NodeProto) -> RankRule | None:
-        return "broadcast"  # the larger operand rank (batch dimensions broadcast)
+    def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
+        return broadcast_rank(node, rank)  # the larger operand rank (batch dimensions broadcast)
 
     def bench(self, node: NodeProto, graph: Graph, x: list[int], y: list[int], x_full: Sequence[int]
               ) -> BenchSpec | None:

@@ -5,7 +5,16 @@ import numpy as np
 from onnx import NodeProto
 from onnx import helper as h
 
-from onnxprune.core.handlers import AnalysisContext, BenchLink, Handler, RankRule, RewriteContext, attr, register
+from onnxprune.core.handlers import (
+    AnalysisContext,
+    BenchLink,
+    Handler,
+    RankOf,
+    RewriteContext,
+    attr,
+    register,
+    same_rank,
+)
 
 _PARAM_ROLES = {
     "BatchNormalization": ("norm", "bias", "bias", "bias"),  # scale, B, mean, var
@@ -48,8 +57,8 @@ class PerChannelNorm(Handler):
 
 
 
-    def output_rank(self, node: NodeProto) -> RankRule | None:
-        return "same"
+    def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
+        return same_rank(node, rank)
 
     def running_statistics(self, node: NodeProto) -> tuple[int, int] | None:
         return (3, 4) if node.op_type == "BatchNormalization" and len(node.input) == 5 else None
@@ -100,8 +109,8 @@ class AxisNorm(Handler):
         if node.op_type == "LayerNormalization" and lab is not None and lab.axis == (rank or 0) - 1:
             _layer_norm_apply(i, node, rw)  # it normalises over the channels (other axes: nothing to slice)
 
-    def output_rank(self, node: NodeProto) -> RankRule | None:
-        return "same"
+    def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
+        return same_rank(node, rank)
 
 
 def _plain_layer_norm(node: NodeProto, ctx) -> bool:
@@ -222,7 +231,7 @@ class GroupNorm(Handler):
         ]
         rw.replace_node(i, nodes, consts)
 
-    def output_rank(self, node: NodeProto) -> RankRule | None:
-        return "same"
+    def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
+        return same_rank(node, rank)
 
 

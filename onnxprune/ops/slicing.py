@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import NodeProto
 
-from onnxprune.core.handlers import AnalysisContext, Handler, RewriteContext, attr, register
+from onnxprune.core.handlers import AnalysisContext, Handler, RankOf, RewriteContext, attr, register
 from onnxprune.ops.common import _const_ints, _pass
 
 
@@ -205,3 +205,7 @@ class Gather(Handler):
         kout = kout if kout is not None else np.arange(len(flat))
         shape = [len(kout) if d != 1 else 1 for d in idx.shape]
         rw.set_input(i, 1, np.searchsorted(kin, flat[kout]).astype(idx.dtype).reshape(shape))
+
+    def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
+        data, indices = rank(node.input[0]), rank(node.input[1])
+        return None if data is None or indices is None else data - 1 + indices

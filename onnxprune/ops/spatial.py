@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import NodeProto
 
-from onnxprune.core.handlers import AnalysisContext, Handler, RankRule, RewriteContext, attr, register
+from onnxprune.core.handlers import AnalysisContext, Handler, RankOf, RewriteContext, attr, register, same_rank
 from onnxprune.ops.common import _axes_of, _const_ints, _pass
 
 
@@ -50,8 +50,8 @@ class Spatial(Handler):
             sizes[rw.label(node.output[0]).axis] = len(keep)
             rw.set_input(i, 3, sizes)
 
-    def output_rank(self, node: NodeProto) -> RankRule | None:
-        return "same"
+    def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
+        return same_rank(node, rank)
 
 
 def _resize_param(ctx, node: NodeProto, which: str) -> list[float] | None:
@@ -134,8 +134,8 @@ class Pad(Handler):
             return
         _pass(ctx, node, lx.axis, lx.atoms)
 
-    def output_rank(self, node: NodeProto) -> RankRule | None:
-        return "same"
+    def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
+        return same_rank(node, rank)
 
 
 @register
@@ -157,5 +157,5 @@ class Softmax(Handler):
             return
         _pass(ctx, node, lx.axis, lx.atoms)
 
-    def output_rank(self, node: NodeProto) -> RankRule | None:
-        return "same"
+    def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
+        return same_rank(node, rank)

@@ -7,6 +7,8 @@ import pytest
 from builders import GraphBuilder, _finish
 from opkit import OUT, assert_groups, const, cut, groups, kept, macs, name_of, node, port
 
+import onnxprune
+
 
 def _tail(b: GraphBuilder, h: str, cin: int) -> str:
     """The blocked consumer every graph ends in: Conv(cin->2, 3x3) -> y."""
@@ -104,3 +106,19 @@ def test_gather_with_channels_as_indices_blocks():
     model = _finish(b, y)
     reasons = [r for _, r in groups(model)]
     assert reasons and "takes channels as indices" in reasons[0]
+
+
+def test_gather_gives_its_output_rank_where_shape_inference_gives_up():
+    """x[1,5,4] -> A: MatMul(4->6) -> com.microsoft Gelu (untyped) -> Gather(axis 1, index 0) -> Gemm(6->3) -> y
+    (a BERT pooler after onnxruntime's fusion): the Gemm's output rank is 3 - 1 + 0 = 2, so the library verifies
+    the cut of A's 6 channels on the bare graph."""
+    b = GraphBuilder(5)
+    a = b.op("MatMul", ["x", b.const(b.randn(4, 6), "W")])
+    g = b.op("Gelu", [a], domain="com.microsoft")
+    first = b.op("Gather", [g, b.const(np.array(0, dtype=np.int64), "i", as_node=False)], axis=1)
+    y = b.gemm(first, 6, 3)
+    model = _finish(b, y, x_shape=(1, 5, 4), extra_opsets=[("com.microsoft", 1)])
+    assert [(s, r) for s, r in groups(model)][0] == (6, None)
+    result = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.5))
+    assert result.verification is not None and result.verification.mask_equivalent is True
+    assert result.report["groups"][0]["kept"] == 3
