@@ -14,6 +14,8 @@ per-channel weight sliced with the channels; a bias that is computed, or channel
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 from onnx import NodeProto
 
@@ -53,6 +55,14 @@ def _per_channel_bias(i: int, node: NodeProto, ctx: AnalysisContext, lx: Labeled
     return True
 
 
+def _block_bias_only(i: int, node: NodeProto, ctx: AnalysisContext) -> None:
+    """Channels that reach the node only through its bias cannot follow (the bias broadcasts over them)."""
+    _, bias = _bias(node)
+    lb = ctx.labeled(bias) if bias else None
+    if lb is not None:
+        ctx.block(lb.atoms, f"{node.op_type} {ctx.node_label(i)} takes channels only in its bias")
+
+
 def _slice_bias(i: int, node: NodeProto, rw: RewriteContext) -> None:
     port, bias = _bias(node)
     keep = rw.keep(node.output[0])
@@ -67,16 +77,13 @@ def _slice_bias(i: int, node: NodeProto, rw: RewriteContext) -> None:
 class ContribActivation(Handler):
     """Gelu, QuickGelu, FastGelu (optional bias), BiasGelu (bias): channels pass, a constant bias is sliced."""
 
-    op_types = ("Gelu", "QuickGelu", "FastGelu", "BiasGelu")
+    op_types: ClassVar[tuple[str, ...]] = ("Gelu", "QuickGelu", "FastGelu", "BiasGelu")
     domain = "com.microsoft"
 
     def propagate(self, i: int, node: NodeProto, ctx: AnalysisContext) -> None:
         lx = ctx.labeled(node.input[0])
-        _, bias = _bias(node)
         if lx is None:
-            lb = ctx.labeled(bias) if bias else None
-            if lb is not None:
-                ctx.block(lb.atoms, f"{node.op_type} {ctx.node_label(i)} takes channels only in its bias")
+            _block_bias_only(i, node, ctx)
             return
         if _per_channel_bias(i, node, ctx, lx):
             ctx.set(node.output[0], lx.axis, lx.atoms)
@@ -89,7 +96,7 @@ class ContribActivation(Handler):
 
 
 @register
-class BiasAdd(Handler):
+class BiasAdd(ContribActivation):
     """X + bias + skip: X's and skip's channels are one group (a residual Add), the constant bias is sliced."""
 
     op_types = ("BiasAdd",)
@@ -100,10 +107,7 @@ class BiasAdd(Handler):
         x, skip = node.input[0], node.input[2] if len(node.input) > 2 else ""
         lx, ls = ctx.labeled(x), ctx.labeled(skip) if skip else None
         if lx is None and ls is None:
-            _, bias = _bias(node)
-            lb = ctx.labeled(bias) if bias else None
-            if lb is not None:
-                ctx.block(lb.atoms, f"{label} takes channels only in its bias")
+            _block_bias_only(i, node, ctx)
             return
         if lx is None or ls is None:
             fixed = x if lx is None else skip
@@ -115,9 +119,3 @@ class BiasAdd(Handler):
         ctx.tie(lx.atoms, ls.atoms)
         if _per_channel_bias(i, node, ctx, lx):
             ctx.set(node.output[0], lx.axis, lx.atoms)
-
-    def apply(self, i: int, node: NodeProto, rw: RewriteContext) -> None:
-        _slice_bias(i, node, rw)
-
-    def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
-        return same_rank(node, rank)

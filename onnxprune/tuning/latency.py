@@ -19,7 +19,7 @@ from onnxprune.measure.runtime import CPU, Session, provider_list, random_inputs
 from onnxprune.planning.planner import PlanConfig, choose, kept_count
 from onnxprune.rewriting.rewrite import apply_keep
 
-__all__ = ["MIN_MS", "RESOLUTION", "LatencyTable", "Measurability", "Timing", "compare_latency", "latency_ratio",
+__all__ = ["MIN_MS", "RESOLUTION", "LatencyTable", "Measurability", "Timing", "compare_latency",
            "latency_table", "measurability", "median_ci", "median_times", "repeats_for", "sample_times", "timed"]
 
 
@@ -180,15 +180,6 @@ def compare_latency(original: onnx.ModelProto, candidate: onnx.ModelProto, *, th
     b = Session(candidate, threads=threads, providers=providers)
     settled = None if target is None else (lambda t: t.high[1] <= target or t.low[1] > target)
     return timed([lambda: a.run(feeds), lambda: b.run(feeds)], rounds=rounds, warmup=warmup, settled=settled)
-
-
-def latency_ratio(original: onnx.ModelProto, candidate: onnx.ModelProto, *, threads: int = 1, rounds: int = 15,
-                  warmup: int = 3, input_shapes: dict[str, list[int]] | None = None,
-                  provider: str = CPU) -> tuple[float, float, float]:
-    """(candidate / original latency: the median of the per-round ratios, original ms, candidate ms)."""
-    t = compare_latency(original, candidate, threads=threads, rounds=rounds, warmup=warmup,
-                        input_shapes=input_shapes, provider=provider)
-    return t.ratios[1], t.ms[0], t.ms[1]
 
 
 @dataclass

@@ -3,10 +3,9 @@ width passes through them, a constant bias [hidden] is sliced with the channels.
 with numpy from the plan's kept indices; expected MACs are written out by hand."""
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import onnx
+import opkit
 import pytest
 from builders import GraphBuilder, _finish
 from conftest import assert_mask_equivalent
@@ -24,12 +23,6 @@ def finish(b: GraphBuilder, y: str) -> onnx.ModelProto:
     """The model with x[1,S,K] and y[1,S,K2] (inference stops at the contrib op, so y's shape is written here)."""
     model = _finish(b, y, x_shape=(1, S, K), extra_opsets=MS)
     model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, S, K2]))
-    return model
-
-
-def declare(model: onnx.ModelProto, tensor: str, width: int) -> onnx.ModelProto:
-    """onnx shape inference does not know contrib ops: declare the activation's output shape."""
-    model.graph.value_info.append(helper.make_tensor_value_info(tensor, TensorProto.FLOAT, [1, S, width]))
     return model
 
 
@@ -68,7 +61,7 @@ def test_mlp_width_prunes_through_the_activation(op, bias, extra, declared):
     Without value_info for the contrib output, the handler's output_rank ("same") gives M2 its input rank; the
     library's verification runs on the bare graph, the mask oracle of conftest on its declared twin."""
     model, h, a, y = mlp(op, bias, **extra)
-    full = declare(copy.deepcopy(model), a, H)
+    full = opkit.declared(model, {a: H}, lead=(1, S))
     if declared:
         model = full
     assert_groups(model, [(H, None), (K2, OUT)])
@@ -96,7 +89,7 @@ def test_mlp_width_prunes_through_the_activation(op, bias, extra, declared):
 def test_non_constant_bias_blocks_with_the_reason():
     """x -> M1 -> BiasGelu(bias = graph input) -> M2 -> y: the MLP group is blocked, naming the bias."""
     model, _, a, _ = mlp("BiasGelu", "input")
-    declare(model, a, H)
+    model = opkit.declared(model, {a: H}, lead=(1, S))
     assert_groups(model, [(H, "adds a non-constant bias ('bias_in')"), (K2, OUT)])
 
 
@@ -167,8 +160,7 @@ def test_bias_shared_by_two_groups_is_sliced_per_node():
     a2 = b.op("BiasGelu", [h2, bias], domain="com.microsoft")
     y = b.op("MatMul", [a2, b.const(b.randn(H, K2), "M")])
     model = finish(b, y)
-    for t in (a, h2, a2):  # MatMul gives no rank past a contrib op: declare the whole chain
-        declare(model, t, H)
+    model = opkit.declared(model, {a: H, h2: H, a2: H}, lead=(1, S))  # the whole chain past the contrib op
     assert_groups(model, [(H, None), (H, None), (K2, OUT)])
     second = [0, 2, 3, 7]
     result = cut(model, (h, H, KEEP, 2), (h2, H, second, 2))
