@@ -142,10 +142,22 @@ def tensor_shapes(model: onnx.ModelProto) -> dict[str, list]:
     return out
 
 
+def measured_ranks(model: onnx.ModelProto, names: list[str]) -> dict[str, int]:
+    """Ranks of intermediate tensors, read from one onnxruntime run of ``model`` on random inputs."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
+    values = run_ort(probe, random_feeds(model))
+    return {n: v.ndim for n, v in zip(names, values[len(model.graph.output):])}
+
+
 def masked_model(model: onnx.ModelProto, plan) -> onnx.ModelProto:
     """The original with ``t * mask`` inserted after every plan tensor (the plan's contract, literally)."""
     ranks = tensor_ranks(model)
     entries = {t.name: t for t in plan.tensors}
+    unknown = [name for name in entries if name not in ranks]
+    if unknown:  # past ops onnx cannot infer (contrib ops, computed shapes): run the original and look
+        ranks.update(measured_ranks(model, unknown))
     masked = onnx.ModelProto()
     masked.CopyFrom(model)
     g = masked.graph

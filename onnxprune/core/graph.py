@@ -15,17 +15,15 @@ import onnx
 from onnx import AttributeProto, NodeProto, TensorProto, helper, numpy_helper
 
 from onnxprune.core.handlers import handler_for
+from onnxprune.core.inference import SMALL_CONSTANT, Dim, constant_node_value, copy_fields, infer_shapes, light_model
 from onnxprune.errors import ModelError, UsageError
 
 __all__ = ["Graph", "Dim", "light_model", "node_label", "copy_fields", "static_input_shapes", "SMALL_CONSTANT"]
 
-Dim = int | str | None
 #: Size given to unknown non-batch input dims for test runs and MAC counts (``--input-shape`` overrides).
 DEFAULT_DIM = 64
 #: Constants up to this size stay cached after the first read.
 CACHE_LIMIT = 1 << 20
-#: Constants with at most this many elements stay in the light model (shape tensors, scalars, axes).
-SMALL_CONSTANT = 64
 
 
 def _foldable(node: NodeProto) -> bool:
@@ -52,6 +50,7 @@ class Graph:
     outputs: list[str] = field(default_factory=list)
     shapes: dict[str, tuple[Dim, ...]] = field(default_factory=dict)
     elem_types: dict[str, int] = field(default_factory=dict)
+    folded: dict[str, np.ndarray] = field(default_factory=dict)  # small tensors computed from constants alone
     _arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
@@ -80,7 +79,7 @@ class Graph:
         g._check_references()
         check_input(model)
         if infer:
-            g.shapes, g.elem_types = infer_shapes(model)
+            g.shapes, g.elem_types = infer_shapes(model, g.folded)
         return g
 
     def _check_references(self) -> None:
@@ -135,6 +134,12 @@ class Graph:
         if value is not None and value.nbytes <= CACHE_LIMIT:
             self._arrays[name] = value  # big weights are read again when needed instead of held twice
         return value
+
+    def value(self, name: str) -> np.ndarray | None:
+        """A constant's value, or a small tensor's that the graph computes from constants alone (shape
+        arithmetic folded for shape inference); ``None`` otherwise. Never a weight to cut."""
+        value = self.const(name)
+        return value if value is not None else self.folded.get(name)
 
     def const_shape(self, name: str) -> tuple[int, ...] | None:
         """The shape of a constant without reading its data (``None`` if ``name`` is not a constant)."""
@@ -218,22 +223,6 @@ class Graph:
         return t.data_type if t is not None else 0
 
 
-def constant_node_value(node: NodeProto) -> np.ndarray | None:
-    """The value a ``Constant`` node produces, in every attribute form it may use."""
-    for a in node.attribute:
-        if a.name == "value" and a.type == AttributeProto.TENSOR:
-            return numpy_helper.to_array(a.t)
-        if a.name == "value_float":
-            return np.array(a.f, dtype=np.float32)
-        if a.name == "value_floats":
-            return np.array(list(a.floats), dtype=np.float32)
-        if a.name == "value_int":
-            return np.array(a.i, dtype=np.int64)
-        if a.name == "value_ints":
-            return np.array(list(a.ints), dtype=np.int64)
-    return None
-
-
 def _subgraph_free_inputs(node: NodeProto) -> Iterator[str]:
     """Names a node's subgraphs (If/Loop/Scan bodies) read from the enclosing graph."""
     for a in node.attribute:
@@ -247,77 +236,6 @@ def _subgraph_free_inputs(node: NodeProto) -> Iterator[str]:
                     if name and name not in local:
                         yield name
                 yield from (x for x in _subgraph_free_inputs(n) if x not in local)
-
-
-def light_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` whose large constants are typed graph inputs: cheap to infer, check and serialize."""
-    light = onnx.ModelProto()
-    copy_fields(model, light, skip=("graph",))
-    src, dst = model.graph, light.graph
-    copy_fields(src, dst, skip=("node", "initializer"))
-    declared = {vi.name for vi in src.input}
-    for t in src.initializer:
-        if _is_small(t):
-            dst.initializer.append(t)
-        elif t.name not in declared:
-            dst.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    for node in src.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].type == AttributeProto.TENSOR \
-                and not _is_small(node.attribute[0].t):
-            t = node.attribute[0].t
-            dst.input.append(helper.make_tensor_value_info(node.output[0], t.data_type, list(t.dims)))
-        else:
-            dst.node.append(node)
-    return light
-
-
-def _is_small(t: TensorProto) -> bool:
-    n = 1
-    for d in t.dims:
-        n *= d
-    return n <= SMALL_CONSTANT or t.data_type in (TensorProto.INT64, TensorProto.INT32) and n <= 4096
-
-
-def infer_shapes(model: onnx.ModelProto) -> tuple[dict[str, tuple[Dim, ...]], dict[str, int]]:
-    """Shapes and element types of every tensor onnx's shape inference can reach (symbolic dims as strings)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(light_model(model), strict_mode=False, data_prop=True)
-    except Exception:  # noqa: BLE001 - inference is best effort; missing shapes block what needs them
-        inferred = light_model(model)
-    shapes: dict[str, tuple[Dim, ...]] = {}
-    types: dict[str, int] = {}
-    g = inferred.graph
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        tt = vi.type.tensor_type
-        if not vi.type.HasField("tensor_type"):
-            continue
-        types[vi.name] = tt.elem_type
-        if tt.HasField("shape"):
-            shapes[vi.name] = tuple(
-                d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
-            )
-    return shapes, types
-
-
-def copy_fields(src, dst, skip: tuple[str, ...]) -> None:
-    """Copy every set field of a protobuf message except ``skip`` (skipped fields are never copied)."""
-    for desc, value in src.ListFields():
-        if desc.name in skip:
-            continue
-        target = getattr(dst, desc.name)
-        if _is_repeated(desc):
-            target.extend(value)
-        elif desc.message_type is not None:
-            target.CopyFrom(value)
-        else:
-            setattr(dst, desc.name, value)
-
-
-def _is_repeated(desc) -> bool:
-    flag = getattr(desc, "is_repeated", None)
-    if flag is not None:
-        return bool(flag() if callable(flag) else flag)
-    return desc.label == desc.LABEL_REPEATED
 
 
 def static_input_shapes(model: onnx.ModelProto, overrides: dict[str, list[int]] | None = None,

@@ -7,6 +7,7 @@ from onnx import TensorProto
 
 from onnxprune.core.graph import light_model, node_label
 from onnxprune.core.handlers import Handler, handler_for
+from onnxprune.core.inference import fold_small
 
 __all__ = ["counted", "concrete_shapes", "count_macs", "count_params"]
 
@@ -58,7 +59,7 @@ def concrete_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) 
                 shape.dim.add().dim_value = int(d)
     del light.graph.value_info[:]
     try:
-        light = onnx.shape_inference.infer_shapes(light, data_prop=True)
+        light = onnx.shape_inference.infer_shapes(fold_small(light), data_prop=True)
     except Exception:  # noqa: BLE001 - counting is best effort
         pass
     shapes = {}

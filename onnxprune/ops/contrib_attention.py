@@ -1,23 +1,105 @@
-"""com.microsoft attention ops that onnxruntime's transformer optimizer writes (``Attention`` with its packed QKV
-weight, ``MultiHeadAttention``, ``GroupQueryAttention``): their heads are not cut yet, so every channel they read
-is blocked with that reason. What they give the rest of the graph is their output's rank (the input's: [batch,
-sequence, hidden]), so that the MLP after them is analysed instead of blocked for an unknown rank. (Their
-optional ``present`` key/value outputs have other ranks; decoders return them as graph outputs, which block.)
+"""com.microsoft attention ops that onnxruntime's transformer optimizer writes.
+
+``Attention`` holds the Q, K and V projections in one packed weight ``[hidden, 3 * D]`` (and bias ``[3 * D]``)
+and returns the merged heads ``[batch, sequence, D]``: its output channels are created here, head_dim at a time,
+so whole heads are the units; cutting heads slices the same columns of Q, K and V and lowers ``num_heads``
+(head_dim, hence the default scale, stays). The hidden width it reads is blocked (not cut yet), and so are heads
+of an Attention with a KV cache (``past``/``present``) or unequal ``qkv_hidden_sizes``.
+``MultiHeadAttention`` and ``GroupQueryAttention`` block what they read. All give their output's rank, so that
+the MLP after them is analysed instead of blocked for an unknown rank.
 """
 from __future__ import annotations
 
 from onnx import NodeProto
 
-from onnxprune.core.handlers import AnalysisContext, Handler, RankOf, register, same_rank
+from onnxprune.core.graph import Graph
+from onnxprune.core.handlers import (
+    AnalysisContext,
+    Handler,
+    RankOf,
+    RewriteContext,
+    Shapes,
+    attr,
+    register,
+    same_rank,
+)
 
 
 @register
 class FusedAttention(Handler):
-    op_types = ("Attention", "MultiHeadAttention", "GroupQueryAttention")
+    op_types = ("MultiHeadAttention", "GroupQueryAttention")
     domain = "com.microsoft"
 
     def propagate(self, i: int, node: NodeProto, ctx: AnalysisContext) -> None:
         ctx.block_inputs(i, f"{node.op_type} {ctx.node_label(i)}: attention heads are not cut yet")
+
+    def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
+        return same_rank(node, rank)
+
+
+def packed_width(node: NodeProto, graph: Graph) -> tuple[int, int] | None:
+    """(D, head_dim) of an Attention whose packed weight holds equal Q, K and V widths, else ``None``."""
+    w = graph.const_shape(node.input[1]) if len(node.input) > 1 else None
+    heads = int(attr(node, "num_heads", 0))
+    sizes = attr(node, "qkv_hidden_sizes")
+    if w is None or len(w) != 2 or w[1] % 3 or heads <= 0 or (w[1] // 3) % heads:
+        return None
+    if sizes is not None and len(set(int(s) for s in sizes)) != 1:
+        return None
+    return w[1] // 3, w[1] // 3 // heads
+
+
+@register
+class PackedAttention(Handler):
+    op_types = ("Attention",)
+    domain = "com.microsoft"
+
+    def propagate(self, i: int, node: NodeProto, ctx: AnalysisContext) -> None:
+        label = f"Attention {ctx.node_label(i)}"
+        ctx.block_inputs(i, f"{label} reads the hidden width (hidden-width pruning is not supported yet)")
+        width = packed_width(node, ctx.graph)
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else ""
+        if width is None or (bias and not ctx.graph.is_const(bias)) or not ctx.graph.is_const(node.input[1]):
+            return  # the output's channels stay: nothing here creates them in heads
+        d, head_dim = width
+        atoms = ctx.source(i, node.output[0], 2, d)
+        heads = atoms.reshape(-1, head_dim)
+        for k in range(1, head_dim):
+            ctx.tie(heads[:, 0], heads[:, k])
+        cache = (len(node.input) > 4 and node.input[4]) or (len(node.output) > 1 and node.output[1])
+        if cache:
+            ctx.block(atoms, f"{label} has a KV cache (past/present): its heads stay")
+            return
+        ctx.weight(node.input[1], atoms, "out", i,
+                   view=lambda w: w.reshape(w.shape[0], 3, -1).transpose(2, 1, 0).reshape(w.shape[1] // 3, -1))
+        if bias:
+            ctx.weight(bias, atoms, "bias", i, view=lambda b: b.reshape(3, -1).T)
+
+    def apply(self, i: int, node: NodeProto, rw: RewriteContext) -> None:
+        keep = rw.keep(node.output[0])
+        width = packed_width(node, rw.graph)
+        if keep is None or width is None:
+            return
+        d, head_dim = width
+        w = rw.const(node.input[1])
+        rw.set_input(i, 1, w.reshape(w.shape[0], 3, d)[:, :, keep].reshape(w.shape[0], 3 * len(keep)))
+        if len(node.input) > 2 and node.input[2]:
+            rw.set_input(i, 2, rw.const(node.input[2]).reshape(3, d)[:, keep].reshape(-1))
+        rw.set_attr(i, "num_heads", len(keep) // head_dim)
+        if attr(node, "qkv_hidden_sizes") is not None:
+            rw.set_attr(i, "qkv_hidden_sizes", [len(keep)] * 3)
+
+    def macs(self, node: NodeProto, shapes: Shapes) -> int:
+        """The QKV projection and the two attention products: B*S*hidden*3D + 2*B*S*S*D."""
+        x, w = shapes.get(node.input[0]), shapes.get(node.input[1])
+        if not x or len(x) != 3 or not w or len(w) != 2:
+            return 0
+        batch, seq, hidden = (int(v) for v in x)
+        d = int(w[1]) // 3
+        return batch * seq * hidden * 3 * d + 2 * batch * seq * seq * d
+
+    def mac_scaling(self, node: NodeProto, graph: Graph) -> tuple[str, ...]:
+        return (node.output[0],)
 
     def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
         return same_rank(node, rank)

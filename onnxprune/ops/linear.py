@@ -97,7 +97,7 @@ class MatMul(Handler):
         b = ctx.graph.const_shape(b_name)
         a_rank = ctx.graph.rank(a_name)
         if b is None or len(b) != 2 or lb is not None or a_rank is None:
-            ctx.block_inputs(i, f"{label} multiplies two computed tensors")
+            _batched(i, node, ctx, label)
             return
         if la is not None:
             if la.axis == a_rank - 1:
@@ -116,8 +116,8 @@ class MatMul(Handler):
         b_name = node.input[1]
         if la is not None and la.axis < (rw.graph.rank(node.input[0]) or 0) - 2:
             return  # batch-axis channels: the weight is untouched
-        if kin is None and kout is None:
-            return
+        if (kin is None and kout is None) or not rw.graph.is_const(b_name):
+            return  # nothing cut, or two computed operands (nothing stored to cut)
         b = rw.const(b_name)
         if kin is not None:
             b = b[kin]
@@ -127,6 +127,10 @@ class MatMul(Handler):
 
     def macs(self, node: NodeProto, shapes: Shapes) -> int:
         return _matmul_macs(shapes.get(node.input[0]), shapes.get(node.input[1]), shapes.get(node.output[0]), False)
+
+    def mac_scaling(self, node: NodeProto, graph: Graph) -> tuple[str, ...]:
+        w = graph.const_shape(node.input[1])
+        return super().mac_scaling(node, graph) if w is not None and len(w) == 2 else (node.output[0],)
 
     def linear(self, node: NodeProto, graph: Graph) -> LinearForm | None:
         return MatMulForm(graph.rank(node.input[0]) == 2)
@@ -140,6 +144,45 @@ class MatMul(Handler):
         if w is None or len(w) != 2:
             return None  # only MatMul with a 2-D constant weight is measured
         return BenchSpec([x[-1], y[-1]], node_attrs(node))
+
+
+def _batched(i: int, node: NodeProto, ctx: AnalysisContext, label: str) -> None:
+    """A product of two computed tensors (attention's Q K^T and P V): channels on the batch axes (heads), on
+    A's rows or on B's columns pass to the output, tied where both operands carry them; channels on the
+    reduction axis are blocked."""
+    names = list(node.input)
+    ranks = [ctx.graph.rank(n) for n in names]
+    out_rank = ctx.graph.rank(node.output[0])
+    if any(r is None for r in ranks) or out_rank is None or min(r or 0 for r in ranks) < 2:
+        ctx.block_inputs(i, f"{label} multiplies two computed tensors of unknown or 1-D shape")
+        return
+    out_axes: list[int] = []
+    labs = [ctx.labeled(n) for n in names]
+    for port, (lab, rank) in enumerate(zip(labs, ranks)):
+        if lab is None:
+            continue
+        assert rank is not None
+        reduced = rank - 1 if port == 0 else rank - 2
+        if lab.axis == reduced:
+            ctx.block_inputs(i, f"{label} sums over the channels of two computed tensors")
+            return
+        out_axes.append(out_rank - 1 if port == 1 and lab.axis == rank - 1 else lab.axis + out_rank - rank)
+    present = [lab for lab in labs if lab is not None]
+    if len(set(out_axes)) != 1 or len({lab.size for lab in present}) != 1:
+        ctx.block_inputs(i, f"{label} multiplies channels lying on different axes")
+        return
+    axis = out_axes[0]
+    for port, (lab, rank) in enumerate(zip(labs, ranks)):
+        if lab is None and axis < out_rank - 2:  # the other operand must broadcast along the batch axis
+            assert rank is not None
+            shape = ctx.graph.shape(names[port])
+            k = axis - (out_rank - rank)
+            if k >= 0 and (shape is None or shape[k] != 1):
+                ctx.block_inputs(i, f"{label} pairs the channels with a fixed operand ('{names[port]}')")
+                return
+    if len(present) == 2:
+        ctx.tie(present[0].atoms, present[1].atoms)
+    ctx.set(node.output[0], axis, present[0].atoms)
 
 
 def _matmul_macs(a: Sequence[int] | None, b: Sequence[int] | None, out: Sequence[int] | None, trans_a: bool) -> int:

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import numpy as np
-from onnx import NodeProto
+from onnx import NodeProto, helper
 
-from onnxprune.core.handlers import AnalysisContext, Handler, RewriteContext, attr, register
-from onnxprune.ops.common import _axes_of, _const_ints, _pass
+from onnxprune.core.channels import UnionFind
+from onnxprune.core.graph import Graph
+from onnxprune.core.handlers import AnalysisContext, Handler, RankOf, RewriteContext, attr, register, same_rank
+from onnxprune.ops.common import _axes_of, _pass
 
 
 # -- axis movers -----------------------------------------------------------------------------------------------
@@ -28,6 +30,9 @@ class Transpose(Handler):
 
     def foldable(self, node: NodeProto) -> bool:
         return True
+
+    def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
+        return same_rank(node, rank)
 
 
 @register
@@ -123,42 +128,40 @@ class Reshape(Handler):
         if src is None or dst is None:
             ctx.block(lx.atoms, f"{label}: shapes unknown")
             return
-        mapped = _reshape_map(list(src), list(dst), lx.axis)
-        if mapped is None:
-            split = _split_map(list(src), list(dst), lx.axis, lx.size)
-            if split is None:
-                ctx.block(lx.atoms, f"{label} splits or reorders the channel axis")
-                return
-            if not ctx.graph.is_const(node.input[1]):
-                ctx.block(lx.atoms, f"{label} splits the channel axis with a computed shape")
-                return
-            # [.., g*c, ..] -> [.., g, c, ..] (channel shuffle): the g blocks must lose the same channels, so
-            # tie them; the larger of the two new axes carries the channels.
-            outer, inner_size = int(dst[lx.axis] or 0), int(dst[lx.axis + 1] or 0)  # static: _split_map checked
-            blocks = lx.atoms.reshape(outer, inner_size)
-            inner = inner_size >= outer
-            lines = blocks if inner else blocks.T
-            for row in lines[1:]:
-                ctx.tie(lines[0], row)
-            _pass(ctx, node, lx.axis + 1 if inner else lx.axis, lines[0])
+        if not ctx.graph.is_const(node.input[1]) and ctx.graph.opset() < 11:
+            ctx.block(lx.atoms, f"{label} reshapes the channel axis with a computed shape (opset < 11)")
             return
-        out_axis, run, pos = mapped
-        if len(run) > 1 and not ctx.graph.is_const(node.input[1]):
-            ctx.block(lx.atoms, f"{label} merges the channel axis with a computed shape")
+        runs = _matching_runs(list(src), list(dst), lx.axis)
+        if runs is None:
+            ctx.block(lx.atoms, f"{label} splits or reorders the channel axis in a way onnxprune cannot follow")
             return
-        run = list(run)
-        run[pos] = lx.size
-        _pass(ctx, node, out_axis, _expand_atoms(lx.atoms, run, pos))
+        a0, a1, b0, b1 = runs
+        src_run = [d if isinstance(d, int) else 0 for d in src[a0:a1]]  # static: _matching_runs checked
+        dst_run = [d if isinstance(d, int) else 0 for d in dst[b0:b1]]
+        src_run[lx.axis - a0] = lx.size
+        carriers = [m for m, d in enumerate(dst_run) if d > 1]
+        if not carriers:
+            return  # a single channel folded into size-1 axes: nothing to follow
+        if lx.axis == len(src) - 1:  # an axis the graph picks entries of lists tensors (packed Q, K, V)
+            carriers = [m for m in carriers if not _picked(ctx.graph, node.output[0], b0 + m)] or carriers
+        carrier = _carrier(lx.axis == len(src) - 1, src_run, lx.axis - a0, dst_run, carriers)
+        units, atoms_at = _regroup(src_run, lx.axis - a0, dst_run, carrier)
+        for unit in units:
+            ctx.tie(lx.atoms[np.repeat(unit[:1], len(unit) - 1)], lx.atoms[unit[1:]])
+        _pass(ctx, node, b0 + carrier, lx.atoms[atoms_at])
 
     def apply(self, i: int, node: NodeProto, rw: RewriteContext) -> None:
         y = node.output[0]
         keep = rw.keep(y)
-        if keep is None or not rw.graph.is_const(node.input[1]):
+        if keep is None:
+            return
+        axis = rw.label(y).axis
+        if not rw.graph.is_const(node.input[1]):
+            set_shape_entry(rw, i, node, 1, axis, len(keep))
             return
         shape = np.array(rw.const(node.input[1]), dtype=np.int64).copy()
-        axis = rw.label(y).axis
-        if shape[axis] == -1 or (shape[axis] == 0 and rw.label(node.input[0]).axis == axis
-                                 and len(rw.label(node.input[0]).atoms) == len(rw.label(y).atoms)):
+        lx = rw.label(node.input[0])
+        if shape[axis] == -1 or (shape[axis] == 0 and lx.axis == axis and lx.size == rw.label(y).size):
             return
         shape[axis] = len(keep)
         rw.set_input(i, 1, shape)
@@ -167,33 +170,183 @@ class Reshape(Handler):
         return True
 
 
-def _split_map(src: list, dst: list, axis: int, size: int) -> bool | None:
-    """True when the reshape splits the channel axis into two static axes in place (prefix unchanged)."""
-    if len(dst) < axis + 2 or any(a != b or a is None for a, b in zip(src[:axis], dst[:axis])):
-        return None
-    outer, inner = dst[axis], dst[axis + 1]
-    if isinstance(outer, int) and isinstance(inner, int) and outer > 1 and inner > 1 and outer * inner == size:
-        return True
-    return None
+def set_shape_entry(rw: RewriteContext, i: int, node: NodeProto, port: int, index: int, value: int) -> None:
+    """Make the computed shape read at ``node``'s ``port`` hold ``value`` at ``index``: a ScatterElements node is
+    put before the node (the rest of the shape stays as the graph computes it)."""
+    patched = rw.fresh(f"{node.input[port]}_pruned")
+    where, what = rw.fresh(f"{patched}_index"), rw.fresh(f"{patched}_value")
+    scatter = helper.make_node("ScatterElements", [node.input[port], where, what], [patched],
+                               name=rw.fresh(f"{node.name or node.op_type}_shape"), axis=0)
+    copy = NodeProto()
+    copy.CopyFrom(node)
+    copy.input[port] = patched
+    rw.replace_node(i, [scatter, copy], {where: np.array([index], dtype=np.int64),
+                                         what: np.array([value], dtype=np.int64)})
 
 
-def _reshape_map(src: list, dst: list, axis: int) -> tuple[int, list, int] | None:
-    """Where the channel axis goes: (output axis, the run of input dims merged into it, channel pos in run).
+def _static(dims: list) -> bool:
+    return all(isinstance(d, int) for d in dims)
 
-    The dims before the run must match one to one (equal static values or equal symbols) and the run's static
-    product must equal the output dim; a reshape preserves the element count, so whatever follows the run then
-    holds the same elements per channel position.
-    """
-    for s in range(axis + 1):
-        if s > len(dst) - 1 or any(a != b or a is None for a, b in zip(src[:s], dst[:s])):
+
+def _product(dims: list) -> tuple[int, tuple[str, ...]] | None:
+    """A product of dims as (static part, sorted symbols), or ``None`` when a dim is unknown."""
+    static, symbols = 1, []
+    for d in dims:
+        if isinstance(d, int):
+            static *= d
+        elif isinstance(d, str):
+            symbols.append(d)
+        else:
+            return None
+    return static, tuple(sorted(symbols))
+
+
+def _matching_runs(src: list, dst: list, axis: int) -> tuple[int, int, int, int] | None:
+    """The smallest runs ``src[a0:a1]`` (holding the channel axis) and ``dst[b0:b1]`` of static dims with equal
+    products and equal products of what follows them: a reshape keeps the element order, so every element of
+    the run then stays with the same channel whatever the dims before the runs become."""
+    best: tuple[int, tuple[int, int, int, int]] | None = None
+    for a0 in range(axis, -1, -1):
+        if not _static(src[a0:axis + 1]):
             break
-        for e in range(axis + 1, len(src) + 1):
-            run = src[s:e]
-            if not all(isinstance(d, int) for d in run) or not isinstance(dst[s], int):
+        for a1 in range(axis + 1, len(src) + 1):
+            if not _static(src[a0:a1]):
+                break
+            tail = _product(src[a1:])
+            size = int(np.prod(src[a0:a1]))
+            for b0 in range(len(dst)):
+                for b1 in range(b0 + 1, len(dst) + 1):
+                    if not _static(dst[b0:b1]):
+                        break
+                    if tail is not None and int(np.prod(dst[b0:b1])) == size and _product(dst[b1:]) == tail:
+                        cost = (a1 - a0) + (b1 - b0)
+                        if best is None or cost < best[0]:
+                            best = (cost, (a0, a1, b0, b1))
+    return best[1] if best is not None else None
+
+
+def _positions(dims: list[int], axis: int) -> np.ndarray:
+    """The index along ``axis`` of every element of a C-ordered block of ``dims``."""
+    stride = int(np.prod(dims[axis + 1:]))
+    return (np.arange(int(np.prod(dims)), dtype=np.int64) // stride) % dims[axis]
+
+
+def _regroup(src_run: list[int], p: int, dst_run: list[int], m: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Channels (``src_run[p]``) that share a position along ``dst_run[m]`` are one unit: the units of more than
+    one channel (channel indices, smallest first) and, for each position along ``dst_run[m]``, the smallest
+    channel of its unit."""
+    channels, width = src_run[p], dst_run[m]
+    pairs = np.unique(_positions(src_run, p) * width + _positions(dst_run, m))
+    uf = UnionFind()
+    uf.add(channels + width)
+    uf.union(pairs // width, channels + pairs % width)
+    root = uf.roots()  # the smallest id of each class: a channel, as channels come first
+    order = np.argsort(root[:channels], kind="stable")
+    bounds = np.flatnonzero(np.diff(root[:channels][order])) + 1
+    units = [u for u in np.split(order, bounds) if len(u) > 1]
+    return units, root[channels:]
+
+
+def _picked(graph: Graph, tensor: str, axis: int, depth: int = 0) -> bool:
+    """Whether single entries of ``tensor``'s ``axis`` are taken apart (Gather, Split), following Transpose and
+    (Un)Squeeze: ``[.., 3*D] -> [.., 3, D]`` before ``q, k, v = t[0], t[1], t[2]``."""
+    rank = graph.rank(tensor)
+    if rank is None or depth > 8:
+        return False
+    for j, port in graph.consumer_nodes(tensor):
+        user = graph.nodes[j]
+        if port != 0 or not user.output:
+            continue
+        if user.op_type in ("Gather", "Split") and int(attr(user, "axis", 0)) % rank == axis:
+            return True
+        nxt: int | None = None
+        if user.op_type == "Transpose":
+            perm = attr(user, "perm") or list(reversed(range(rank)))
+            nxt = list(perm).index(axis)
+        elif user.op_type in ("Unsqueeze", "Squeeze"):
+            axes = _const_ints_of(graph, user)
+            if axes is None:
                 continue
-            if int(np.prod(run)) == dst[s]:
-                return s, run, axis - s
-    return None
+            if user.op_type == "Unsqueeze":
+                nxt = axis
+                for a in sorted(x % (rank + len(axes)) for x in axes):
+                    nxt += a <= nxt
+            elif axis not in [a % rank for a in axes]:
+                nxt = axis - sum(1 for a in axes if a % rank < axis)
+        if nxt is not None and _picked(graph, user.output[0], nxt, depth + 1):
+            return True
+    return False
+
+
+def _const_ints_of(graph: Graph, node: NodeProto) -> list[int] | None:
+    """The axes of an (Un)Squeeze: its second input (opset 13) or attribute."""
+    if len(node.input) > 1 and node.input[1]:
+        value = graph.const(node.input[1])
+        return None if value is None else [int(v) for v in np.asarray(value).ravel()]
+    axes = attr(node, "axes")
+    return None if axes is None else [int(a) for a in axes]
+
+
+def _carrier(channels_last: bool, src_run: list[int], p: int, dst_run: list[int], carriers: list[int]) -> int:
+    """Which new axis carries the channels when one axis becomes several.
+
+    In a transformer (channels last) ``[.., H*D] -> [.., H, D]`` splits features into heads: the axis before
+    the last one carries them, so whole heads are the units and head_dim stays. Elsewhere (a channel shuffle
+    ``[N, g*c, ..] -> [N, g, c, ..]``, GroupNorm's ``[N, C, H, W] -> [N, g, C/g*H*W]``) the axis giving the most
+    units carries them, one unit per position where there is a choice."""
+    if len(carriers) == 1:
+        return carriers[0]
+    if channels_last:
+        return carriers[-2]
+    counts = [len(np.unique(_regroup(src_run, p, dst_run, m)[1])) for m in carriers]
+    return carriers[max(range(len(carriers)), key=lambda k: (counts[k], counts[k] == dst_run[carriers[k]], k))]
+
+
+@register
+class Expand(Handler):
+    op_types = ("Expand",)
+
+    def propagate(self, i: int, node: NodeProto, ctx: AnalysisContext) -> None:
+        """Broadcasting along other axes passes the channels on (grouped-query attention repeats KV heads that
+        way); the channel axis itself must keep its width."""
+        lx = ctx.labeled(node.input[0])
+        if ctx.labeled(node.input[1]) is not None:
+            ctx.block_inputs(i, f"Expand {ctx.node_label(i)} takes channels as a shape")
+            return
+        if lx is None:
+            return
+        in_rank, out = ctx.graph.rank(node.input[0]), ctx.graph.shape(node.output[0])
+        axis = lx.axis + len(out) - in_rank if out is not None and in_rank is not None else -1
+        if out is None or out[axis] != lx.size:
+            ctx.block(lx.atoms, f"Expand {ctx.node_label(i)} broadcasts the channel axis")
+            return
+        length = ctx.graph.shape(node.input[1])
+        if not ctx.graph.is_const(node.input[1]) and not (length and isinstance(length[0], int)):
+            ctx.block(lx.atoms, f"Expand {ctx.node_label(i)}: length of its computed shape unknown")
+            return
+        _pass(ctx, node, axis, lx.atoms)
+
+    def apply(self, i: int, node: NodeProto, rw: RewriteContext) -> None:
+        y = node.output[0]
+        if rw.keep(y) is None:
+            return
+        axis, rank = rw.label(y).axis, rw.graph.rank(y) or 0
+        if not rw.graph.is_const(node.input[1]):
+            k = axis - (rank - _shape_length(rw, node))
+            if k >= 0:  # an entry short of the output's rank broadcasts already
+                set_shape_entry(rw, i, node, 1, k, 1)
+            return
+        shape = np.array(rw.const(node.input[1]), dtype=np.int64).copy()
+        k = axis - (rank - len(shape))
+        if 0 <= k and shape[k] != 1:
+            shape[k] = 1  # 1 keeps the input's (cut) width
+            rw.set_input(i, 1, shape)
+
+
+
+def _shape_length(rw: RewriteContext, node: NodeProto) -> int:
+    shape = rw.graph.shape(node.input[1])
+    return shape[0] if shape and isinstance(shape[0], int) else 0
 
 
 @register
@@ -215,9 +368,25 @@ class Shape(Handler):
         if not start <= lx.axis < end:
             return
         pos = lx.axis - start
-        for j, _ in ctx.graph.consumer_nodes(node.output[0]):
-            user = ctx.graph.nodes[j]
-            idx = _const_ints(ctx, user.input[1]) if user.op_type == "Gather" and len(user.input) > 1 else None
-            if idx is None or pos in [x % (end - start) for x in idx]:
+        for j, port in ctx.graph.consumer_nodes(node.output[0]):
+            entries = _entries_read(ctx.graph, ctx.graph.nodes[j], end - start) if port == 0 else None
+            if entries is None or pos in entries:
                 ctx.block(lx.atoms, f"Shape {ctx.node_label(i)} reads the channel count")
                 return
+
+
+def _entries_read(graph: Graph, user: NodeProto, length: int) -> list[int] | None:
+    """The entries of a shape vector of ``length`` that a Gather or Slice takes, or ``None`` if not known."""
+    def ints(k: int) -> list[int] | None:
+        value = graph.value(user.input[k]) if len(user.input) > k and user.input[k] else None
+        return None if value is None else [int(v) for v in np.asarray(value).ravel()]
+
+    if user.op_type == "Gather":
+        idx = ints(1)
+        return None if idx is None else [x % length for x in idx]
+    if user.op_type == "Slice" and len(user.input) >= 3:
+        starts, ends, steps = ints(1), ints(2), ints(4) or [1]
+        if starts is None or ends is None or len(starts) != 1 or (ints(3) or [0])[0] != 0:
+            return None
+        return list(range(length))[slice(starts[0], ends[0], steps[0])]
+    return None
