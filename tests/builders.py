@@ -706,3 +706,48 @@ BUILDERS = {
     "softmax_over_channels": softmax_over_channels,
     "concat_graph_input": concat_graph_input,
 }
+
+
+def tiny_transformer(seed: int = 0, layers: int = 1, heads: int = 2, head_dim: int = 4, ffn: int = 16,
+                     vocab: int = 10, seq: int = 5) -> onnx.ModelProto:
+    """A post-norm BERT-like encoder over int64 ``ids`` [1, seq], built by hand:
+
+        ids -> Gather(token table) + position table -> LN ->
+          [ Q/K/V: MatMul+bias -> Reshape [1,S,H,D] -> Transpose -> Q K^T * scale -> Softmax -> P V -> Transpose
+            -> Reshape [1,S,H*D] -> O: MatMul+bias ] + residual -> LN -> [ up: MatMul -> Relu -> down ] + residual
+          -> LN   (x layers)   -> classifier MatMul(hidden -> 3) -> y
+
+    groups: hidden (the residual stream), per layer the heads and the MLP width; the classifier's 3 outputs."""
+    b = GraphBuilder(seed)
+    hidden = heads * head_dim
+
+    def linear(x: str, k: int, n: int, name: str) -> str:
+        return b.op("Add", [b.op("MatMul", [x, b.const(b.randn(k, n), name)]), b.const(b.randn(n, scale=0.1), "b")])
+
+    def norm(x: str) -> str:
+        g = b.const((b.rng.uniform(0.5, 1.5, hidden)).astype(np.float32), "ln_g")
+        return b.op("LayerNormalization", [x, g, b.const(b.randn(hidden, scale=0.1), "ln_b")], axis=-1)
+
+    x = b.op("Add", [b.op("Gather", [b.const(b.randn(vocab, hidden), "tok"), "ids"], axis=0),
+                     b.const(b.randn(1, seq, hidden), "pos")])
+    x = norm(x)
+    for _ in range(layers):
+        split = b.ints([1, seq, heads, head_dim])
+        q, k, v = (b.op("Transpose", [b.op("Reshape", [linear(x, hidden, hidden, w), split])], perm=[0, 2, 1, 3])
+                   for w in ("Wq", "Wk", "Wv"))
+        scores = b.op("Mul", [b.op("MatMul", [q, b.op("Transpose", [k], perm=[0, 1, 3, 2])]),
+                              b.floats(head_dim ** -0.5)])
+        ctx = b.op("MatMul", [b.op("Softmax", [scores], axis=-1), v])
+        merged = b.op("Reshape", [b.op("Transpose", [ctx], perm=[0, 2, 1, 3]), b.ints([1, seq, hidden])])
+        x = norm(b.op("Add", [linear(merged, hidden, hidden, "Wo"), x]))
+        up = b.relu(linear(x, hidden, ffn, "Wup"))
+        x = norm(b.op("Add", [linear(up, ffn, hidden, "Wdown"), x]))
+    b.op("MatMul", [x, b.const(b.randn(hidden, 3), "Wcls")])
+    b.nodes[-1].output[0] = "y"
+    graph = helper.make_graph(b.nodes, "tiny_transformer",
+                              [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, [1, seq])],
+                              [helper.make_tensor_value_info("y", FLOAT, [1, seq, 3])], b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="onnxprune-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model

@@ -101,8 +101,16 @@ def input_shapes(model: onnx.ModelProto, batch: int = 2) -> dict[str, list[int]]
 
 
 def random_feeds(model: onnx.ModelProto, seed: int = 123, batch: int = 2) -> dict[str, np.ndarray]:
+    """Standard normal floats; integer inputs (token ids, masks) get 0s and 1s, valid for any table."""
     rng = np.random.default_rng(seed)
-    return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in input_shapes(model, batch).items()}
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in model.graph.input}
+    feeds = {}
+    for name, shape in input_shapes(model, batch).items():
+        if types[name] in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+            feeds[name] = rng.integers(0, 2, shape).astype(helper.tensor_dtype_to_np_dtype(types[name]))
+        else:
+            feeds[name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
 
 
 def interface(model: onnx.ModelProto) -> list[tuple[str, list]]:

@@ -405,12 +405,13 @@ def test_inspect_table(example_model, capsys):
     assert main(["inspect", str(example_model)]) == 0
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
-    assert lines[0].split()[:3] == ["group", "size", "MACs"]
+    assert lines[0].split()[:4] == ["group", "kind", "size", "MACs"]
     assert set(lines[1]) == {"-"} and set(lines[-2]) == {"-"}
     rows = lines[2:-2]
     assert len(rows) == 7
     assert [int(r.split()[0]) for r in rows] == list(range(7))
-    assert [int(r.split()[1]) for r in rows] == [16, 16, 32, 32, 64, 64, 10]
+    assert [r.split()[1] for r in rows] == ["channels"] * 6 + ["mlp"]  # the classifier's features
+    assert [int(r.split()[2]) for r in rows] == [16, 16, 32, 32, 64, 64, 10]
     assert sum("prunable" in r for r in rows) == 6
     assert "BLOCKED: reaches graph output 'logits'" in out
     assert "7 groups: 6 prunable, 1 not" in out

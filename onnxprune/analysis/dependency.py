@@ -15,7 +15,13 @@ from onnxprune.core.graph import Graph
 from onnxprune.core.handlers import handler_for
 from onnxprune.errors import UsageError
 
-__all__ = ["Analysis", "Analyzer", "PruneGroup", "WeightRef", "analyze"]
+__all__ = ["KINDS", "Analysis", "Analyzer", "PruneGroup", "WeightRef", "analyze"]
+
+#: What a group's channels are, as ``inspect``, the report and the per-kind ratios name them: attention heads,
+#: a transformer's hidden width (the residual stream), convolution channels, hidden features of linear layers.
+KINDS = ("head", "hidden", "channels", "mlp")
+#: Ops whose outputs are convolution channels.
+CONV_OPS = ("Conv", "ConvTranspose", "FusedConv", "QLinearConv", "ConvInteger")
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class PruneGroup:
     nodes: list[int]  # nodes whose weights follow the group's channels
     cells: np.ndarray | None = None  # [n_cells, cell_size] local unit indices: equal keep-count per cell
     blocked: str | None = None
+    kind: str = "mlp"  # one of KINDS
 
     @property
     def size(self) -> int:
@@ -93,6 +100,7 @@ class Analyzer:
         self.constraints: list[np.ndarray] = []
         self.soft: list[bool] = []
         self.blocks: list[tuple[np.ndarray, str]] = []
+        self.tags: list[tuple[np.ndarray, str]] = []
 
     # -- labels ----------------------------------------------------------------------------------------------
     def labeled(self, name: str) -> Labeled | None:
@@ -142,6 +150,10 @@ class Analyzer:
         """
         self.constraints.append(np.asarray(blocks, dtype=np.int64))
         self.soft.append(soft)
+
+    def tag(self, atoms: np.ndarray, kind: str) -> None:
+        """Say what the channels are ("head", "hidden"): the group's kind (else conv "channels" or "mlp")."""
+        self.tags.append((np.asarray(atoms, dtype=np.int64), kind))
 
     def weight(self, name: str, atoms: np.ndarray, role: str, node: int, axis: int = 0,
                view: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
@@ -219,6 +231,7 @@ def _close(ctx: Analyzer, exclude: Sequence[str]) -> Analysis:
             if w.node not in g.nodes:
                 g.nodes.append(w.node)
 
+    _kinds(ctx, groups, group_of_atom, src_root, gid)
     for atoms, reason in ctx.blocks:
         for s in np.unique(group_of_atom[atoms]):
             g = groups[gid[int(s)]]
@@ -234,6 +247,21 @@ def _close(ctx: Analyzer, exclude: Sequence[str]) -> Analysis:
                 g.blocked = f"excluded by --exclude '{hit}'"
     _check_exclude(graph, groups, exclude)
     return Analysis(graph, groups, ctx.labels, ctx.weights, root, unit_group, unit_local)
+
+
+def _kinds(ctx: Analyzer, groups: list[PruneGroup], group_of_atom: np.ndarray, src_root: np.ndarray,
+           gid: dict[int, int]) -> None:
+    """Each group's kind: a tag given by a handler (heads before hidden width), else "channels" when a
+    convolution creates some of them, else "mlp"."""
+    tagged: dict[int, set[str]] = {}
+    for atoms, kind in ctx.tags:
+        for s in np.unique(group_of_atom[atoms]):
+            tagged.setdefault(gid[int(s)], set()).add(kind)
+    conv = {gid[int(src_root[k])] for k, (node, _) in enumerate(ctx.sources)
+            if ctx.graph.nodes[node].op_type in CONV_OPS}
+    for g in groups:
+        kinds = tagged.get(g.id, set())
+        g.kind = next((k for k in KINDS[:2] if k in kinds), "channels" if g.id in conv else "mlp")
 
 
 def _check_exclude(graph: Graph, groups: list[PruneGroup], exclude: Sequence[str]) -> None:

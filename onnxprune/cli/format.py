@@ -112,13 +112,14 @@ def _training_line(t: dict[str, Any]) -> str:
 
 def format_groups(rows: list[dict[str, Any]], total_macs: int) -> str:
     """The table ``onnxprune inspect`` prints."""
-    header = f"{'group':>5} {'size':>6} {'MACs':>9} {'share':>6} {'params':>9}  status / created by"
+    header = f"{'group':>5} {'kind':>8} {'size':>6} {'MACs':>9} {'share':>6} {'params':>9}  status / created by"
     lines = [header, "-" * len(header)]
     for r in rows:
         share = r["macs"] / total_macs if total_macs else 0.0
         status = f"BLOCKED: {r['blocked']}" if r["blocked"] else ("prunable" if r["size"] > 1 else "single channel")
         src = ", ".join(r["sources"][:3]) + (f" (+{len(r['sources']) - 3})" if len(r["sources"]) > 3 else "")
-        lines.append(f"{r['id']:>5} {r['size']:>6} {_human(r['macs']):>9} {share:>6.1%} {_human(r['params']):>9}"
+        lines.append(f"{r['id']:>5} {r.get('kind', ''):>8} {r['size']:>6} {_human(r['macs']):>9} {share:>6.1%} "
+                     f"{_human(r['params']):>9}"
                      f"  {status}  [{src}]")
     prunable = [r for r in rows if not r["blocked"] and r["size"] > 1]
     blocked_macs = sum(r["macs"] for r in rows if r["blocked"])

@@ -75,6 +75,14 @@ def _read_config(ctx: click.Context, param: click.Parameter, value: Path | None)
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output model [default: <stem>.pruned.onnx].")
 @click.option("--ratio", type=float, default=0.5, show_default=True,
               help="Fraction of the channels removed from every prunable group, in [0, 1).")
+@click.option("--head-ratio", type=float, metavar="R",
+              help="Fraction of the attention heads removed [default: --ratio].")
+@click.option("--mlp-ratio", type=float, metavar="R",
+              help="Fraction of the hidden features of linear layers (MLP width) removed [default: --ratio].")
+@click.option("--hidden-ratio", type=float, metavar="R",
+              help="Fraction of a transformer's hidden width (residual stream) removed [default: --ratio].")
+@click.option("--channel-ratio", type=float, metavar="R",
+              help="Fraction of the convolution channels removed [default: --ratio].")
 @click.option("--criterion", type=click.Choice(criterion_names()),
               help=f"Channel importance criterion [default: l2; {DEFAULT_DATA_CRITERION} with --calib].")
 @click.option("--target-macs", type=float, metavar="F",
@@ -167,7 +175,15 @@ def _prune_config(o: dict[str, Any]) -> PruneConfig:
                        input_shapes=parse_shapes(o["input_shape"]), recover=o["recover"],
                        calib_samples=o["calib_samples"], batch_size=o["batch_size"], schedule=o["schedule"],
                        step=o["step"], tolerance=o["tolerance"], target_macs=o["target_macs"],
-                       target_params=o["target_params"])
+                       target_params=o["target_params"], kind_ratios=_kind_ratios(o))
+
+
+def _kind_ratios(o: dict[str, Any]) -> dict[str, float] | None:
+    """The per-kind ratios given (``--head-ratio`` ...), by group kind."""
+    given = {kind: o[f"{option}_ratio"] for kind, option in (("head", "head"), ("mlp", "mlp"), ("hidden", "hidden"),
+                                                               ("channels", "channel"))
+             if o.get(f"{option}_ratio") is not None}
+    return given or None
 
 
 def _run(model: Path, original: onnx.ModelProto, config: PruneConfig, training: FinetuneConfig,

@@ -51,6 +51,7 @@ def group_rows(analysis: Analysis, removed: dict[int, np.ndarray], macs_per_node
             "size": g.size,
             "kept": g.size - lost,
             "blocked": g.blocked,
+            "kind": g.kind,
             "sources": g.sources,
             "macs": sum(macs_per_node.get(graph.label(n), 0) for n in g.nodes),
             "params": params.get(g.id, 0),

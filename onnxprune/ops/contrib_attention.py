@@ -66,6 +66,7 @@ class PackedAttention(Handler):
         heads = atoms.reshape(-1, head_dim)
         for k in range(1, head_dim):
             ctx.tie(heads[:, 0], heads[:, k])
+        ctx.tag(atoms, "head")
         cache = (len(node.input) > 4 and node.input[4]) or (len(node.output) > 1 and node.output[1])
         if cache:
             ctx.block(atoms, f"{label} has a KV cache (past/present): its heads stay")

@@ -89,6 +89,8 @@ class AxisNorm(Handler):
                 for p, role in zip(node.input[1:], ("norm", "bias")):
                     if p:
                         ctx.weight(p, lx.atoms, role, i)
+                if rank == 3:
+                    ctx.tag(lx.atoms, "hidden")  # [batch, sequence, hidden]: a transformer's residual stream
                 ctx.set(node.output[0], lx.axis, lx.atoms)
                 return
             mixed = lx.axis >= start

@@ -148,6 +148,8 @@ class Reshape(Handler):
         units, atoms_at = _regroup(src_run, lx.axis - a0, dst_run, carrier)
         for unit in units:
             ctx.tie(lx.atoms[np.repeat(unit[:1], len(unit) - 1)], lx.atoms[unit[1:]])
+        if units and lx.axis == len(src) - 1 and len(carriers) > 1:
+            ctx.tag(lx.atoms, "head")  # features split into heads of several channels each
         _pass(ctx, node, b0 + carrier, lx.atoms[atoms_at])
 
     def apply(self, i: int, node: NodeProto, rw: RewriteContext) -> None:

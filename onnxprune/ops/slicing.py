@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import numpy as np
-from onnx import NodeProto
+from onnx import NodeProto, TensorProto, helper
 
+from onnxprune.core.graph import Graph
 from onnxprune.core.handlers import AnalysisContext, Handler, RankOf, RewriteContext, attr, register
 from onnxprune.ops.common import _const_ints, _pass
 
@@ -27,13 +28,18 @@ class Concat(Handler):
         lab_axes = {lab.axis for lab in labs if lab is not None}
         if lab_axes != {axis}:
             present = [lab for lab in labs if lab is not None]
-            if len(lab_axes) == 1 and len(present) == len(labs):  # joined along another axis: tie
-                first = present[0]
+            first = present[0]
+            passive = [_passive_constant(ctx.graph, node, p, first.axis, first.size)
+                       for p, lab in enumerate(labs) if lab is None]
+            if len(lab_axes) == 1 and all(passive):  # joined along another axis: tie
                 for lab in present[1:]:
                     if lab.size != first.size:
                         ctx.block_inputs(i, f"{label} joins channel tensors of different widths")
                         return
                     ctx.tie(first.atoms, lab.atoms)
+                for where in passive:  # constants joined in (a class token) follow the channels
+                    assert where is not None
+                    ctx.weight(where[2], first.atoms, "const", where[0], axis=where[3])
                 _pass(ctx, node, first.axis, first.atoms)
             else:
                 ctx.block_inputs(i, f"{label} joins tensors whose channels lie on other axes")
@@ -50,6 +56,74 @@ class Concat(Handler):
                 return
             parts.append(ctx.fixed(i, name, size, f"{label} joins fixed channels from '{name}'"))
         _pass(ctx, node, axis, np.concatenate(parts))
+
+
+    def apply(self, i: int, node: NodeProto, rw: RewriteContext) -> None:
+        """Constants joined along another axis than the channels' keep the kept channels."""
+        keep, ly = rw.keep(node.output[0]), rw.labeled(node.output[0])
+        if keep is None or ly is None:
+            return
+        for p, name in enumerate(node.input):
+            where = None if rw.labeled(name) is not None else _passive_constant(rw.graph, node, p, ly.axis, ly.size)
+            if where is None:
+                continue
+            value = np.take(rw.const(where[2]), keep, axis=where[3])
+            if where[0] == i:
+                rw.set_input(i, p, value)
+            else:
+                _shrink_expand(rw, where[0], value, ly.axis)
+
+
+def _passive_constant(graph: Graph, node: NodeProto, port: int, axis: int, size: int
+                      ) -> tuple[int, int, str, int] | None:
+    """Where the channels of an unlabeled Concat input come from a constant: (node, port, constant, axis in
+    it) for the constant itself or for an Expand of one (``cls_token.expand(batch, -1, -1)``), else ``None``."""
+    name = node.input[port]
+    if graph.is_const(name):
+        shape = graph.const_shape(name)
+        fits = shape is not None and len(shape) > axis and shape[axis] == size
+        return (graph.nodes.index(node), port, name, axis) if fits else None
+    producer = graph.producer.get(name)
+    if producer is None:
+        return None
+    expand = graph.nodes[producer]
+    out_rank = graph.rank(name)
+    if expand.op_type != "Expand" or out_rank is None or not graph.is_const(expand.input[0]):
+        return None
+    data, length = graph.const_shape(expand.input[0]), graph.shape(expand.input[1])
+    k = axis - (out_rank - len(data)) if data is not None else -1
+    if data is None or k < 0 or data[k] != size or not length or not isinstance(length[0], int):
+        return None
+    return producer, 0, expand.input[0], k
+
+
+def _shrink_expand(rw: RewriteContext, j: int, data: np.ndarray, axis: int) -> None:
+    """Expand node ``j`` broadcasts the cut constant ``data``: its shape keeps that axis at 1 (the data's)."""
+    expand = rw.graph.nodes[j]
+    out_rank = rw.graph.rank(expand.output[0]) or 0
+    if rw.graph.is_const(expand.input[1]):
+        shape = np.array(rw.const(expand.input[1]), dtype=np.int64).copy()
+        entry = axis - (out_rank - len(shape))
+        if entry >= 0:
+            shape[entry] = 1
+            rw.set_input(j, 1, shape)
+        rw.set_input(j, 0, data)
+        return
+    length = rw.graph.shape(expand.input[1])
+    entry = axis - (out_rank - int(length[0] if length and isinstance(length[0], int) else 0))
+    names = {tag: rw.fresh(f"{expand.input[0]}_{tag}") for tag in ("pruned", "shape", "index", "one")}
+    new = NodeProto()
+    new.CopyFrom(expand)
+    new.input[0] = names["pruned"]
+    nodes = [new]
+    constants = {names["pruned"]: data}
+    if entry >= 0:
+        new.input[1] = names["shape"]
+        nodes.insert(0, helper.make_node("ScatterElements", [expand.input[1], names["index"], names["one"]],
+                                         [names["shape"]], name=rw.fresh(f"{expand.name}_shape"), axis=0))
+        constants.update({names["index"]: np.array([entry], dtype=np.int64),
+                          names["one"]: np.array([1], dtype=np.int64)})
+    rw.replace_node(j, nodes, constants)
 
 
 def _split_sizes(ctx, node: NodeProto, total: int) -> list[int] | None:
@@ -177,6 +251,7 @@ class Gather(Handler):
             ctx.block_inputs(i, f"Gather {ctx.node_label(i)} takes channels as indices")
             return
         if lx is None:
+            _embedding(i, node, ctx)
             return
         rank = ctx.graph.rank(node.input[0])
         idx = ctx.graph.const(node.input[1])
@@ -197,6 +272,9 @@ class Gather(Handler):
     def apply(self, i: int, node: NodeProto, rw: RewriteContext) -> None:
         lx, ly = rw.labeled(node.input[0]), rw.labeled(node.output[0])
         kin, kout = rw.keep(node.input[0]), rw.keep(node.output[0])
+        if lx is None and kout is not None:  # an embedding table: keep its columns
+            rw.set_input(i, 0, np.take(rw.const(node.input[0]), kout, axis=1))
+            return
         rank = rw.graph.rank(node.input[0])
         if kin is None or lx is None or ly is None or rank is None or int(attr(node, "axis", 0)) % rank != lx.axis:
             return
@@ -209,3 +287,17 @@ class Gather(Handler):
     def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
         data, indices = rank(node.input[0]), rank(node.input[1])
         return None if data is None or indices is None else data - 1 + indices
+
+
+def _embedding(i: int, node: NodeProto, ctx: AnalysisContext) -> None:
+    """Rows of a constant float table looked up by index (token, token-type and position embeddings): the
+    table's columns are the hidden width, created here."""
+    table = ctx.graph.const_shape(node.input[0])
+    out_rank = ctx.graph.rank(node.output[0])
+    if (table is None or len(table) != 2 or table[1] < 2 or int(attr(node, "axis", 0)) != 0 or out_rank is None
+            or ctx.graph.elem_type(node.input[0]) not in (TensorProto.FLOAT, TensorProto.FLOAT16,
+                                                          TensorProto.DOUBLE, TensorProto.BFLOAT16)):
+        return
+    atoms = ctx.source(i, node.output[0], out_rank - 1, int(table[1]))
+    ctx.weight(node.input[0], atoms, "out", i, axis=1)
+    ctx.tag(atoms, "hidden")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-from onnx import NodeProto
+from onnx import NodeProto, TensorProto, helper
 
 from onnxprune.core.handlers import AnalysisContext, Handler, RankOf, RewriteContext, attr, register, same_rank
 from onnxprune.ops.common import _axes_of, _const_ints, _pass
@@ -99,11 +99,32 @@ class Reduce(Handler):
             axes = [] if attr(node, "noop_with_empty_axes", 0) else list(range(rank))
         axes = [a % rank for a in axes]
         if lx.axis in axes:
-            ctx.block(lx.atoms, f"{label} reduces over the channel axis")
-            return
+            if node.op_type not in SUMS:
+                ctx.block(lx.atoms, f"{label} reduces over the channel axis")
+            elif rank == 3 and lx.axis == 2:
+                ctx.tag(lx.atoms, "hidden")  # an RMSNorm's mean square over a transformer's hidden width
+            return  # a sum over the channels: removed (zero) channels add nothing; the result carries none
         keepdims = int(attr(node, "keepdims", 1))
         axis = lx.axis if keepdims else lx.axis - sum(1 for a in axes if a < lx.axis)
         _pass(ctx, node, axis, lx.atoms)
+
+    def apply(self, i: int, node: NodeProto, rw: RewriteContext) -> None:
+        """A mean over the channels keeps dividing by the original count: mean(kept) * kept / all."""
+        x = node.input[0]
+        keep = rw.keep(x)
+        if keep is None or node.op_type != "ReduceMean" or rw.labeled(node.output[0]) is not None:
+            return
+        dtype = helper.tensor_dtype_to_np_dtype(rw.graph.elem_type(x) or TensorProto.FLOAT)
+        partial, factor = rw.fresh(f"{node.output[0]}_kept_mean"), rw.fresh(f"{node.output[0]}_kept_share")
+        mean = NodeProto()
+        mean.CopyFrom(node)
+        mean.output[0] = partial
+        share = helper.make_node("Mul", [partial, factor], [node.output[0]], name=rw.fresh(f"{node.name}_share"))
+        rw.replace_node(i, [mean, share], {factor: np.array(len(keep) / rw.label(x).size, dtype=dtype)})
+
+
+#: Reductions that stay exact over the kept channels when the removed ones are zero (the mean is rescaled).
+SUMS = ("ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceMean")
 
 
 @register

@@ -51,6 +51,7 @@ class PruneConfig:
     target_macs: float | None = None
     target_params: float | None = None
     round_to_map: dict[int, int] | None = None  # per group id, overrides round_to (what "auto" measured)
+    kind_ratios: dict[str, float] | None = None  # per group kind ("head", "hidden", "mlp", "channels")
 
     def plan_config(self, ratio: float | None = None) -> PlanConfig:
         if self.round_to == "auto" and self.round_to_map is None:
@@ -58,7 +59,7 @@ class PruneConfig:
                              "config = config.measure_round_to(model)")
         return PlanConfig(self.ratio if ratio is None else ratio, self.global_ranking,
                           self.round_to if isinstance(self.round_to, int) else 1, self.min_channels,
-                          self.round_to_map)
+                          self.round_to_map, self.kind_ratios)
 
     def measure_round_to(self, model: onnx.ModelProto, *, provider: str = "CPUExecutionProvider",
                          threads: int = 1) -> PruneConfig:

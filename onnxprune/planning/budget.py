@@ -20,8 +20,10 @@ def plan_for_budget(model: onnx.ModelProto, analysis: Analysis, scores: dict[int
     ("macs" or "params") as closely as the channel granularity allows, never above it when reachable."""
     cost = CostModel(model, analysis, input_shapes)
     groups = [g for g in analysis.groups if g.prunable]
+    fixed = config.fixed(groups)
+    groups = [g for g in groups if g.id not in fixed]  # kinds with their own ratio keep it
     if not groups:
-        return {}
+        return choose(analysis, scores, config, fixed)
     who = ranked_units(groups, scores)
     sizes = {g.id: g.size for g in groups}
     which = 0 if kind == "macs" else 1
@@ -29,7 +31,7 @@ def plan_for_budget(model: onnx.ModelProto, analysis: Analysis, scores: dict[int
     def removal(n: int) -> dict[int, np.ndarray]:
         lost = np.bincount(who[:n], minlength=max(sizes) + 1)
         kept = {gid: size - int(lost[gid]) for gid, size in sizes.items()}
-        return choose(analysis, scores, config, kept)
+        return choose(analysis, scores, config, {**kept, **fixed})
 
     lo, hi = 0, len(who)
     best = removal(hi)

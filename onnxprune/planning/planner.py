@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxprune.analysis.dependency import Analysis, PruneGroup
+from onnxprune.analysis.dependency import KINDS, Analysis, PruneGroup
 from onnxprune.errors import UsageError
 
 __all__ = ["PlanConfig", "choose", "kept_count", "ranked_units"]
@@ -42,6 +42,8 @@ class PlanConfig:
     fraction of all prunable channels removed. ``round_to`` makes every kept count a multiple of N (where the
     group is large enough), ``min_channels`` is the fewest channels a group keeps. ``round_to_map`` overrides
     ``round_to`` for the group ids it lists (``--round-to auto`` measures one multiple per group).
+    ``kind_ratios`` fixes the ratio of every group of a kind (``{"hidden": 0}`` leaves the hidden width whole);
+    rankings and budgets then cover the other groups only.
     """
 
     ratio: float = 0.5
@@ -49,14 +51,24 @@ class PlanConfig:
     round_to: int = 1
     min_channels: int = 1
     round_to_map: Mapping[int, int] | None = None
+    kind_ratios: Mapping[str, float] | None = None  # a ratio per group kind ("head", "hidden", ...)
 
     def multiple(self, gid: int) -> int:
         """The multiple group ``gid``'s kept count is rounded up to."""
         return self.round_to_map.get(gid, self.round_to) if self.round_to_map else self.round_to
 
+    def fixed(self, groups: list[PruneGroup]) -> dict[int, int]:
+        """Kept counts of the groups whose kind has its own ratio."""
+        ratios = self.kind_ratios or {}
+        return {g.id: kept_count(g.size, ratios[g.kind]) for g in groups if g.kind in ratios}
+
     def validate(self) -> None:
-        if not isinstance(self.ratio, (int, float)) or math.isnan(self.ratio) or not 0.0 <= self.ratio < 1.0:
-            raise UsageError(f"--ratio must be in [0, 1), got {self.ratio}")
+        unknown = sorted(set(self.kind_ratios or {}) - set(KINDS))
+        if unknown:
+            raise UsageError(f"no group kind '{unknown[0]}' (kinds: {', '.join(KINDS)})")
+        for name, r in [("--ratio", self.ratio)] + [(f"--{k}-ratio", v) for k, v in (self.kind_ratios or {}).items()]:
+            if not isinstance(r, (int, float)) or math.isnan(r) or not 0.0 <= r < 1.0:
+                raise UsageError(f"{name} must be in [0, 1), got {r}")
         if self.round_to < 1:
             raise UsageError(f"--round-to must be >= 1, got {self.round_to}")
         if any(int(m) < 1 for m in (self.round_to_map or {}).values()):
@@ -73,14 +85,16 @@ def choose(analysis: Analysis, scores: dict[int, np.ndarray], config: PlanConfig
     """
     config.validate()
     groups = [g for g in analysis.groups if g.prunable]
-    if (config.ratio == 0 and kept is None) or not groups:
+    fixed = config.fixed(groups)
+    if not groups or (kept is None and config.ratio == 0 and all(fixed.get(g.id, g.size) == g.size for g in groups)):
         return {}
+    free = [g for g in groups if g.id not in fixed]
     if kept is not None:
-        targets = {g.id: min(g.size, kept.get(g.id, g.size)) for g in groups}
-    elif config.global_ranking:
-        targets = _global_targets(groups, scores, config.ratio)
+        targets = {g.id: min(g.size, kept.get(g.id, fixed.get(g.id, g.size))) for g in groups}
+    elif config.global_ranking and free:
+        targets = {**_global_targets(free, scores, config.ratio), **fixed}
     else:
-        targets = {g.id: kept_count(g.size, config.ratio) for g in groups}
+        targets = {**{g.id: kept_count(g.size, config.ratio) for g in free}, **fixed}
     removed: dict[int, np.ndarray] = {}
     for g in groups:
         chosen = _select(g, scores[g.id], targets[g.id], config)

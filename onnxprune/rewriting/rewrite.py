@@ -125,7 +125,9 @@ def _assemble(rw: Rewriter, analysis: Analysis, keep: dict[str, np.ndarray]) -> 
     _emit_nodes(rw, graph, consts, g_out)
     _drop_dead_folds(g_out, graph)
     _emit_initializers(graph, consts, g_out)
-    _emit_value_infos(analysis, keep, consts, g_out)
+    touched = {j for j, _ in rw.new_inputs} | set(rw.replacements)
+    stale = {o for j in touched for o in graph.nodes[j].output} - set(keep)
+    _emit_value_infos(analysis, keep, consts, g_out, stale)
     return out
 
 
@@ -217,8 +219,9 @@ def _emit_initializers(graph: Graph, c: _Constants, g_out: onnx.GraphProto) -> N
 
 
 def _emit_value_infos(analysis: Analysis, keep: dict[str, np.ndarray], c: _Constants,
-                      g_out: onnx.GraphProto) -> None:
-    """Graph inputs (old IR versions list initializers too) and value infos, with the new extents."""
+                      g_out: onnx.GraphProto, stale: set[str]) -> None:
+    """Graph inputs (old IR versions list initializers too) and value infos, with the new extents; ``stale``
+    outputs (of nodes given new inputs, outside the plan: an Expand of a cut class token) lose theirs."""
     graph = analysis.graph
     src = graph.model
     used = {n for node in g_out.node for n in node.input} | set(graph.outputs) | _subgraph_reads(g_out)
@@ -235,7 +238,7 @@ def _emit_value_infos(analysis: Analysis, keep: dict[str, np.ndarray], c: _Const
             g_out.input.append(helper.make_tensor_value_info(name, _dtype_of(g_out, name), init_shapes[name]))
     dropped = set(graph.initializers) - {t.name for t in g_out.initializer}
     for vi in src.graph.value_info:
-        if vi.name in dropped:
+        if vi.name in dropped or vi.name in stale:
             continue
         new_vi = g_out.value_info.add()
         new_vi.CopyFrom(vi)

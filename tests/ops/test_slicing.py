@@ -3,8 +3,10 @@ Expected index maps, constants and weights are worked out by hand here."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from builders import GraphBuilder, _finish
+from onnx import TensorProto, helper
 from opkit import OUT, assert_groups, const, cut, groups, kept, macs, name_of, node, port
 
 import onnxprune
@@ -122,3 +124,45 @@ def test_gather_gives_its_output_rank_where_shape_inference_gives_up():
     result = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.5))
     assert result.verification is not None and result.verification.mask_equivalent is True
     assert result.report["groups"][0]["kept"] == 3
+
+
+def _token_model(b: GraphBuilder, y: str, seq: int = 4) -> onnx.ModelProto:
+    """The builder's graph with an int64 ``ids`` [1, seq] input instead of ``x``."""
+    graph = helper.make_graph(b.nodes, "tokens", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, seq])],
+                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)], b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    inferred = onnx.shape_inference.infer_shapes(model)
+    model.graph.output[0].CopyFrom(inferred.graph.output[0])
+    return model
+
+
+def test_embedding_table_columns_are_the_hidden_width():
+    """ids -> Gather(table[10,6]) + position table[1,4,6] -> LayerNorm -> B: MatMul(6->3) -> y
+    the table's columns are channels; the LayerNorm keeps dividing by 6 (exact)"""
+    b = GraphBuilder(60)
+    emb = b.op("Gather", [b.const(b.randn(10, 6), "E"), "ids"], axis=0)
+    pos = b.op("Add", [emb, b.const(b.randn(1, 4, 6), "P")])
+    ln = b.op("LayerNormalization", [pos, b.const(b.randn(6) + 1, "g"), b.const(b.randn(6), "b")], axis=-1)
+    y = b.op("MatMul", [ln, b.const(b.randn(6, 3), "W")])
+    model = _token_model(b, y)
+    assert_groups(model, [(6, None), (3, "reaches graph output")])
+    result = cut(model, (emb, 6, [0, 2, 3, 5], 2))
+    np.testing.assert_array_equal(port(result.model, name_of(emb), 0), port(model, name_of(emb), 0)[:, [0, 2, 3, 5]])
+    np.testing.assert_array_equal(port(result.model, name_of(y), 1), port(model, name_of(y), 1)[[0, 2, 3, 5]])
+
+
+def test_a_class_token_expanded_and_joined_keeps_the_kept_channels():
+    """x[1,4,6] -> A: MatMul(6->6); Concat(Expand(cls[1,1,6], Shape(x)[0:1] ++ [1,1]), A, axis=1) [1,5,6]
+    -> B: MatMul(6->3) -> y: the class token is cut with A's channels; its Expand shape keeps axis 2 at 1"""
+    b = GraphBuilder(61)
+    a = b.op("MatMul", ["x", b.const(b.randn(6, 6), "W")])
+    batch = b.op("Slice", [b.op("Shape", ["x"]), b.ints([0]), b.ints([1])])
+    cls = b.op("Expand", [b.const(b.randn(1, 1, 6), "cls"), b.op("Concat", [batch, b.ints([1, 1])], axis=0)])
+    joined = b.op("Concat", [cls, a], axis=1)
+    y = b.op("MatMul", [joined, b.const(b.randn(6, 3), "W")])
+    model = _finish(b, y, x_shape=(1, 4, 6))
+    assert_groups(model, [(6, None), (3, OUT)])
+    result = cut(model, (a, 6, [1, 4], 2))
+    expand, before = (next(n for n in m.graph.node if n.op_type == "Expand") for m in (result.model, model))
+    np.testing.assert_array_equal(const(result.model, expand.input[0]), const(model, before.input[0])[:, :, [1, 4]])

@@ -54,16 +54,25 @@ def test_resize_scaling_channels_blocks():
     assert "scales the channel axis" in reasons[0]
 
 
-@pytest.mark.parametrize("axes,reason", [([2, 3], None), ([1], "reduces over the channel axis")])
-def test_reduce(axes, reason):
-    """x -> A: Conv(3->4) -> ReduceSum(axes, keepdims=1) -> C: Conv(4 or 1 -> 2) -> y"""
+@pytest.mark.parametrize("op,axes,reason", [("ReduceSum", [2, 3], None), ("ReduceSum", [1], None),
+                                             ("ReduceMean", [1], None), ("ReduceL2", [1], None),
+                                             ("ReduceMax", [1], "reduces over the channel axis")])
+def test_reduce(op, axes, reason):
+    """x -> A: Conv(3->4) -> Reduce(axes, keepdims=1) -> C: Conv(4 or 1 -> 2) -> y
+    Sums over the channels stay exact with removed channels at zero (a mean keeps dividing by 4); a max does not."""
     b = GraphBuilder(57)
     a = b.conv("x", 3, 4)
-    r = b.op("ReduceSum", [a, b.ints(axes)], keepdims=1)
-    model = _finish(b, _tail(b, r, 4 if reason is None else 1))
+    if op == "ReduceSum":  # opset 17: ReduceSum takes its axes as an input, the others as an attribute
+        r = b.op(op, [a, b.ints(axes)], keepdims=1)
+    else:
+        r = b.op(op, [a], keepdims=1, axes=axes)
+    model = _finish(b, _tail(b, r, 1 if 1 in axes else 4))
     assert_groups(model, [(4, reason), (2, OUT)])
     if reason is None:
-        assert kept(cut(model, (a, 4, [1, 2])), r) == [1, 2]
+        result = cut(model, (a, 4, [1, 2]))
+        assert kept(result, r) == ([1, 2] if 1 not in axes else None)
+        shares = [n for n in result.model.graph.node if n.op_type == "Mul"]
+        assert [float(const(result.model, n.input[1])) for n in shares] == ([0.5] if op == "ReduceMean" else [])
 
 
 @pytest.mark.parametrize("pads,reason", [([0, 0, 1, 1, 0, 0, 1, 1], None),
