@@ -3,8 +3,8 @@
 ``Attention`` holds the Q, K and V projections in one packed weight ``[hidden, 3 * D]`` (and bias ``[3 * D]``)
 and returns the merged heads ``[batch, sequence, D]``: its output channels are created here, head_dim at a time,
 so whole heads are the units; cutting heads slices the same columns of Q, K and V and lowers ``num_heads``
-(head_dim, hence the default scale, stays). The hidden width it reads is blocked (not cut yet), and so are heads
-of an Attention with a KV cache (``past``/``present``) or unequal ``qkv_hidden_sizes``.
+(head_dim, hence the default scale, stays). The hidden width it reads is the packed weight's rows. Heads of an
+Attention with a KV cache (``past``/``present``) stay; unequal ``qkv_hidden_sizes`` block what it reads.
 ``MultiHeadAttention`` and ``GroupQueryAttention`` block what they read. All give their output's rank, so that
 the MLP after them is analysed instead of blocked for an unknown rank.
 """
@@ -56,11 +56,20 @@ class PackedAttention(Handler):
 
     def propagate(self, i: int, node: NodeProto, ctx: AnalysisContext) -> None:
         label = f"Attention {ctx.node_label(i)}"
-        ctx.block_inputs(i, f"{label} reads the hidden width (hidden-width pruning is not supported yet)")
         width = packed_width(node, ctx.graph)
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else ""
         if width is None or (bias and not ctx.graph.is_const(bias)) or not ctx.graph.is_const(node.input[1]):
+            ctx.block_inputs(i, f"{label} has computed, unequal or uneven Q/K/V weights")
             return  # the output's channels stay: nothing here creates them in heads
+        lx, rank = ctx.labeled(node.input[0]), ctx.graph.rank(node.input[0])
+        for name in node.input[3:]:
+            if ctx.labeled(name) is not None:
+                ctx.block_inputs(i, f"{label} reads channels in its mask or cache inputs")
+                return
+        if lx is not None and lx.axis == (rank or 0) - 1:
+            ctx.weight(node.input[1], lx.atoms, "in", i, axis=0)  # the hidden width: rows of the packed weight
+        elif lx is not None:
+            ctx.block(lx.atoms, f"{label} reads channels on another axis than its hidden width")
         d, head_dim = width
         atoms = ctx.source(i, node.output[0], 2, d)
         heads = atoms.reshape(-1, head_dim)
@@ -79,10 +88,16 @@ class PackedAttention(Handler):
     def apply(self, i: int, node: NodeProto, rw: RewriteContext) -> None:
         keep = rw.keep(node.output[0])
         width = packed_width(node, rw.graph)
-        if keep is None or width is None:
+        if (keep is None and rw.keep(node.input[0]) is None) or width is None:
             return
         d, head_dim = width
         w = rw.const(node.input[1])
+        kin = rw.keep(node.input[0])
+        if kin is not None:
+            w = w[kin]
+        if keep is None:
+            rw.set_input(i, 1, w)
+            return
         rw.set_input(i, 1, w.reshape(w.shape[0], 3, d)[:, :, keep].reshape(w.shape[0], 3 * len(keep)))
         if len(node.input) > 2 and node.input[2]:
             rw.set_input(i, 2, rw.const(node.input[2]).reshape(3, d)[:, keep].reshape(-1))
@@ -100,7 +115,7 @@ class PackedAttention(Handler):
         return batch * seq * hidden * 3 * d + 2 * batch * seq * seq * d
 
     def mac_scaling(self, node: NodeProto, graph: Graph) -> tuple[str, ...]:
-        return (node.output[0],)
+        return (node.input[0], node.output[0])  # exact for the projection, which dominates
 
     def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
         return same_rank(node, rank)

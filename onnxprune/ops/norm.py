@@ -121,48 +121,78 @@ def _plain_layer_norm(node: NodeProto, ctx) -> bool:
 
 
 def _layer_norm_apply(i: int, node: NodeProto, rw: RewriteContext) -> None:
-    """LayerNorm over K kept of C channels, written out so the statistics still divide by C.
-
-    With the removed channels at zero (the masked original), mean = sum(x_K) / C and
-    var = (sum((x_K - mean)^2) + (C - K) * mean^2) / C; the kept outputs are then exactly the original's.
-    """
     x, y = node.input[0], node.output[0]
     keep = rw.keep(x)
     if keep is None:
         return
-    size, kept = rw.label(x).size, len(keep)
-    dtype = rw.const(node.input[1]).dtype
-    eps = float(attr(node, "epsilon", 1e-5))
     base = (node.name or f"LayerNormalization_{i}").replace("/", "_")
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    nodes, constants = exact_norm(rw, base, x, y, keep, rw.label(x).size, node.input[1], bias,
+                                  float(attr(node, "epsilon", 1e-5)))
+    rw.replace_node(i, nodes, constants)
+
+
+def exact_norm(rw: RewriteContext, base: str, x: str, y: str, keep: np.ndarray, size: int, scale: str,
+               bias: str | None, eps: float, rms: bool = False, removed: np.ndarray | None = None
+               ) -> tuple[list[NodeProto], dict[str, np.ndarray]]:
+    """LayerNorm (or, with ``rms``, RMSNorm) of ``x`` over K kept of ``size`` = C channels on the last axis,
+    written out so that the statistics still divide by C; ``scale`` and ``bias`` are the original constants;
+    ``removed``: the constant values the removed channels hold in the masked original (a bias added inside a
+    fused op), zero when not given.
+
+    With removed values r (R of them), mean = (sum(x_K) + sum(r)) / C and
+    var = (sum((x_K - mean)^2) + sum(r^2) - 2 mean sum(r) + R mean^2) / C (RMSNorm: mean square =
+    (sum(x_K^2) + sum(r^2)) / C); the kept outputs are then exactly the original's. Returns the nodes and the new
+    constants they read."""
+    dtype = rw.const(scale).dtype
+    r = np.zeros(size - len(keep), dtype=np.float64) if removed is None else removed.astype(np.float64)
     n = lambda tag: rw.fresh(f"{base}_{tag}")  # noqa: E731
     c = {n("axes"): np.array([-1], dtype=np.int64), n("inv_c"): np.array(1.0 / size, dtype=dtype),
-         n("missing"): np.array(size - kept, dtype=dtype), n("eps"): np.array(eps, dtype=dtype),
-         n("scale"): np.take(rw.const(node.input[1]), keep, axis=-1)}
-    axes, inv_c, missing, eps_name, scale = c
-    bias = None
-    if len(node.input) > 2 and node.input[2]:
-        bias = n("bias")
-        c[bias] = np.take(rw.const(node.input[2]), keep, axis=-1)
-    t = {tag: n(tag) for tag in ("sum", "mean", "d", "d2", "ssd", "mean2", "fill", "tot", "var", "vpe",
-                                  "std", "norm", "scaled")}
-    nodes = [
-        h.make_node("ReduceSum", [x, axes], [t["sum"]], keepdims=1),
-        h.make_node("Mul", [t["sum"], inv_c], [t["mean"]]),
-        h.make_node("Sub", [x, t["mean"]], [t["d"]]),
-        h.make_node("Mul", [t["d"], t["d"]], [t["d2"]]),
-        h.make_node("ReduceSum", [t["d2"], axes], [t["ssd"]], keepdims=1),
-        h.make_node("Mul", [t["mean"], t["mean"]], [t["mean2"]]),
-        h.make_node("Mul", [t["mean2"], missing], [t["fill"]]),
-        h.make_node("Add", [t["ssd"], t["fill"]], [t["tot"]]),
+         n("missing"): np.array(len(r), dtype=dtype), n("eps"): np.array(eps, dtype=dtype),
+         n("scale"): np.take(rw.const(scale), keep, axis=-1), n("r_sum"): np.array(r.sum(), dtype=dtype),
+         n("r_square"): np.array((r * r).sum(), dtype=dtype), n("r_twice"): np.array(2 * r.sum(), dtype=dtype)}
+    axes, inv_c, missing, eps_name, scale_name, r_sum, r_square, r_twice = c
+    shifted = bool(np.any(r))
+    bias_name = None
+    if bias:
+        bias_name = n("bias")
+        c[bias_name] = np.take(rw.const(bias), keep, axis=-1)
+    t = {tag: n(tag) for tag in ("sum", "all", "mean", "d", "d2", "ssd", "mean2", "fill", "cross", "fill2",
+                                  "fill3", "tot", "var", "vpe", "std", "norm", "scaled")}
+    if rms:  # no centring: the mean square over C
+        nodes = [h.make_node("Mul", [x, x], [t["d2"]]),
+                 h.make_node("ReduceSum", [t["d2"], axes], [t["ssd"] if shifted else t["tot"]], keepdims=1)]
+        if shifted:
+            nodes.append(h.make_node("Add", [t["ssd"], r_square], [t["tot"]]))
+        t["d"] = x
+    else:
+        nodes = [h.make_node("ReduceSum", [x, axes], [t["sum"] if shifted else t["all"]], keepdims=1)]
+        if shifted:
+            nodes.append(h.make_node("Add", [t["sum"], r_sum], [t["all"]]))
+        nodes += [
+            h.make_node("Mul", [t["all"], inv_c], [t["mean"]]),
+            h.make_node("Sub", [x, t["mean"]], [t["d"]]),
+            h.make_node("Mul", [t["d"], t["d"]], [t["d2"]]),
+            h.make_node("ReduceSum", [t["d2"], axes], [t["ssd"]], keepdims=1),
+            h.make_node("Mul", [t["mean"], t["mean"]], [t["mean2"]]),
+            h.make_node("Mul", [t["mean2"], missing], [t["fill"] if shifted else t["fill3"]]),
+        ]
+        if shifted:  # + sum(r^2) - 2 mean sum(r)
+            nodes += [h.make_node("Mul", [t["mean"], r_twice], [t["cross"]]),
+                      h.make_node("Sub", [t["fill"], t["cross"]], [t["fill2"]]),
+                      h.make_node("Add", [t["fill2"], r_square], [t["fill3"]])]
+        nodes.append(h.make_node("Add", [t["ssd"], t["fill3"]], [t["tot"]]))
+    nodes += [
         h.make_node("Mul", [t["tot"], inv_c], [t["var"]]),
         h.make_node("Add", [t["var"], eps_name], [t["vpe"]]),
         h.make_node("Sqrt", [t["vpe"]], [t["std"]]),
         h.make_node("Div", [t["d"], t["std"]], [t["norm"]]),
-        h.make_node("Mul", [t["norm"], scale], [t["scaled"] if bias else y]),
+        h.make_node("Mul", [t["norm"], scale_name], [t["scaled"] if bias_name else y]),
     ]
-    if bias:
-        nodes.append(h.make_node("Add", [t["scaled"], bias], [y]))
-    rw.replace_node(i, nodes, c)
+    if bias_name:
+        nodes.append(h.make_node("Add", [t["scaled"], bias_name], [y]))
+    used = {name for node in nodes for name in node.input}
+    return nodes, {name: value for name, value in c.items() if name in used}
 
 
 @register

@@ -1,4 +1,4 @@
-"""Ops that move or regroup axes: Transpose, (Un)Squeeze, Flatten, Reshape, and Shape (which reads them)."""
+"""Ops that move or regroup axes: Transpose, (Un)Squeeze, Flatten, Reshape and Expand."""
 from __future__ import annotations
 
 import numpy as np
@@ -190,7 +190,7 @@ def _static(dims: list) -> bool:
     return all(isinstance(d, int) for d in dims)
 
 
-def _product(dims: list) -> tuple[int, tuple[str, ...]] | None:
+def dims_product(dims: list) -> tuple[int, tuple[str, ...]] | None:
     """A product of dims as (static part, sorted symbols), or ``None`` when a dim is unknown."""
     static, symbols = 1, []
     for d in dims:
@@ -214,13 +214,13 @@ def _matching_runs(src: list, dst: list, axis: int) -> tuple[int, int, int, int]
         for a1 in range(axis + 1, len(src) + 1):
             if not _static(src[a0:a1]):
                 break
-            tail = _product(src[a1:])
+            tail = dims_product(src[a1:])
             size = int(np.prod(src[a0:a1]))
             for b0 in range(len(dst)):
                 for b1 in range(b0 + 1, len(dst) + 1):
                     if not _static(dst[b0:b1]):
                         break
-                    if tail is not None and int(np.prod(dst[b0:b1])) == size and _product(dst[b1:]) == tail:
+                    if tail is not None and int(np.prod(dst[b0:b1])) == size and dims_product(dst[b1:]) == tail:
                         cost = (a1 - a0) + (b1 - b0)
                         if best is None or cost < best[0]:
                             best = (cost, (a0, a1, b0, b1))
@@ -349,46 +349,3 @@ class Expand(Handler):
 def _shape_length(rw: RewriteContext, node: NodeProto) -> int:
     shape = rw.graph.shape(node.input[1])
     return shape[0] if shape and isinstance(shape[0], int) else 0
-
-
-@register
-class Shape(Handler):
-    op_types = ("Shape",)
-
-    def propagate(self, i: int, node: NodeProto, ctx: AnalysisContext) -> None:
-        """A Shape of a channel tensor is fine while nobody reads the channel count from it."""
-        lx = ctx.labeled(node.input[0])
-        if lx is None:
-            return
-        start = int(attr(node, "start", 0))
-        rank = ctx.graph.rank(node.input[0])
-        if rank is None:
-            ctx.block(lx.atoms, f"Shape {ctx.node_label(i)}: rank unknown")
-            return
-        end = int(attr(node, "end", rank))
-        start, end = start % rank if start < 0 else min(start, rank), end % rank if end < 0 else min(end, rank)
-        if not start <= lx.axis < end:
-            return
-        pos = lx.axis - start
-        for j, port in ctx.graph.consumer_nodes(node.output[0]):
-            entries = _entries_read(ctx.graph, ctx.graph.nodes[j], end - start) if port == 0 else None
-            if entries is None or pos in entries:
-                ctx.block(lx.atoms, f"Shape {ctx.node_label(i)} reads the channel count")
-                return
-
-
-def _entries_read(graph: Graph, user: NodeProto, length: int) -> list[int] | None:
-    """The entries of a shape vector of ``length`` that a Gather or Slice takes, or ``None`` if not known."""
-    def ints(k: int) -> list[int] | None:
-        value = graph.value(user.input[k]) if len(user.input) > k and user.input[k] else None
-        return None if value is None else [int(v) for v in np.asarray(value).ravel()]
-
-    if user.op_type == "Gather":
-        idx = ints(1)
-        return None if idx is None else [x % length for x in idx]
-    if user.op_type == "Slice" and len(user.input) >= 3:
-        starts, ends, steps = ints(1), ints(2), ints(4) or [1]
-        if starts is None or ends is None or len(starts) != 1 or (ints(3) or [0])[0] != 0:
-            return None
-        return list(range(length))[slice(starts[0], ends[0], steps[0])]
-    return None

@@ -29,7 +29,7 @@ class Concat(Handler):
         if lab_axes != {axis}:
             present = [lab for lab in labs if lab is not None]
             first = present[0]
-            passive = [_passive_constant(ctx.graph, node, p, first.axis, first.size)
+            passive = [_passive_constant(ctx.graph, i, node, p, first.axis, first.size)
                        for p, lab in enumerate(labs) if lab is None]
             if len(lab_axes) == 1 and all(passive):  # joined along another axis: tie
                 for lab in present[1:]:
@@ -64,7 +64,7 @@ class Concat(Handler):
         if keep is None or ly is None:
             return
         for p, name in enumerate(node.input):
-            where = None if rw.labeled(name) is not None else _passive_constant(rw.graph, node, p, ly.axis, ly.size)
+            where = None if rw.labeled(name) is not None else _passive_constant(rw.graph, i, node, p, ly.axis, ly.size)
             if where is None:
                 continue
             value = np.take(rw.const(where[2]), keep, axis=where[3])
@@ -74,7 +74,7 @@ class Concat(Handler):
                 _shrink_expand(rw, where[0], value, ly.axis)
 
 
-def _passive_constant(graph: Graph, node: NodeProto, port: int, axis: int, size: int
+def _passive_constant(graph: Graph, i: int, node: NodeProto, port: int, axis: int, size: int
                       ) -> tuple[int, int, str, int] | None:
     """Where the channels of an unlabeled Concat input come from a constant: (node, port, constant, axis in
     it) for the constant itself or for an Expand of one (``cls_token.expand(batch, -1, -1)``), else ``None``."""
@@ -82,7 +82,7 @@ def _passive_constant(graph: Graph, node: NodeProto, port: int, axis: int, size:
     if graph.is_const(name):
         shape = graph.const_shape(name)
         fits = shape is not None and len(shape) > axis and shape[axis] == size
-        return (graph.nodes.index(node), port, name, axis) if fits else None
+        return (i, port, name, axis) if fits else None
     producer = graph.producer.get(name)
     if producer is None:
         return None
@@ -98,31 +98,31 @@ def _passive_constant(graph: Graph, node: NodeProto, port: int, axis: int, size:
 
 
 def _shrink_expand(rw: RewriteContext, j: int, data: np.ndarray, axis: int) -> None:
-    """Expand node ``j`` broadcasts the cut constant ``data``: its shape keeps that axis at 1 (the data's)."""
+    """Expand node ``j`` broadcasts the cut constant ``data``: a new Expand reads it, with the shape entry of
+    that axis set to 1 (the data's width) -- in the constant shape, or by a ScatterElements on a computed one."""
     expand = rw.graph.nodes[j]
     out_rank = rw.graph.rank(expand.output[0]) or 0
+    names = {tag: rw.fresh(f"{expand.input[0]}_{tag}") for tag in ("pruned", "shape", "index", "one")}
+    new = NodeProto()
+    new.CopyFrom(expand)
+    new.input[0] = names["pruned"]
+    nodes, constants = [new], {names["pruned"]: data}
     if rw.graph.is_const(expand.input[1]):
         shape = np.array(rw.const(expand.input[1]), dtype=np.int64).copy()
         entry = axis - (out_rank - len(shape))
         if entry >= 0:
             shape[entry] = 1
-            rw.set_input(j, 1, shape)
-        rw.set_input(j, 0, data)
-        return
-    length = rw.graph.shape(expand.input[1])
-    entry = axis - (out_rank - int(length[0] if length and isinstance(length[0], int) else 0))
-    names = {tag: rw.fresh(f"{expand.input[0]}_{tag}") for tag in ("pruned", "shape", "index", "one")}
-    new = NodeProto()
-    new.CopyFrom(expand)
-    new.input[0] = names["pruned"]
-    nodes = [new]
-    constants = {names["pruned"]: data}
-    if entry >= 0:
         new.input[1] = names["shape"]
-        nodes.insert(0, helper.make_node("ScatterElements", [expand.input[1], names["index"], names["one"]],
-                                         [names["shape"]], name=rw.fresh(f"{expand.name}_shape"), axis=0))
-        constants.update({names["index"]: np.array([entry], dtype=np.int64),
-                          names["one"]: np.array([1], dtype=np.int64)})
+        constants[names["shape"]] = shape
+    else:
+        length = rw.graph.shape(expand.input[1])
+        entry = axis - (out_rank - int(length[0] if length and isinstance(length[0], int) else 0))
+        if entry >= 0:
+            new.input[1] = names["shape"]
+            nodes.insert(0, helper.make_node("ScatterElements", [expand.input[1], names["index"], names["one"]],
+                                             [names["shape"]], name=rw.fresh(f"{expand.name}_shape"), axis=0))
+            constants.update({names["index"]: np.array([entry], dtype=np.int64),
+                              names["one"]: np.array([1], dtype=np.int64)})
     rw.replace_node(j, nodes, constants)
 
 

@@ -125,8 +125,7 @@ def _assemble(rw: Rewriter, analysis: Analysis, keep: dict[str, np.ndarray]) -> 
     _emit_nodes(rw, graph, consts, g_out)
     _drop_dead_folds(g_out, graph)
     _emit_initializers(graph, consts, g_out)
-    touched = {j for j, _ in rw.new_inputs} | set(rw.replacements)
-    stale = {o for j in touched for o in graph.nodes[j].output} - set(keep)
+    stale = {o for j in rw.replacements for o in graph.nodes[j].output} - set(keep)
     _emit_value_infos(analysis, keep, consts, g_out, stale)
     return out
 
@@ -221,7 +220,7 @@ def _emit_initializers(graph: Graph, c: _Constants, g_out: onnx.GraphProto) -> N
 def _emit_value_infos(analysis: Analysis, keep: dict[str, np.ndarray], c: _Constants,
                       g_out: onnx.GraphProto, stale: set[str]) -> None:
     """Graph inputs (old IR versions list initializers too) and value infos, with the new extents; ``stale``
-    outputs (of nodes given new inputs, outside the plan: an Expand of a cut class token) lose theirs."""
+    outputs (of replaced nodes, outside the plan: an Expand of a cut class token) lose theirs."""
     graph = analysis.graph
     src = graph.model
     used = {n for node in g_out.node for n in node.input} | set(graph.outputs) | _subgraph_reads(g_out)

@@ -13,7 +13,7 @@ MS = [("com.microsoft", 1)]
 def mlp_after_attention():
     """x[1,5,8] -> A: MatMul(8->8) -> Attention(2 heads, packed QKV [8,24]) -> B: MatMul(8->16) -> Relu
     -> C: MatMul(16->3) -> y
-    groups: A's 8 (blocked: hidden width), the 2 heads (prunable), B's 16 (prunable), C's 3 (output)"""
+    groups: A's 8 (the packed weight's rows), the 2 heads, B's 16, C's 3 (output)"""
     b = GraphBuilder(11)
     a = b.op("MatMul", ["x", b.const(b.randn(8, 8), "W")])
     att = b.op("Attention", [a, b.const(b.randn(8, 24), "Wqkv"), b.const(b.randn(24, scale=0.1), "Bqkv")],
@@ -24,9 +24,9 @@ def mlp_after_attention():
     return _finish(b, y, x_shape=(1, 5, 8), extra_opsets=MS), {att: 8, up: 16, act: 16}, up, y
 
 
-def test_attention_blocks_its_input_and_the_mlp_after_it_prunes():
+def test_the_mlp_after_attention_prunes():
     model, widths, up, y = mlp_after_attention()
-    assert_groups(model, [(8, "reads the hidden width"), (2, None), (16, None), (3, OUT)])  # no value_info
+    assert_groups(model, [(8, None), (2, None), (16, None), (3, OUT)])  # no value_info
     result = cut(declared(model, widths), (up, 16, [1, 2, 7, 8, 9, 15], 2))
     new = result.model
     np.testing.assert_array_equal(port(new, name_of(up), 1), port(model, name_of(up), 1)[:, [1, 2, 7, 8, 9, 15]])
@@ -49,7 +49,7 @@ def test_attention_heads_cut_the_packed_weight_and_num_heads():
 
 
 def test_attention_with_a_kv_cache_keeps_its_heads():
-    """Attention(x, W, b, mask="", past) -> (y, present): heads stay, with the reason."""
+    """Attention(x, W, b, mask="", past) -> (y, present): heads stay, with the reason."""  # noqa: D401
     b = GraphBuilder(12)
     past = b.const(np.zeros((2, 1, 2, 0, 4), dtype=np.float32), "past")  # [2, batch, heads, 0, head_dim]
     att, present = b.op("Attention", ["x", b.const(b.randn(8, 24), "Wqkv"), b.const(b.randn(24), "Bqkv"), "",
@@ -57,3 +57,13 @@ def test_attention_with_a_kv_cache_keeps_its_heads():
     y = b.op("MatMul", [att, b.const(b.randn(8, 3), "W")])
     model = _finish(b, y, x_shape=(1, 5, 8), extra_opsets=MS)
     assert_groups(model, [(2, "has a KV cache"), (3, OUT)])
+
+
+def test_attention_hidden_width_is_the_packed_weights_rows():
+    model, widths, _, _ = mlp_after_attention()
+    a = next(n for n in model.graph.node if n.op_type == "MatMul")
+    att = next(n for n in model.graph.node if n.op_type == "Attention")
+    result = cut(declared(model, widths), (a.output[0], 8, [0, 3, 6], 2))
+    new = next(n for n in result.model.graph.node if n.op_type == "Attention")
+    np.testing.assert_array_equal(port(result.model, new.name, 1), port(model, att.name, 1)[[0, 3, 6]])
+    assert attrs(new)["num_heads"] == 2

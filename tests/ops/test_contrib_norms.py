@@ -1,11 +1,13 @@
-"""com.microsoft SkipLayerNormalization / SkipSimplifiedLayerNormalization (onnxprune/ops/contrib_norms.py): the
-hidden width they normalise is blocked; a MatMul reading them (no value_info: onnx shape inference does not know
-contrib ops) still starts a prunable group, because the handler gives their outputs' rank."""
+"""com.microsoft SkipLayerNormalization / SkipSimplifiedLayerNormalization (onnxprune/ops/contrib_norms.py): input
+and skip are tied and the hidden width they normalise is cut exactly (the node written out, dividing by the original
+width); a fixed skip blocks; a MatMul reading them (no value_info: onnx shape inference does not know contrib ops)
+still starts a prunable group, because the handler gives their outputs' rank."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from builders import GraphBuilder, _finish
+from onnx import TensorProto, helper
 from opkit import OUT, assert_groups, cut, declared, macs, name_of, port
 
 MS = [("com.microsoft", 1)]
@@ -26,11 +28,35 @@ def mlp_after_skip_norm(op: str):
 
 
 @pytest.mark.parametrize("op", ["SkipLayerNormalization", "SkipSimplifiedLayerNormalization"])
-def test_skip_norm_blocks_the_hidden_width_and_lets_the_mlp_prune(op):
+def test_skip_norm_with_a_fixed_skip_blocks_and_lets_the_mlp_prune(op):
     model, widths, up, y = mlp_after_skip_norm(op)
-    assert_groups(model, [(4, "normalises over the hidden width"), (8, None), (3, OUT)])  # no value_info
+    assert_groups(model, [(4, "adds the channels to a fixed operand"), (8, None), (3, OUT)])  # no value_info
     result = cut(declared(model, widths), (up, 8, [0, 3, 5, 6], 2))
     new = result.model
     np.testing.assert_array_equal(port(new, name_of(up), 1), port(model, name_of(up), 1)[:, [0, 3, 5, 6]])
     np.testing.assert_array_equal(port(new, name_of(y), 1), port(model, name_of(y), 1)[[0, 3, 5, 6]])
     assert macs(model, name_of(up)) == 5 * 8 * 4 and macs(new, name_of(up)) == 5 * 4 * 4
+
+
+@pytest.mark.parametrize("op", ["SkipLayerNormalization", "SkipSimplifiedLayerNormalization"])
+def test_skip_norm_cuts_the_hidden_width_exactly(op):
+    """x[1,5,4] -> A: MatMul(4->6), S: MatMul(4->6) -> SkipNorm(A, S, gamma, beta?, bias) -> (y0, sum)
+    -> B: MatMul(6->3) of y0 + C: MatMul(6->3) of the sum -> y      groups: A+S tied (6), the output's 3"""
+    b = GraphBuilder(8)
+    a = b.op("MatMul", ["x", b.const(b.randn(4, 6), "W")])
+    skip = b.op("MatMul", ["x", b.const(b.randn(4, 6), "W")])
+    params = [b.const(np.abs(b.randn(6)) + 0.5, "g")]
+    if op == "SkipLayerNormalization":
+        params.append(b.const(b.randn(6, scale=0.1), "beta"))
+    params.append(b.const(b.randn(6, scale=0.3), "bias"))
+    norm, _, _, total = b.op(op, [a, skip, *params], n_out=4, domain="com.microsoft", epsilon=1e-5)
+    b.nodes[-1].output[1] = b.nodes[-1].output[2] = ""
+    y = b.op("Add", [b.op("MatMul", [norm, b.const(b.randn(6, 3), "W")]),
+                     b.op("MatMul", [total, b.const(b.randn(6, 3), "W")])])
+    model = declared(_finish(b, y, x_shape=(1, 5, 4), extra_opsets=MS), {norm: 6, total: 6})
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 3]))
+    assert_groups(model, [(6, None), (3, OUT)])
+    result = cut(model, (a, 6, [0, 2, 5], 2))
+    ops = [n.op_type for n in result.model.graph.node]
+    assert op not in ops and ops.count("ReduceSum") == (2 if op == "SkipLayerNormalization" else 1)
+    np.testing.assert_array_equal(port(result.model, name_of(skip), 1), port(model, name_of(skip), 1)[:, [0, 2, 5]])

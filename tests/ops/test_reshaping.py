@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from builders import GraphBuilder, _finish
-from opkit import OUT, assert_groups, attrs, const, cut, groups, kept, macs, name_of, node, port
+from opkit import OUT, assert_groups, const, cut, kept, macs, name_of, node, port
 
 
 def _tail(b: GraphBuilder, h: str, cin: int) -> str:
@@ -92,28 +92,3 @@ def test_channel_shuffle_ties_channels_in_units():
     assert_groups(model, [(2, None), (2, OUT)])
     result = cut(model, (a, 4, [1, 3]))
     np.testing.assert_array_equal(port(result.model, name_of(a), 1), port(model, name_of(a), 1)[[1, 3]])
-
-
-def test_shape_read_for_the_channel_count_blocks():
-    """x -> A: Conv(3->4) = a -> Reshape(a, Shape(a)) -> C: Conv(4->2) -> y   (the 4 is read at run time)"""
-    b = GraphBuilder(60)
-    a = b.conv("x", 3, 4)
-    r = b.op("Reshape", [a, b.op("Shape", [a])])
-    model = _finish(b, _tail(b, r, 4))
-    reasons = [r for _, r in groups(model)]
-    assert "reads the channel count" in reasons[0]
-
-
-def test_shape_of_spatial_dims_passes():
-    """x -> A: Conv(3->4) = a -> Shape(a, start=2) = hw -> Expand(ones[1,1,1,1], Concat([1,1], hw)) = e
-    Add(a, e) -> C: Conv(4->2) -> y          (only H and W are read: the group stays prunable)"""
-    b = GraphBuilder(61)
-    a = b.conv("x", 3, 4)
-    hw = b.op("Shape", [a], start=2)
-    ones = b.op("Expand", [b.const(np.ones((1, 1, 1, 1), np.float32), "one"),
-                           b.op("Concat", [b.ints([1, 1]), hw], axis=0)])
-    s = b.op("Add", [a, ones])
-    model = _finish(b, _tail(b, s, 4))
-    assert_groups(model, [(4, None), (2, OUT)])
-    assert attrs(node(model, name_of(hw)))["start"] == 2
-    assert kept(cut(model, (a, 4, [0, 2])), s) == [0, 2]
