@@ -751,3 +751,34 @@ def tiny_transformer(seed: int = 0, layers: int = 1, heads: int = 2, head_dim: i
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def attention_block(heads: int = 2, kv_heads: int | None = None, computed_shape: bool = False) -> tuple:
+    """x[1,S,8] -> Q: MatMul(8->H*D), K, V: MatMul(8->KV*D) -> Reshape [1,S,H,D] -> Transpose [1,H,S,D]
+    (K, V: repeated KV -> H by Unsqueeze/Expand/Reshape) -> Q K^T -> Softmax -> P V -> Transpose ->
+    Reshape [1,S,H*D] -> O: MatMul(H*D->3) -> y"""
+    S, D = 4, 4  # sequence length, head_dim
+    kv = kv_heads or heads
+    b = GraphBuilder(5)
+
+    def heads_of(width: int, count: int, name: str) -> str:
+        proj = b.op("MatMul", ["x", b.const(b.randn(8, width), name)])
+        if computed_shape:  # Concat(Shape(x)[0:2], [count, D]) as the legacy exporter writes it
+            lead = b.op("Slice", [b.op("Shape", ["x"]), b.ints([0]), b.ints([2])])
+            shape = b.op("Concat", [lead, b.ints([count, D])], axis=0)
+        else:
+            shape = b.ints([1, S, count, D])
+        return b.op("Transpose", [b.op("Reshape", [proj, shape])], perm=[0, 2, 1, 3])
+
+    q, k, v = heads_of(heads * D, heads, "Wq"), heads_of(kv * D, kv, "Wk"), heads_of(kv * D, kv, "Wv")
+    if kv != heads:
+        def repeat(t: str) -> str:
+            e = b.op("Expand", [b.op("Unsqueeze", [t, b.ints([2])]), b.ints([1, kv, heads // kv, S, D])])
+            return b.op("Reshape", [e, b.ints([1, heads, S, D])])
+        k, v = repeat(k), repeat(v)
+    scores = b.op("MatMul", [q, b.op("Transpose", [k], perm=[0, 1, 3, 2])])
+    p = b.op("Softmax", [b.op("Mul", [scores, b.floats([0.5])])], axis=-1)
+    merged = b.op("Reshape", [b.op("Transpose", [b.op("MatMul", [p, v])], perm=[0, 2, 1, 3]),
+                              b.ints([1, S, heads * D])])
+    y = b.op("MatMul", [merged, b.const(b.randn(heads * D, 3), "Wo")])
+    return _finish(b, y, x_shape=(1, S, 8)), q, merged

@@ -101,13 +101,14 @@ def input_shapes(model: onnx.ModelProto, batch: int = 2) -> dict[str, list[int]]
 
 
 def random_feeds(model: onnx.ModelProto, seed: int = 123, batch: int = 2) -> dict[str, np.ndarray]:
-    """Standard normal floats; integer inputs (token ids, masks) get 0s and 1s, valid for any table."""
+    """Standard normal floats; integer inputs get 0s and 1s (token ids valid for any table), attention masks ones."""
     rng = np.random.default_rng(seed)
     types = {vi.name: vi.type.tensor_type.elem_type for vi in model.graph.input}
     feeds = {}
     for name, shape in input_shapes(model, batch).items():
         if types[name] in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
-            feeds[name] = rng.integers(0, 2, shape).astype(helper.tensor_dtype_to_np_dtype(types[name]))
+            low = 1 if "mask" in name.lower() else 0  # a fully masked row is NaN after softmax
+            feeds[name] = rng.integers(low, 2, shape).astype(helper.tensor_dtype_to_np_dtype(types[name]))
         else:
             feeds[name] = rng.standard_normal(shape).astype(np.float32)
     return feeds
@@ -160,12 +161,14 @@ def measured_ranks(model: onnx.ModelProto, names: list[str]) -> dict[str, int]:
 
 
 def masked_model(model: onnx.ModelProto, plan) -> onnx.ModelProto:
-    """The original with ``t * mask`` inserted after every plan tensor (the plan's contract, literally)."""
+    """The original with ``t * mask`` inserted after every plan tensor (the plan's contract, literally; as
+    ``Where(mask, t, 0)`` from opset 9)."""
     ranks = tensor_ranks(model)
     entries = {t.name: t for t in plan.tensors}
     unknown = [name for name in entries if name not in ranks]
     if unknown:  # past ops onnx cannot infer (contrib ops, computed shapes): run the original and look
         ranks.update(measured_ranks(model, unknown))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     masked = onnx.ModelProto()
     masked.CopyFrom(model)
     g = masked.graph
@@ -179,11 +182,17 @@ def masked_model(model: onnx.ModelProto, plan) -> onnx.ModelProto:
         g.node.append(node)
         for o in hits:
             t = entries[o]
-            mask = np.zeros(t.size, dtype=np.float32)
-            mask[list(t.keep)] = 1.0
+            mask = np.zeros(t.size, dtype=bool)
+            mask[list(t.keep)] = True
             mask = mask.reshape([t.size] + [1] * (ranks[o] - 1 - t.axis))
-            g.initializer.append(numpy_helper.from_array(mask, o + "__mask"))
-            g.node.append(helper.make_node("Mul", [o + "__raw", o + "__mask"], [o], name=o + "__masking"))
+            if opset >= 9:  # zeroed with Where: a removed channel's -inf (an attention mask) is not 0 * inf = NaN
+                g.initializer.append(numpy_helper.from_array(mask, o + "__mask"))
+                g.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), o + "__zero"))
+                g.node.append(helper.make_node("Where", [o + "__mask", o + "__raw", o + "__zero"], [o],
+                                               name=o + "__masking"))
+            else:
+                g.initializer.append(numpy_helper.from_array(mask.astype(np.float32), o + "__mask"))
+                g.node.append(helper.make_node("Mul", [o + "__raw", o + "__mask"], [o], name=o + "__masking"))
     del g.value_info[:]
     return masked
 

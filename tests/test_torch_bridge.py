@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch", reason=needs("torch"))
 import builders  # noqa: E402
 from conftest import EXAMPLE_MODEL, random_feeds, run_ort  # noqa: E402
 
+import onnxprune  # noqa: E402
 from onnxprune.core.graph import light_model  # noqa: E402
 from onnxprune.errors import UnsupportedError  # noqa: E402
 from onnxprune.training.bridge import OnnxModule, unsupported_ops, write_back  # noqa: E402
@@ -46,6 +47,19 @@ def test_forward_matches_onnxruntime(name):
     model = getattr(builders, name)(seed=3)
     feeds = random_feeds(model, batch=2)
     assert_close(torch_outputs(model, feeds), run_ort(model, feeds))
+
+
+@pytest.mark.parametrize("kind", ["encoder", "computed_shapes", "gqa"])
+def test_forward_matches_onnxruntime_on_pruned_transformers(kind):
+    """Pruned transformers hold what the rewrite writes: exact LayerNorms, ScatterElements on computed shapes."""
+    model = {"encoder": lambda: builders.tiny_transformer(layers=2),
+             "computed_shapes": lambda: builders.attention_block(heads=2, computed_shape=True)[0],
+             "gqa": lambda: builders.attention_block(heads=4, kv_heads=2, computed_shape=True)[0]}[kind]()
+    pruned = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.5)).model
+    if kind != "encoder":
+        assert "ScatterElements" in {n.op_type for n in pruned.graph.node}
+    feeds = random_feeds(pruned, batch=1)
+    assert_close(torch_outputs(pruned, feeds), run_ort(pruned, feeds))
 
 
 def test_example_model_forward_and_parameters():

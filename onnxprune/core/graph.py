@@ -31,6 +31,11 @@ def _foldable(node: NodeProto) -> bool:
     return handler is not None and handler.foldable(node)
 
 
+def _proxy(node: NodeProto, opset: int) -> list[NodeProto] | None:
+    handler = handler_for(node)
+    return handler.shape_proxy(node, opset) if handler is not None else None
+
+
 def node_label(node: NodeProto, index: int) -> str:
     """A readable, unique name for a node: its name, or ``<op>#<index>`` when it has none."""
     return node.name or f"{node.op_type}#{index}"
@@ -79,7 +84,7 @@ class Graph:
         g._check_references()
         check_input(model)
         if infer:
-            g.shapes, g.elem_types = infer_shapes(model, g.folded)
+            g.shapes, g.elem_types = infer_shapes(model, g.folded, _proxy)
         return g
 
     def _check_references(self) -> None:

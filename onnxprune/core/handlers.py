@@ -11,8 +11,9 @@ A handler answers, for the nodes of its op types:
   :meth:`Handler.running_statistics` (normalisations whose statistics recovery re-estimates);
 * tuning -- :meth:`Handler.bench`, what the ``--round-to auto`` micro-benchmark builds, and
   :meth:`Handler.bench_link`, how it chains nodes;
-* the graph -- :meth:`Handler.foldable` (on constants, the result is a constant) and :meth:`Handler.output_rank`
-  (the rank of the output where shape inference gives up).
+* the graph -- :meth:`Handler.foldable` (on constants, the result is a constant), :meth:`Handler.output_rank`
+  (the rank of the output where shape inference gives up) and :meth:`Handler.shape_proxy` (ai.onnx nodes with
+  the same output shapes, so that shape inference goes on past contrib ops).
 
 ``com.microsoft`` and other domains register like ``ai.onnx``. An op without a handler blocks every group it
 touches. Adding an op is one handler module in :mod:`onnxprune.ops` and its test.
@@ -189,6 +190,12 @@ class Handler:
     def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
         """The output's rank where shape inference gave up, from the ranks of other tensors (``rank(name)``);
         ``None`` when unknown. :func:`same_rank` and :func:`broadcast_rank` serve most ops."""
+        return None
+
+    def shape_proxy(self, node: NodeProto, opset: int) -> list[NodeProto] | None:
+        """ai.onnx nodes computing outputs of the same shapes (named as the node's outputs), for onnx shape
+        inference on ops it does not know (contrib ops), for the model's ai.onnx ``opset``; ``None`` when there is
+        none. Never run."""
         return None
 
 

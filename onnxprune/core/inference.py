@@ -6,6 +6,8 @@ Reshape and Expand shapes computed from them are known.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import onnx
 from onnx import AttributeProto, NodeProto, TensorProto, helper, numpy_helper
@@ -105,13 +107,30 @@ def _is_small(t: TensorProto) -> bool:
     return n <= SMALL_CONSTANT or t.data_type in (TensorProto.INT64, TensorProto.INT32) and n <= 4096
 
 
-def infer_shapes(model: onnx.ModelProto, values: dict[str, np.ndarray] | None = None
+Proxy = Callable[[NodeProto, int], "list[NodeProto] | None"]
+
+
+def with_proxies(light: onnx.ModelProto, proxy: Proxy) -> onnx.ModelProto:
+    """``light`` with every node that ``proxy`` gives stand-ins for replaced by them, in place."""
+    opset = next((o.version for o in light.opset_import if o.domain in ("", "ai.onnx")), 1)
+    nodes = list(light.graph.node)
+    del light.graph.node[:]
+    for node in nodes:
+        light.graph.node.extend(proxy(node, opset) or [node])
+    return light
+
+
+def infer_shapes(model: onnx.ModelProto, values: dict[str, np.ndarray] | None = None,
+                 proxy: Proxy | None = None
                  ) -> tuple[dict[str, tuple[Dim, ...]], dict[str, int]]:
     """Shapes and element types of every tensor onnx's shape inference can reach (symbolic dims as strings);
-    ``values`` receives the small tensors computed from constants alone."""
+    ``values`` receives the small tensors computed from constants alone; ``proxy`` gives ai.onnx stand-ins of the
+    same output shapes for ops onnx does not know."""
+    light = fold_small(light_model(model), values)
+    if proxy is not None:
+        light = with_proxies(light, proxy)
     try:
-        inferred = onnx.shape_inference.infer_shapes(fold_small(light_model(model), values), strict_mode=False,
-                                                     data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - inference is best effort; missing shapes block what needs them
         inferred = light_model(model)
     shapes: dict[str, tuple[Dim, ...]] = {}

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
-from onnx import NodeProto
+from onnx import NodeProto, helper
 
 from onnxprune.core.channels import Labeled
 from onnxprune.core.handlers import AnalysisContext, Handler, RankOf, RewriteContext, register, same_rank
@@ -93,6 +93,18 @@ class ContribActivation(Handler):
 
     def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
         return same_rank(node, rank)
+
+    def shape_proxy(self, node: NodeProto, opset: int) -> list[NodeProto] | None:
+        """The input (plus the broadcast bias, plus the skip of BiasAdd): the output's shape."""
+        terms = [n for n in node.input if n]
+        if len(terms) == 1:
+            return [helper.make_node("Identity", terms, [node.output[0]])]
+        nodes, total = [], terms[0]
+        for k, term in enumerate(terms[1:]):
+            out = node.output[0] if k == len(terms) - 2 else f"{node.output[0]}__proxy{k}"
+            nodes.append(helper.make_node("Add", [total, term], [out]))
+            total = out
+        return nodes
 
 
 @register

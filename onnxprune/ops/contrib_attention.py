@@ -10,7 +10,7 @@ the MLP after them is analysed instead of blocked for an unknown rank.
 """
 from __future__ import annotations
 
-from onnx import NodeProto
+from onnx import NodeProto, helper
 
 from onnxprune.core.graph import Graph
 from onnxprune.core.handlers import (
@@ -119,3 +119,14 @@ class PackedAttention(Handler):
 
     def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
         return same_rank(node, rank)
+
+    def shape_proxy(self, node: NodeProto, opset: int) -> list[NodeProto] | None:
+        """The first third of input x packed weight: [batch, sequence, D] (equal Q, K, V widths only)."""
+        sizes = attr(node, "qkv_hidden_sizes")
+        if sizes is not None and len(set(int(v) for v in sizes)) != 1:
+            return None
+        packed = f"{node.output[0]}__proxy_qkv"
+        parts = [node.output[0], f"{packed}_k", f"{packed}_v"]
+        split = (helper.make_node("Split", [packed], parts, axis=-1, num_outputs=3) if opset >= 18
+                 else helper.make_node("Split", [packed], parts, axis=-1))
+        return [helper.make_node("MatMul", [node.input[0], node.input[1]], [packed]), split]

@@ -81,3 +81,10 @@ class SkipNorm(Handler):
 
     def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
         return same_rank(node, rank)
+
+    def shape_proxy(self, node: NodeProto, opset: int) -> list[NodeProto] | None:
+        """input + skip: the shape of the normalised output and of the sum (the statistics are left out)."""
+        nodes = [h.make_node("Add", [node.input[0], node.input[1]], [node.output[0]])]
+        if len(node.output) > 3 and node.output[3]:
+            nodes.append(h.make_node("Identity", [node.output[0]], [node.output[3]]))
+        return nodes

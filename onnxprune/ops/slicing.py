@@ -42,7 +42,11 @@ class Concat(Handler):
                     ctx.weight(where[2], first.atoms, "const", where[0], axis=where[3])
                 _pass(ctx, node, first.axis, first.atoms)
             else:
-                ctx.block_inputs(i, f"{label} joins tensors whose channels lie on other axes")
+                fed = next((n for n, lab, where in zip(names, labs, _padded(passive, labs))
+                            if lab is None and where is None and n in ctx.graph.inputs), None)
+                reason = (f"{label} joins graph input '{fed}' along another axis (a cache: its shape would change)"
+                          if fed else f"{label} joins tensors whose channels lie on other axes")
+                ctx.block_inputs(i, reason)
             return
         parts = []
         for name, maybe in zip(names, labs):
@@ -72,6 +76,12 @@ class Concat(Handler):
                 rw.set_input(i, p, value)
             else:
                 _shrink_expand(rw, where[0], value, ly.axis)
+
+
+def _padded(passive: list, labs: list) -> list:
+    """``passive`` (one entry per unlabeled input) spread over every input (None where labeled)."""
+    it = iter(passive)
+    return [None if lab is not None else next(it) for lab in labs]
 
 
 def _passive_constant(graph: Graph, i: int, node: NodeProto, port: int, axis: int, size: int

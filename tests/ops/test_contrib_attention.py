@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from builders import GraphBuilder, _finish
+from onnx import TensorProto, helper
 from opkit import OUT, assert_groups, attrs, cut, declared, macs, name_of, port
 
 MS = [("com.microsoft", 1)]
@@ -67,3 +68,14 @@ def test_attention_hidden_width_is_the_packed_weights_rows():
     new = next(n for n in result.model.graph.node if n.op_type == "Attention")
     np.testing.assert_array_equal(port(result.model, new.name, 1), port(model, att.name, 1)[[0, 3, 6]])
     assert attrs(new)["num_heads"] == 2
+
+
+def test_shape_inference_goes_on_past_attention():
+    """onnx does not know com.microsoft Attention: its handler's stand-in (MatMul + Split) gives the shapes."""
+    from onnxprune.core.graph import Graph
+
+    model, _, up, y = mlp_after_attention()
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 3]))
+    att = next(n for n in model.graph.node if n.op_type == "Attention")
+    graph = Graph.build(model)
+    assert graph.shape(att.output[0]) == (1, 5, 8) and graph.shape(up) == (1, 5, 16) and graph.shape("y") == (1, 5, 3)

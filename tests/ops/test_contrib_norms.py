@@ -60,3 +60,12 @@ def test_skip_norm_cuts_the_hidden_width_exactly(op):
     ops = [n.op_type for n in result.model.graph.node]
     assert op not in ops and ops.count("ReduceSum") == (2 if op == "SkipLayerNormalization" else 1)
     np.testing.assert_array_equal(port(result.model, name_of(skip), 1), port(model, name_of(skip), 1)[:, [0, 2, 5]])
+
+
+@pytest.mark.parametrize("op", ["SkipLayerNormalization", "SkipSimplifiedLayerNormalization"])
+def test_shape_inference_goes_on_past_skip_norms(op):
+    from onnxprune.core.graph import Graph
+
+    model, widths, up, y = mlp_after_skip_norm(op)
+    graph = Graph.build(model)
+    assert all(graph.shape(name) == (1, 5, width) for name, width in widths.items())

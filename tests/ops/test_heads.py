@@ -5,40 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from builders import GraphBuilder, _finish
+from builders import GraphBuilder, _finish, attention_block
+from onnx import TensorProto, helper
 from opkit import OUT, assert_groups, const, cut, groups, kept, port
 
-S, D = 4, 4  # sequence length, head_dim
-
-
-def _attention(heads: int = 2, kv_heads: int | None = None, computed_shape: bool = False) -> tuple:
-    """x[1,S,8] -> Q: MatMul(8->H*D), K, V: MatMul(8->KV*D) -> Reshape [1,S,H,D] -> Transpose [1,H,S,D]
-    (K, V: repeated KV -> H by Unsqueeze/Expand/Reshape) -> Q K^T -> Softmax -> P V -> Transpose ->
-    Reshape [1,S,H*D] -> O: MatMul(H*D->3) -> y"""
-    kv = kv_heads or heads
-    b = GraphBuilder(5)
-
-    def heads_of(width: int, count: int, name: str) -> str:
-        proj = b.op("MatMul", ["x", b.const(b.randn(8, width), name)])
-        if computed_shape:  # Concat(Shape(x)[0:2], [count, D]) as the legacy exporter writes it
-            lead = b.op("Slice", [b.op("Shape", ["x"]), b.ints([0]), b.ints([2])])
-            shape = b.op("Concat", [lead, b.ints([count, D])], axis=0)
-        else:
-            shape = b.ints([1, S, count, D])
-        return b.op("Transpose", [b.op("Reshape", [proj, shape])], perm=[0, 2, 1, 3])
-
-    q, k, v = heads_of(heads * D, heads, "Wq"), heads_of(kv * D, kv, "Wk"), heads_of(kv * D, kv, "Wv")
-    if kv != heads:
-        def repeat(t: str) -> str:
-            e = b.op("Expand", [b.op("Unsqueeze", [t, b.ints([2])]), b.ints([1, kv, heads // kv, S, D])])
-            return b.op("Reshape", [e, b.ints([1, heads, S, D])])
-        k, v = repeat(k), repeat(v)
-    scores = b.op("MatMul", [q, b.op("Transpose", [k], perm=[0, 1, 3, 2])])
-    p = b.op("Softmax", [b.op("Mul", [scores, b.floats([0.5])])], axis=-1)
-    merged = b.op("Reshape", [b.op("Transpose", [b.op("MatMul", [p, v])], perm=[0, 2, 1, 3]),
-                              b.ints([1, S, heads * D])])
-    y = b.op("MatMul", [merged, b.const(b.randn(heads * D, 3), "Wo")])
-    return _finish(b, y, x_shape=(1, S, 8)), q, merged
+S, D = 4, 4  # sequence length, head_dim (as builders.attention_block)
 
 
 def _proj(model: onnx.ModelProto, weight: str) -> onnx.NodeProto:
@@ -51,7 +22,7 @@ def _q_proj(model: onnx.ModelProto) -> str:
 
 
 def test_heads_are_units_of_head_dim_channels():
-    model, q, merged = _attention(heads=2)
+    model, q, merged = attention_block(heads=2)
     assert_groups(model, [(2, None), (3, OUT)])  # Q, K, V and O's inputs: one group of 2 heads
     result = cut(model, (_q_proj(model), 8, range(4, 8), 2))  # remove head 0
     assert kept(result, q) == [1]  # the transposed Q lists heads on axis 1
@@ -64,7 +35,7 @@ def test_heads_are_units_of_head_dim_channels():
 
 
 def test_a_computed_reshape_shape_gets_the_new_head_count():
-    model, q, _ = _attention(heads=2, computed_shape=True)
+    model, q, _ = attention_block(heads=2, computed_shape=True)
     assert_groups(model, [(2, None), (3, OUT)])
     result = cut(model, (_q_proj(model), 8, range(0, 4), 2))
     scatters = [n for n in result.model.graph.node if n.op_type == "ScatterElements"]
@@ -74,7 +45,7 @@ def test_a_computed_reshape_shape_gets_the_new_head_count():
 
 
 def test_grouped_query_attention_keeps_query_heads_with_their_kv_head():
-    model, q, merged = _attention(heads=4, kv_heads=2)
+    model, q, merged = attention_block(heads=4, kv_heads=2)
     assert_groups(model, [(2, None), (3, OUT)])  # 2 units: a KV head with its 2 query heads
     result = cut(model, (_q_proj(model), 16, range(8, 16), 2))
     assert kept(result, q) == [2, 3]
@@ -101,3 +72,21 @@ def test_expand_of_the_channel_axis_blocks():
     e = b.op("Expand", [b.conv("x", 3, 1), b.ints([1, 4, 8, 8])])
     model = _finish(b, b.conv(e, 4, 2))
     assert groups(model)[0][1] is not None and "broadcasts the channel axis" in groups(model)[0][1]
+
+
+def test_a_kv_cache_input_keeps_the_heads_with_the_reason():
+    """past_k [1,2,3,D] (graph input) ++ K along the sequence axis -> Q K^T ... : the cache's shape must not
+    change, so the heads stay, with a reason naming the Concat and the input."""
+    b = GraphBuilder(8)
+    q = b.op("Transpose", [b.op("Reshape", [b.op("MatMul", ["x", b.const(b.randn(8, 8), "Wq")]),
+                                            b.ints([1, S, 2, D])])], perm=[0, 2, 1, 3])
+    k = b.op("Transpose", [b.op("Reshape", [b.op("MatMul", ["x", b.const(b.randn(8, 8), "Wk")]),
+                                            b.ints([1, S, 2, D])])], perm=[0, 2, 1, 3])
+    k_all = b.op("Concat", ["past_k", k], axis=2)
+    scores = b.op("MatMul", [q, b.op("Transpose", [k_all], perm=[0, 1, 3, 2])])
+    y = b.op("ReduceSum", [scores, b.ints([1])], keepdims=0)
+    model = b.model((1, S, 8), y, (1, S, S + 3))
+    model.graph.input.append(helper.make_tensor_value_info("past_k", TensorProto.FLOAT, [1, 2, 3, D]))
+    reasons = [r for _, r in groups(model)]
+    assert reasons and all(r is not None for r in reasons)
+    assert any("joins graph input 'past_k' along another axis (a cache" in r for r in reasons), reasons

@@ -137,6 +137,17 @@ def _expand(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     return [t.reshape(have).expand(target)]
 
 
+@op("ScatterElements")
+def _scatter_elements(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
+    t, index, updates = x[0], x[1].long(), x[2]
+    axis = axis_of(a.get("axis", 0), t.dim())
+    index = torch.where(index < 0, index + t.shape[axis], index)
+    reduction = text_of(a.get("reduction", "none"))
+    if reduction == "none":
+        return [t.scatter(axis, index, updates)]
+    return [t.scatter_reduce(axis, index, updates, {"add": "sum", "mul": "prod"}.get(reduction, reduction))]
+
+
 @op("Tile")
 def _tile(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     return [x[0].repeat(ints_of(x[1]))]
