@@ -33,7 +33,7 @@ BARS: dict[tuple[str, str], tuple[float, float] | None] = {
     ("gpt2", "legacy"): (0.29, 0.56), ("gpt2", "dynamo"): (0.25, 0.50), ("gpt2", "fused"): (0.29, 0.56),
     ("whisper_enc", "legacy"): (0.50, 0.50), ("whisper_enc", "dynamo"): (0.50, 0.50),
     ("whisper_enc", "fused"): (0.50, 0.50),
-    ("swin", "legacy"): (0.79, 0.79), ("swin", "dynamo"): (0.40, 0.57), ("swin", "fused"): (0.28, 0.57),
+    ("swin", "legacy"): (0.57, 0.57), ("swin", "dynamo"): (0.40, 0.57), ("swin", "fused"): (0.28, 0.57),
     ("tv_vit", "legacy"): (0.30, 0.58), ("tv_vit", "dynamo"): (0.43, 0.80), ("tv_vit", "fused"): (0.28, 0.58),
 }
 
@@ -80,4 +80,4 @@ def test_prunes_every_kind_exactly(exported, arch: str, form: str) -> None:
     assert all(row["kept"] == row["size"] for row in whole.report["groups"] if row["kind"] == "hidden")
     if arch not in ("bert_enc", "whisper_enc"):  # these return the hidden states: their hidden width stays
         assert any(row["kind"] == "head" and row["kept"] < row["size"] for row in result.report["groups"]) \
-            or (arch, form) in (("swin", "legacy"), ("tv_vit", "dynamo"))
+            or (arch, form) == ("tv_vit", "dynamo")  # heads merged with a dynamic batch axis: not followed

@@ -124,10 +124,11 @@ class Reshape(Handler):
         if lx is None:
             return
         label = f"Reshape {ctx.node_label(i)}"
-        src, dst = ctx.graph.shape(node.input[0]), ctx.graph.shape(node.output[0])
-        if src is None or dst is None:
+        src, inferred = ctx.graph.shape(node.input[0]), ctx.graph.shape(node.output[0])
+        if src is None or inferred is None:
             ctx.block(lx.atoms, f"{label}: shapes unknown")
             return
+        dst = _resolved(ctx.graph, node, list(src), list(inferred))
         if not ctx.graph.is_const(node.input[1]) and ctx.graph.opset() < 11:
             ctx.block(lx.atoms, f"{label} reshapes the channel axis with a computed shape (opset < 11)")
             return
@@ -184,6 +185,47 @@ def set_shape_entry(rw: RewriteContext, i: int, node: NodeProto, port: int, inde
     copy.input[port] = patched
     rw.replace_node(i, [scatter, copy], {where: np.array([index], dtype=np.int64),
                                          what: np.array([value], dtype=np.int64)})
+
+
+def _shape_entries(graph: Graph, name: str) -> list[int | None] | None:
+    """The entries of a shape vector that are fixed: its value, or a Concat's pieces (None where computed)."""
+    value = graph.value(name)
+    if value is not None:
+        return [int(v) for v in np.asarray(value).ravel()]
+    producer = graph.producer.get(name)
+    node = graph.nodes[producer] if producer is not None else None
+    if node is None or node.op_type != "Concat":
+        return None
+    entries: list[int | None] = []
+    for piece in node.input:
+        part, length = graph.value(piece), graph.shape(piece)
+        if part is not None:
+            entries.extend(int(v) for v in np.asarray(part).ravel())
+        elif length and isinstance(length[0], int):
+            entries.extend([None] * length[0])
+        else:
+            return None
+    return entries
+
+
+def _resolved(graph: Graph, node: NodeProto, src: list, dst: list) -> list:
+    """``dst`` with dims shape inference left symbolic filled in from the shape's fixed entries, and a -1 worked
+    out where the symbols cancel (``[B*W, N, C] -> [B*W, N, -1, D]``: -1 is C / D whatever B*W is)."""
+    entries = _shape_entries(graph, node.input[1])
+    if entries is None or len(entries) != len(dst):
+        return dst
+    dst = [e if not isinstance(d, int) and e is not None and e > 0 else d for d, e in zip(dst, entries)]
+    open_ = [k for k, e in enumerate(entries) if e == -1 and not isinstance(dst[k], int)]
+    total, rest = dims_product(src), dims_product([d for k, d in enumerate(dst) if k not in open_])
+    if len(open_) == 1 and total is not None and rest is not None and rest[0] and total[0] % rest[0] == 0:
+        left = list(total[1])
+        for symbol in rest[1]:
+            if symbol not in left:
+                return dst
+            left.remove(symbol)
+        if not left:
+            dst[open_[0]] = total[0] // rest[0]
+    return dst
 
 
 def _static(dims: list) -> bool:
