@@ -109,13 +109,17 @@ class LinearForm:
     """A consumer seen as y = W x + b, for bias compensation and least-squares refits.
 
     ``groups`` independent blocks of inputs and outputs (a grouped conv); ``spatial``: one regression row per
-    output position (a conv) rather than per sample; ``bias_port``: the input that holds (or would hold) the
-    bias, ``None`` when the op has none; ``refit``: least squares applies to this node.
+    output position (a conv) rather than per sample; ``tokens``: one row per position of a channels-last input
+    ([batch, tokens.., features], a transformer's MatMul); ``bias_port``: the input that holds (or would hold)
+    the bias, ``None`` when the op has none; ``bias_add``: where the op has none, (output, port) of the ``Add``
+    right after it that holds its bias (a MatMul + Add linear layer); ``refit``: least squares applies.
     """
 
     groups: int = 1
     spatial: bool = False
+    tokens: bool = False
     bias_port: int | None = 2
+    bias_add: tuple[str, int] | None = None
     refit: bool = False
 
     def bias_shift(self, weight: np.ndarray, mean: np.ndarray, removed: np.ndarray) -> np.ndarray | None:

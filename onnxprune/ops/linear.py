@@ -133,7 +133,10 @@ class MatMul(Handler):
         return super().mac_scaling(node, graph) if w is not None and len(w) == 2 else (node.output[0],)
 
     def linear(self, node: NodeProto, graph: Graph) -> LinearForm | None:
-        return MatMulForm(graph.rank(node.input[0]) == 2)
+        w, rank = graph.const_shape(node.input[1]), graph.rank(node.input[0])
+        if w is None or len(w) != 2 or rank is None or rank < 2:
+            return None
+        return MatMulForm(rank, _bias_add(node, graph, int(w[1])))
 
     def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
         return broadcast_rank(node, rank)  # the larger operand rank (batch dimensions broadcast)
@@ -185,6 +188,21 @@ def _batched(i: int, node: NodeProto, ctx: AnalysisContext, label: str) -> None:
     ctx.set(node.output[0], axis, present[0].atoms)
 
 
+def _bias_add(node: NodeProto, graph: Graph, width: int) -> tuple[str, int] | None:
+    """(output, port) of the Add that adds a constant [width] bias to the MatMul's output, its only reader."""
+    readers = graph.consumer_nodes(node.output[0])
+    if len(readers) != 1 or node.output[0] in graph.outputs:
+        return None
+    j, port = readers[0]
+    add = graph.nodes[j]
+    if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.input) != 2:
+        return None
+    shape = graph.const_shape(add.input[1 - port])
+    if shape is None or not shape or shape[-1] != width or any(d != 1 for d in shape[:-1]):
+        return None
+    return add.output[0], 1 - port
+
+
 def _matmul_macs(a: Sequence[int] | None, b: Sequence[int] | None, out: Sequence[int] | None, trans_a: bool) -> int:
     if not a or out is None or b is None:
         return 0
@@ -225,14 +243,22 @@ class GemmForm(LinearForm):
 
 
 class MatMulForm(LinearForm):
-    """MatMul by a constant [K, N] weight: no bias to absorb offsets; refitted on 2-D inputs."""
+    """MatMul by a constant [K, N] weight: no bias to absorb offsets; refitted per sample on 2-D inputs and per
+    token on [batch, tokens.., K] inputs (a transformer's projections)."""
 
     bias_port = None
+    refit = True
 
-    def __init__(self, refit: bool) -> None:
-        self.refit = refit
+    def __init__(self, rank: int, bias_add: tuple[str, int] | None = None) -> None:
+        self.tokens = rank > 2
+        self.bias_add = bias_add
+
+    def bias_shift(self, weight: np.ndarray, mean: np.ndarray, removed: np.ndarray) -> np.ndarray | None:
+        return mean[removed] @ weight[removed] if self.bias_add is not None else None
 
     def rows(self, x: np.ndarray, sample: np.ndarray, where: tuple[np.ndarray, ...]) -> np.ndarray:
+        if self.tokens:
+            return x.reshape(x.shape[0], -1, x.shape[-1])[sample, where[0]]
         return _flat_rows(x, sample)
 
     def store(self, weights: np.ndarray, bias: np.ndarray | None, inputs: int

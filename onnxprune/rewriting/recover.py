@@ -178,11 +178,21 @@ class _PrunedEdits:
             del g.node[k]
 
 
+def _bias_target(c: _Consumer, edits: _PrunedEdits) -> tuple[onnx.NodeProto, int] | None:
+    """The pruned model's node and input port that hold ``c``'s bias: its own, or the Add right after it."""
+    if c.form.bias_port is not None:
+        return edits.node(c.node), c.form.bias_port
+    if c.form.bias_add is not None and c.form.bias_add[0] in edits.by_output:
+        return edits.by_output[c.form.bias_add[0]], c.form.bias_add[1]
+    return None
+
+
 def _compensate_bias(c: _Consumer, analysis: Analysis, mean: np.ndarray, edits: _PrunedEdits) -> None:
     graph = analysis.graph
-    node, target, port = c.node, edits.node(c.node), c.form.bias_port
-    if port is None:
+    node, where = c.node, _bias_target(c, edits)
+    if where is None:
         return  # no bias input to fold into
+    target, port = where
     removed = np.setdiff1d(np.arange(mean.shape[0]), c.keep_in)
     if not len(removed):
         return
@@ -245,11 +255,16 @@ def _output_shapes(model: onnx.ModelProto, data: Dataset, names: list[str]) -> d
 
 
 def _choose_rows(c: _Consumer, out_shape: tuple[int, ...], n: int, rng: np.random.Generator) -> _Rows:
-    positions = int(np.prod(out_shape[1:])) if c.form.spatial else 1
+    if c.form.tokens:  # channels last: one row per token
+        positions = int(np.prod(out_shape[:-1]))
+    else:
+        positions = int(np.prod(out_shape[1:])) if c.form.spatial else 1
     rows = min(_MAX_ROWS, n * positions)
     count = min(n, max(-(-rows // positions) * _OVERSAMPLE, 16))  # spread the rows over several samples
     samples = np.sort(rng.choice(n, size=count, replace=False))
     pick = rng.choice(count * positions, size=min(rows, count * positions), replace=False)
+    if c.form.tokens:
+        return _Rows(c, samples, tuple(np.divmod(pick, positions)))
     if not c.form.spatial:
         return _Rows(c, samples, (pick,))
     which, rest = np.divmod(pick, positions)
@@ -277,7 +292,7 @@ def _collect_targets(original: onnx.ModelProto, plans: list[_Rows], data: Datase
         for r in plans:
             y = out[r.consumer.node.output[0]]
             if r.consumer.keep_out is not None:
-                y = np.take(y, r.consumer.keep_out, axis=1)
+                y = np.take(y, r.consumer.keep_out, axis=-1 if r.consumer.form.tokens else 1)
             local = np.searchsorted(batch_samples, r.samples)
             present = (local < len(batch_samples)) & (batch_samples[np.minimum(local, len(batch_samples) - 1)]
                                                       == r.samples)
@@ -286,7 +301,12 @@ def _collect_targets(original: onnx.ModelProto, plans: list[_Rows], data: Datase
                 if not mine.any():
                     continue
                 row = y[local[k]]
-                picked = row[:, r.where[1][mine], r.where[2][mine]].T if len(r.where) == 3 else row[None, :]
+                if r.consumer.form.tokens:
+                    picked = row.reshape(-1, row.shape[-1])[r.where[1][mine]]
+                elif len(r.where) == 3:
+                    picked = row[:, r.where[1][mine], r.where[2][mine]].T
+                else:
+                    picked = row[None, :]
                 parts[id(r)].append((np.nonzero(mine)[0], picked.astype(np.float32)))
         del out
     for r in plans:
@@ -319,7 +339,8 @@ def _solve(r: _Rows, x: np.ndarray, graph: Graph, edits: _PrunedEdits) -> bool:
     assert r.target is not None
     y = r.target.astype(np.float64)
     groups = form.groups
-    intercept = form.bias_port is not None  # MatMul has no bias to absorb the offset
+    where = _bias_target(r.consumer, edits)
+    intercept = where is not None  # a MatMul without an Add after it has no bias to absorb the offset
     rows = x.reshape(x.shape[0], groups, -1)  # [R, groups, inputs of one group]
     outputs = y.shape[1] // groups
     thetas = []
@@ -343,8 +364,14 @@ def _solve(r: _Rows, x: np.ndarray, graph: Graph, edits: _PrunedEdits) -> bool:
     target = edits.node(node)
     dtype = graph.elem_type(node.input[1]) or onnx.TensorProto.FLOAT
     edits.set_input(target, 1, weights, dtype)
-    if bias is not None and form.bias_port is not None:
-        edits.set_input(target, form.bias_port, bias, dtype)
+    if bias is not None and where is not None:
+        holder, port = where
+        if form.bias_port is None:  # the Add after the op: its bias plus the fitted offset
+            current = edits.value(holder.input[port])
+            if current is None:
+                return True
+            bias = (current.astype(np.float64) + bias).reshape(current.shape)
+        edits.set_input(holder, port, bias, dtype)
     return True
 
 
