@@ -62,6 +62,37 @@ def test_forward_matches_onnxruntime_on_pruned_transformers(kind):
     assert_close(torch_outputs(pruned, feeds), run_ort(pruned, feeds))
 
 
+def _contrib_block(op: str) -> onnx.ModelProto:
+    """x[1,5,8] -> MatMul(8->8) = a -> op (com.microsoft) -> MatMul(->3) -> y."""
+    b = builders.GraphBuilder(9)
+    a = b.op("MatMul", ["x", b.const(b.randn(8, 8), "W")])
+    width = 8
+    if op == "Attention":
+        out = b.op(op, [a, b.const(b.randn(8, 24), "Wqkv"), b.const(b.randn(24, scale=0.1), "Bqkv")],
+                   domain="com.microsoft", num_heads=2)
+    elif op in ("SkipLayerNormalization", "SkipSimplifiedLayerNormalization"):
+        extra = [b.const(b.randn(8, scale=0.1), "beta")] if op == "SkipLayerNormalization" else []
+        out = b.op(op, [a, "x", b.const(np.abs(b.randn(8)) + 0.5, "g"), *extra, b.const(b.randn(8), "bias")],
+                   domain="com.microsoft", epsilon=1e-5)
+    elif op == "BiasAdd":
+        out = b.op(op, [a, b.const(b.randn(8), "bias"), "x"], domain="com.microsoft")
+    else:
+        bias = [b.const(b.randn(8), "bias")] if op in ("BiasGelu", "FastGelu") else []
+        out = b.op(op, [a, *bias], domain="com.microsoft")
+    y = b.op("MatMul", [out, b.const(b.randn(width, 3), "W")])
+    model = b.model((1, 5, 8), y, (1, 5, 3), extra_opsets=[("com.microsoft", 1)])
+    return model
+
+
+@pytest.mark.parametrize("op", ["Gelu", "BiasGelu", "FastGelu", "QuickGelu", "SkipLayerNormalization",
+                                "SkipSimplifiedLayerNormalization", "Attention"])
+def test_contrib_ops_match_onnxruntime(op):  # BiasAdd: no onnxruntime CPU kernel to compare with
+    model = _contrib_block(op)
+    assert unsupported_ops(model) == []
+    feeds = random_feeds(model, batch=1)
+    assert_close(torch_outputs(model, feeds), run_ort(model, feeds))
+
+
 def test_example_model_forward_and_parameters():
     model = onnx.load(EXAMPLE_MODEL)
     feeds = random_feeds(model, batch=4)

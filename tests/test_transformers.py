@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
-from conftest import assert_mask_equivalent, interface
+from conftest import assert_mask_equivalent, interface, random_feeds, run_ort
 
 import onnxprune
 from onnxprune.errors import ModelError
@@ -59,6 +60,20 @@ def _check(model: onnx.ModelProto, result: onnxprune.PruneResult) -> None:
     assert interface(result.model) == interface(model)
     assert result.verification is not None and result.verification.mask_equivalent is True
     assert_mask_equivalent(model, result.model, result.plan)
+    _bridge_runs(result.model)
+
+
+def _bridge_runs(model: onnx.ModelProto) -> None:
+    """The torch bridge (finetune, the training schedules) runs the pruned model as onnxruntime does."""
+    torch = pytest.importorskip("torch")
+    from onnxprune.training.bridge import OnnxModule, unsupported_ops
+
+    assert unsupported_ops(model) == []
+    feeds = random_feeds(model, batch=1)
+    with torch.no_grad():
+        got = OnnxModule(model).eval()(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+    for g, w in zip(got, run_ort(model, feeds)):
+        assert float(np.abs(g.numpy() - w).max()) <= 1e-4 * max(float(np.abs(w).max()), 1e-6)
 
 
 @pytest.mark.parametrize("form", ["legacy", "dynamo", "fused"])

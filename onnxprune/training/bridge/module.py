@@ -18,8 +18,13 @@ from onnx import AttributeProto, helper, numpy_helper
 
 from onnxprune.core.graph import copy_fields
 from onnxprune.errors import UnsupportedError
-from onnxprune.training.bridge import math_ops, nn_ops, shape_ops  # noqa: F401 - they register the operators
-from onnxprune.training.bridge.registry import OPS, OpContext
+from onnxprune.training.bridge import (  # noqa: F401 - they register the operators
+    contrib_ops,
+    math_ops,
+    nn_ops,
+    shape_ops,
+)
+from onnxprune.training.bridge.registry import OPS, OpContext, op_key
 
 __all__ = ["OnnxModule", "write_back", "unsupported_ops"]
 
@@ -35,10 +40,9 @@ def unsupported_ops(model: onnx.ModelProto) -> list[str]:
     """Op types of ``model`` the bridge cannot run (sorted, each once)."""
     missing = set()
     for n in model.graph.node:
-        if n.domain not in ("", "ai.onnx"):
-            missing.add(f"{n.domain}.{n.op_type}")
-        elif n.op_type not in OPS and n.op_type != "Constant":
-            missing.add(n.op_type)
+        key = op_key(n.domain, n.op_type)
+        if key not in OPS and key != "Constant":
+            missing.add(key)
     return sorted(missing)
 
 
@@ -71,7 +75,7 @@ class OnnxModule(torch.nn.Module):
                 values[node.output[0]] = _constant_value(node)
                 continue
             attrs = {a.name: _attribute(a) for a in node.attribute}
-            self._nodes.append((node.op_type, attrs, list(node.input), list(node.output)))
+            self._nodes.append((op_key(node.domain, node.op_type), attrs, list(node.input), list(node.output)))
         used = {name for _, _, inputs, _ in self._nodes for name in inputs} | set(self.output_names)
         for name, array in values.items():
             if name in used:

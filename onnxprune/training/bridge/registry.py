@@ -11,7 +11,7 @@ import torch
 
 from onnxprune.core.registry import Registry
 
-__all__ = ["OPS", "OpContext", "TORCH_DTYPES", "op", "register_op", "ints_of", "axis_of", "text_of"]
+__all__ = ["OPS", "OpContext", "TORCH_DTYPES", "op", "op_key", "register_op", "ints_of", "axis_of", "text_of"]
 
 TORCH_DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: torch.int32, 7: torch.int64,
                 9: torch.bool, 10: torch.float16, 11: torch.float64, 16: torch.bfloat16}
@@ -28,6 +28,11 @@ class OpContext:
 
 Op = Callable[[OpContext, dict[str, Any], list], list]
 OPS: Registry[str, Op] = Registry("torch implementations")
+
+
+def op_key(domain: str, op_type: str) -> str:
+    """The registry key of an operator: its type for ai.onnx, ``domain.type`` otherwise (``com.microsoft.Gelu``)."""
+    return op_type if domain in ("", "ai.onnx") else f"{domain}.{op_type}"
 
 
 def register_op(name: str, fn: Op) -> Op:

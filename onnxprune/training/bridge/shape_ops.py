@@ -126,6 +126,17 @@ def _gather_elements(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[An
     return [torch.gather(t, axis, torch.where(index < 0, index + t.shape[axis], index))]
 
 
+@op("GatherND")
+def _gather_nd(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
+    data, index = x[0], x[1].long()
+    dims = int(a.get("batch_dims", 0))
+    if dims:
+        raise NotImplementedError("GatherND with batch_dims")
+    depth = index.shape[-1]
+    index = torch.where(index < 0, index + torch.tensor(data.shape[:depth], device=index.device), index)
+    return [data[tuple(index[..., k] for k in range(depth))]]
+
+
 @op("Expand")
 def _expand(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     shape = ints_of(x[1])
