@@ -35,6 +35,8 @@ def test_ratio_cuts_every_kind_and_stays_mask_equivalent():
     assert [r["kept"] for r in rows["hidden"]] == [4]
     assert [r["kept"] for r in rows["head"]] == [1, 1]
     assert [r["kept"] for r in rows["mlp"]] == [8, 8, 3]
+    for r in rows["head"]:  # the Q, K, V and output projections, and the biases added to Q, K and V
+        assert [n.split("_")[0] for n in r["touches"]].count("matmul") == 4, r["touches"]
     assert result.verification is not None and result.verification.mask_equivalent
     assert_mask_equivalent(model, result.model, result.plan)
     assert result.report["macs_kept"] < 0.3

@@ -34,7 +34,8 @@ def model_stats(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> M
 
 def group_rows(analysis: Analysis, removed: dict[int, np.ndarray], macs_per_node: dict[str, int]
                ) -> list[dict[str, Any]]:
-    """One row per group: size, kept, blocked reason, creating nodes, and the MACs of the nodes it touches."""
+    """One row per group: size (in units: heads for a head group), kept, blocked reason, kind, creating nodes, the
+    nodes whose weights it touches and their MACs."""
     graph = analysis.graph
     params: dict[int, int] = {}
     for ref in analysis.weights:
@@ -53,6 +54,7 @@ def group_rows(analysis: Analysis, removed: dict[int, np.ndarray], macs_per_node
             "blocked": g.blocked,
             "kind": g.kind,
             "sources": g.sources,
+            "touches": [graph.label(n) for n in g.nodes],  # every node whose weights follow the group
             "macs": sum(macs_per_node.get(graph.label(n), 0) for n in g.nodes),
             "params": params.get(g.id, 0),
         })
