@@ -4,9 +4,9 @@
 and returns the merged heads ``[batch, sequence, D]``: its output channels are created here, head_dim at a time,
 so whole heads are the units; cutting heads slices the same columns of Q, K and V and lowers ``num_heads``
 (head_dim, hence the default scale, stays). The hidden width it reads is the packed weight's rows. Heads of an
-Attention with a KV cache (``past``/``present``) stay; unequal ``qkv_hidden_sizes`` block what it reads.
-``MultiHeadAttention`` and ``GroupQueryAttention`` block what they read. All give their output's rank, so that
-the MLP after them is analysed instead of blocked for an unknown rank.
+Attention with a KV cache (``past``/``present``) stay; unequal ``qkv_hidden_sizes`` block what it reads. It gives
+its output's rank and an ai.onnx stand-in for shape inference, so the MLP after it is analysed.
+(``MultiHeadAttention``, ``RotaryEmbedding`` and ``GroupQueryAttention``: :mod:`onnxprune.ops.contrib_heads`.)
 """
 from __future__ import annotations
 
@@ -23,18 +23,6 @@ from onnxprune.core.handlers import (
     register,
     same_rank,
 )
-
-
-@register
-class FusedAttention(Handler):
-    op_types = ("MultiHeadAttention", "GroupQueryAttention")
-    domain = "com.microsoft"
-
-    def propagate(self, i: int, node: NodeProto, ctx: AnalysisContext) -> None:
-        ctx.block_inputs(i, f"{node.op_type} {ctx.node_label(i)}: attention heads are not cut yet")
-
-    def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
-        return same_rank(node, rank)
 
 
 def packed_width(node: NodeProto, graph: Graph) -> tuple[int, int] | None:

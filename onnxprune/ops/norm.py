@@ -69,7 +69,7 @@ class PerChannelNorm(Handler):
 
 @register
 class AxisNorm(Handler):
-    op_types = ("LayerNormalization", "MeanVarianceNormalization", "LpNormalization", "LRN")
+    op_types = ("LayerNormalization", "RMSNormalization", "MeanVarianceNormalization", "LpNormalization", "LRN")
 
     def propagate(self, i: int, node: NodeProto, ctx: AnalysisContext) -> None:
         """Passes channels when they lie outside the normalised axes; blocks them when the statistics mix them."""
@@ -81,7 +81,7 @@ class AxisNorm(Handler):
         if rank is None:
             ctx.block(lx.atoms, f"{label}: input rank unknown")
             return
-        if node.op_type == "LayerNormalization":
+        if node.op_type in ("LayerNormalization", "RMSNormalization"):  # RMSNormalization: opset 23
             start = int(attr(node, "axis", -1)) % rank
             if start == lx.axis == rank - 1 and _plain_layer_norm(node, ctx):
                 # Normalises over the channel axis alone: pruning stays exact when the pruned model keeps
@@ -108,7 +108,8 @@ class AxisNorm(Handler):
 
     def apply(self, i: int, node: NodeProto, rw: RewriteContext) -> None:
         lab, rank = rw.labeled(node.input[0]), rw.graph.rank(node.input[0])
-        if node.op_type == "LayerNormalization" and lab is not None and lab.axis == (rank or 0) - 1:
+        if node.op_type in ("LayerNormalization", "RMSNormalization") and lab is not None \
+                and lab.axis == (rank or 0) - 1:
             _layer_norm_apply(i, node, rw)  # it normalises over the channels (other axes: nothing to slice)
 
     def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
@@ -128,7 +129,7 @@ def _layer_norm_apply(i: int, node: NodeProto, rw: RewriteContext) -> None:
     base = (node.name or f"LayerNormalization_{i}").replace("/", "_")
     bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
     nodes, constants = exact_norm(rw, base, x, y, keep, rw.label(x).size, node.input[1], bias,
-                                  float(attr(node, "epsilon", 1e-5)))
+                                  float(attr(node, "epsilon", 1e-5)), rms=node.op_type == "RMSNormalization")
     rw.replace_node(i, nodes, constants)
 
 

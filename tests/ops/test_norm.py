@@ -156,3 +156,21 @@ def test_group_norm_keeps_equal_counts_per_group_and_stays_exact():
     np.testing.assert_array_equal(port(result.model, "B", 1), port(model, "B", 1)[:, [0, 2, 5, 6]])
     with pytest.raises(onnxprune.PlanError, match="unevenly"):
         onnxprune.apply_plan(model, plan(("a", 8, [0, 1, 2, 5])))
+
+
+def test_rms_normalization_over_the_hidden_width_stays_exact():
+    """x[1,5,6] -> A: MatMul(6->4) -> RMSNormalization (opset 23, over the 4 features) -> B: MatMul(4->2) -> y
+    the mean square keeps dividing by 4; a hidden-width group of a transformer"""
+    b = GraphBuilder(24)
+    a = b.op("MatMul", ["x", b.const(b.randn(6, 4), "W")])
+    rms = b.op("RMSNormalization", [a, b.const(b.rng.uniform(0.5, 1.5, 4).astype(np.float32), "s")], axis=-1,
+               epsilon=1e-5)
+    y = b.op("MatMul", [rms, b.const(b.randn(4, 2), "M")])
+    probe = b.model((1, 5, 6), y, (1, 5, 2))
+    probe.opset_import[0].version = 23
+    probe.ir_version = 10
+    onnx.checker.check_model(probe, full_check=True)
+    assert [g.kind for g in onnxprune.analyze(probe).groups] == ["hidden", "mlp"]
+    result = cut(probe, (a, 4, [0, 3], 2))
+    assert "RMSNormalization" not in {n.op_type for n in result.model.graph.node}  # written out, exact
+    assert kept(result, rms) == [0, 3]
