@@ -247,8 +247,9 @@ def dims_product(dims: list) -> tuple[int, tuple[str, ...]] | None:
 
 def _matching_runs(src: list, dst: list, axis: int) -> tuple[int, int, int, int] | None:
     """The smallest runs ``src[a0:a1]`` (holding the channel axis) and ``dst[b0:b1]`` of static dims with equal
-    products and equal products of what follows them: a reshape keeps the element order, so every element of
-    the run then stays with the same channel whatever the dims before the runs become."""
+    products and equal products of what follows them, or of what precedes them (a reshape keeps the element
+    count, so then what follows is equal too): the element order is kept, so every element of the run stays
+    with the same channel."""
     best: tuple[int, tuple[int, int, int, int]] | None = None
     for a0 in range(axis, -1, -1):
         if not _static(src[a0:axis + 1]):
@@ -256,13 +257,16 @@ def _matching_runs(src: list, dst: list, axis: int) -> tuple[int, int, int, int]
         for a1 in range(axis + 1, len(src) + 1):
             if not _static(src[a0:a1]):
                 break
-            tail = dims_product(src[a1:])
+            tail, head = dims_product(src[a1:]), dims_product(src[:a0])
             size = int(np.prod(src[a0:a1]))
             for b0 in range(len(dst)):
                 for b1 in range(b0 + 1, len(dst) + 1):
                     if not _static(dst[b0:b1]):
                         break
-                    if tail is not None and int(np.prod(dst[b0:b1])) == size and dims_product(dst[b1:]) == tail:
+                    # equal products after the runs, or before them (the element count is kept either way)
+                    same = (tail is not None and dims_product(dst[b1:]) == tail) or \
+                        (head is not None and dims_product(dst[:b0]) == head)
+                    if int(np.prod(dst[b0:b1])) == size and same:
                         cost = (a1 - a0) + (b1 - b0)
                         if best is None or cost < best[0]:
                             best = (cost, (a0, a1, b0, b1))
