@@ -33,7 +33,7 @@ class Rewriter:
         self.removed_attrs: dict[int, set[str]] = {}
         self.replacements: dict[int, tuple[list[onnx.NodeProto], dict[str, np.ndarray]]] = {}
         g = self.graph
-        self._taken = set(g.producer) | set(g.initializers) | set(g.inputs)
+        self._taken = set(g.producer) | set(g.initializers) | set(g.inputs) | {n.name for n in g.nodes if n.name}
 
     # -- what handlers read ----------------------------------------------------------------------------------
     def keep(self, name: str) -> np.ndarray | None:
@@ -74,7 +74,7 @@ class Rewriter:
         self.removed_attrs.setdefault(node, set()).add(name)
 
     def fresh(self, base: str) -> str:
-        """A tensor name not used anywhere in the graph."""
+        """A name used by no tensor and no node of the graph (new nodes and tensors are named with it)."""
         k, name = 1, base
         while name in self._taken:
             name, k = f"{base}_{k}", k + 1

@@ -9,6 +9,8 @@ from builders import GraphBuilder, _finish, attention_block
 from onnx import TensorProto, helper
 from opkit import OUT, assert_groups, const, cut, groups, kept, port
 
+import onnxprune
+
 S, D = 4, 4  # sequence length, head_dim (as builders.attention_block)
 
 
@@ -90,3 +92,14 @@ def test_a_kv_cache_input_keeps_the_heads_with_the_reason():
     reasons = [r for _, r in groups(model)]
     assert reasons and all(r is not None for r in reasons)
     assert any("joins graph input 'past_k' along another axis (a cache" in r for r in reasons), reasons
+
+
+def test_new_nodes_never_reuse_a_node_name():
+    """The ScatterElements put before a computed shape is named after its Reshape (``<reshape>_shape``); a node
+    of that name already in the graph (a model pruned before) must not be repeated."""
+    model, _, _ = attention_block(heads=2, computed_shape=True)
+    reshape = next(n for n in model.graph.node if n.op_type == "Reshape")
+    next(n for n in model.graph.node if n.op_type == "Softmax").name = f"{reshape.name}_shape"
+    pruned = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.5)).model
+    names = [n.name for n in pruned.graph.node if n.name]
+    assert len(names) == len(set(names)) and sum(n.op_type == "ScatterElements" for n in pruned.graph.node) == 3
