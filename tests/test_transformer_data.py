@@ -3,6 +3,7 @@ take ``.npz`` files holding the model's integer inputs (on the hand-built encode
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 from builders import tiny_transformer
@@ -10,6 +11,8 @@ from builders import tiny_transformer
 import onnxprune
 from onnxprune.cli.app import main
 from onnxprune.measure.data import load_data
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _ids(path, n: int = 24, seed: int = 0) -> None:
@@ -50,3 +53,15 @@ def test_recovery_repairs_transformer_projections(tmp_path):
         result = onnxprune.prune(model, config, calib=data, eval_data=data)
         cosine[recover] = result.report["evaluation"]["after"]["cosine"]
     assert cosine["lstsq"] > cosine["bias"] > cosine["none"] and cosine["lstsq"] > 0.7, cosine
+
+
+def test_a_legacy_export_with_a_dynamic_batch_prunes_every_kind():
+    """The bundled ViT-MNIST (legacy exporter, dynamic batch): its reshape shapes are built from Shape(x) at run
+    time (the batch, the channel count, -1 for the heads); heads, MLP and hidden width all prune, exactly."""
+    model = onnxprune.load(ROOT / "models" / "vit_mnist" / "vit_mnist.onnx")
+    groups = onnxprune.analyze(model).groups
+    assert [g.blocked for g in groups if g.blocked] == ["reaches graph output 'logits'"]
+    assert {g.kind for g in groups} == {"hidden", "head", "mlp"}
+    result = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.5))
+    assert result.verification is not None and result.verification.mask_equivalent is True
+    assert result.report["macs_kept"] < 0.3

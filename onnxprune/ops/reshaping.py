@@ -128,7 +128,8 @@ class Reshape(Handler):
         if src is None or inferred is None:
             ctx.block(lx.atoms, f"{label}: shapes unknown")
             return
-        dst = _resolved(ctx.graph, node, list(src), list(inferred))
+        src = tuple(lx.size if k == lx.axis else d for k, d in enumerate(src))  # the channel axis is known
+        dst = resolved_shape(ctx.graph, node, list(src), list(inferred))
         if not ctx.graph.is_const(node.input[1]) and ctx.graph.opset() < 11:
             ctx.block(lx.atoms, f"{label} reshapes the channel axis with a computed shape (opset < 11)")
             return
@@ -208,7 +209,7 @@ def _shape_entries(graph: Graph, name: str) -> list[int | None] | None:
     return entries
 
 
-def _resolved(graph: Graph, node: NodeProto, src: list, dst: list) -> list:
+def resolved_shape(graph: Graph, node: NodeProto, src: list, dst: list) -> list:
     """``dst`` with dims shape inference left symbolic filled in from the shape's fixed entries, and a -1 worked
     out where the symbols cancel (``[B*W, N, C] -> [B*W, N, -1, D]``: -1 is C / D whatever B*W is)."""
     entries = _shape_entries(graph, node.input[1])

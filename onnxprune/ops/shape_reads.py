@@ -8,7 +8,7 @@ from onnx import NodeProto
 
 from onnxprune.core.graph import Graph
 from onnxprune.core.handlers import AnalysisContext, Handler, attr, register
-from onnxprune.ops.reshaping import dims_product
+from onnxprune.ops.reshaping import dims_product, resolved_shape
 
 
 @register
@@ -58,7 +58,8 @@ def _shapes_itself(graph: Graph, tensor: str, name: str, position: int, axis: in
             offset = sum(int(s[0]) for s in lengths if s and isinstance(s[0], int))
             ok = _shapes_itself(graph, tensor, user.output[0], position + offset, axis, size, depth + 1)
         elif user.op_type == "Reshape" and port == 1 and user.input[0] == tensor:
-            src, dst = graph.shape(tensor), graph.shape(user.output[0])
+            src, inferred = graph.shape(tensor), graph.shape(user.output[0])
+            dst = resolved_shape(graph, user, list(src), list(inferred)) if src and inferred else None
             ok = (position == axis and src is not None and dst is not None and len(dst) > axis
                   and dst[axis] == size and dims_product(list(src[axis + 1:])) == dims_product(list(dst[axis + 1:]))
                   and dims_product(list(src[axis + 1:])) is not None)
