@@ -23,6 +23,7 @@ from onnxprune.core.handlers import (
     register,
     same_rank,
 )
+from onnxprune.ops.common import tie_heads
 
 
 def packed_width(node: NodeProto, graph: Graph) -> tuple[int, int] | None:
@@ -60,9 +61,7 @@ class PackedAttention(Handler):
             ctx.block(lx.atoms, f"{label} reads channels on another axis than its hidden width")
         d, head_dim = width
         atoms = ctx.source(i, node.output[0], 2, d)
-        heads = atoms.reshape(-1, head_dim)
-        for k in range(1, head_dim):
-            ctx.tie(heads[:, 0], heads[:, k])
+        tie_heads(ctx, atoms, head_dim)
         ctx.tag(atoms, "head")
         cache = (len(node.input) > 4 and node.input[4]) or (len(node.output) > 1 and node.output[1])
         if cache:

@@ -22,16 +22,9 @@ from onnxprune.core.handlers import (
     register,
     same_rank,
 )
+from onnxprune.ops.common import tie_heads
 
 DOMAIN = "com.microsoft"
-
-
-def _tie_heads(ctx: AnalysisContext, atoms: np.ndarray, head_dim: int) -> np.ndarray:
-    """Tie each head_dim block of ``atoms`` into one unit; the first atom of every head."""
-    heads = atoms.reshape(-1, head_dim)
-    for k in range(1, head_dim):
-        ctx.tie(heads[:, 0], heads[:, k])
-    return heads[:, 0]
 
 
 @register
@@ -62,7 +55,7 @@ class MultiHeadAttention(Handler):
             return
         lq, lk, lv = labs
         assert lq is not None and lk is not None and lv is not None
-        firsts = [_tie_heads(ctx, lab.atoms, lab.size // heads) for lab in (lq, lk, lv)]
+        firsts = [tie_heads(ctx, lab.atoms, lab.size // heads) for lab in (lq, lk, lv)]
         ctx.tie(firsts[0], firsts[1])
         ctx.tie(firsts[0], firsts[2])
         ctx.tag(lq.atoms, "head")
@@ -143,7 +136,7 @@ class RotaryEmbedding(Handler):
         if rank != 3 or lx.axis != 2 or head_dim <= 0 or lx.size % head_dim or (rotary and rotary > head_dim):
             ctx.block(lx.atoms, f"{label} rotates channels whose heads onnxprune cannot tell")
             return
-        _tie_heads(ctx, lx.atoms, head_dim)
+        tie_heads(ctx, lx.atoms, head_dim)
         ctx.tag(lx.atoms, "head")
         ctx.set(node.output[0], 2, lx.atoms)
 

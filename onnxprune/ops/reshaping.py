@@ -7,7 +7,7 @@ from onnx import NodeProto, helper
 from onnxprune.core.channels import UnionFind
 from onnxprune.core.graph import Graph
 from onnxprune.core.handlers import AnalysisContext, Handler, RankOf, RewriteContext, attr, register, same_rank
-from onnxprune.ops.common import _axes_of, _pass
+from onnxprune.ops.common import _axes_of, _pass, axes_of
 
 
 # -- axis movers -----------------------------------------------------------------------------------------------
@@ -313,7 +313,7 @@ def _picked(graph: Graph, tensor: str, axis: int, depth: int = 0) -> bool:
             perm = attr(user, "perm") or list(reversed(range(rank)))
             nxt = list(perm).index(axis)
         elif user.op_type in ("Unsqueeze", "Squeeze"):
-            axes = _const_ints_of(graph, user)
+            axes = axes_of(graph, user)
             if axes is None:
                 continue
             if user.op_type == "Unsqueeze":
@@ -325,15 +325,6 @@ def _picked(graph: Graph, tensor: str, axis: int, depth: int = 0) -> bool:
         if nxt is not None and _picked(graph, user.output[0], nxt, depth + 1):
             return True
     return False
-
-
-def _const_ints_of(graph: Graph, node: NodeProto) -> list[int] | None:
-    """The axes of an (Un)Squeeze: its second input (opset 13) or attribute."""
-    if len(node.input) > 1 and node.input[1]:
-        value = graph.const(node.input[1])
-        return None if value is None else [int(v) for v in np.asarray(value).ravel()]
-    axes = attr(node, "axes")
-    return None if axes is None else [int(a) for a in axes]
 
 
 def _carrier(channels_last: bool, src_run: list[int], p: int, dst_run: list[int], carriers: list[int]) -> int:

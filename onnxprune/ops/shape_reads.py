@@ -3,11 +3,11 @@ rebuilds the tensor's own shape for a Reshape that keeps the channels where they
 with the Reshape)."""
 from __future__ import annotations
 
-import numpy as np
 from onnx import NodeProto
 
 from onnxprune.core.graph import Graph
 from onnxprune.core.handlers import AnalysisContext, Handler, attr, register
+from onnxprune.ops.common import value_ints
 from onnxprune.ops.reshaping import dims_product, resolved_shape
 
 
@@ -73,8 +73,7 @@ def _shapes_itself(graph: Graph, tensor: str, name: str, position: int, axis: in
 def _entries_read(graph: Graph, user: NodeProto, length: int) -> list[int] | None:
     """The entries of a shape vector of ``length`` that a Gather or Slice takes, or ``None`` if not known."""
     def ints(k: int) -> list[int] | None:
-        value = graph.value(user.input[k]) if len(user.input) > k and user.input[k] else None
-        return None if value is None else [int(v) for v in np.asarray(value).ravel()]
+        return value_ints(graph, user.input[k]) if len(user.input) > k else None
 
     if user.op_type == "Gather":
         idx = ints(1)

@@ -5,7 +5,7 @@ import numpy as np
 from onnx import NodeProto, TensorProto, helper
 
 from onnxprune.core.handlers import AnalysisContext, Handler, RankOf, RewriteContext, attr, register, same_rank
-from onnxprune.ops.common import _axes_of, _pass
+from onnxprune.ops.common import _axes_of, _pass, value_ints
 
 
 # -- spatial ops -----------------------------------------------------------------------------------------------
@@ -123,11 +123,6 @@ class Reduce(Handler):
         rw.replace_node(i, [mean, share], {factor: np.array(len(keep) / rw.label(x).size, dtype=dtype)})
 
 
-def _values(ctx: AnalysisContext, name: str) -> list[int] | None:
-    value = ctx.graph.value(name)
-    return None if value is None else [int(v) for v in np.asarray(value).ravel()]
-
-
 #: Reductions that stay exact over the kept channels when the removed ones are zero (the mean is rescaled).
 SUMS = ("ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceMean")
 
@@ -142,8 +137,8 @@ class Pad(Handler):
             return
         rank = ctx.graph.rank(node.input[0])
         if len(node.input) > 1:  # pads computed from constants alone (Swin's window padding) count as known
-            pads = _values(ctx, node.input[1])
-            axes = _values(ctx, node.input[3]) if len(node.input) > 3 and node.input[3] else None
+            pads = value_ints(ctx.graph, node.input[1])
+            axes = value_ints(ctx.graph, node.input[3]) if len(node.input) > 3 and node.input[3] else None
         else:
             pads, axes = attr(node, "pads"), None
         if pads is None or rank is None:
