@@ -109,6 +109,10 @@ def random_feeds(model: onnx.ModelProto, seed: int = 123, batch: int = 2) -> dic
         if types[name] in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
             low = 1 if "mask" in name.lower() else 0  # a fully masked row is NaN after softmax
             feeds[name] = rng.integers(low, 2, shape).astype(helper.tensor_dtype_to_np_dtype(types[name]))
+        elif types[name] in (onnx.TensorProto.UINT8, onnx.TensorProto.INT8):  # quantized codes: the whole range
+            dtype = helper.tensor_dtype_to_np_dtype(types[name])
+            info = np.iinfo(dtype)
+            feeds[name] = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
         else:
             feeds[name] = rng.standard_normal(shape).astype(np.float32)
     return feeds
@@ -187,14 +191,52 @@ def masked_model(model: onnx.ModelProto, plan) -> onnx.ModelProto:
             mask = mask.reshape([t.size] + [1] * (ranks[o] - 1 - t.axis))
             if opset >= 9:  # zeroed with Where: a removed channel's -inf (an attention mask) is not 0 * inf = NaN
                 g.initializer.append(numpy_helper.from_array(mask, o + "__mask"))
-                g.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), o + "__zero"))
-                g.node.append(helper.make_node("Where", [o + "__mask", o + "__raw", o + "__zero"], [o],
+                zero = zero_of(model, o)
+                if isinstance(zero, np.ndarray):
+                    if zero.size > 1:
+                        zero = zero.reshape(mask.shape)
+                    g.initializer.append(numpy_helper.from_array(zero, o + "__zero"))
+                    zero = o + "__zero"
+                g.node.append(helper.make_node("Where", [o + "__mask", o + "__raw", zero], [o],
                                                name=o + "__masking"))
             else:
                 g.initializer.append(numpy_helper.from_array(mask.astype(np.float32), o + "__mask"))
                 g.node.append(helper.make_node("Mul", [o + "__raw", o + "__mask"], [o], name=o + "__masking"))
     del g.value_info[:]
     return masked
+
+
+#: Quantized ops: the input holding their output's zero point (the integer code of 0.0).
+ZERO_POINT_PORT = {"QuantizeLinear": 2, "QLinearConv": 7, "QLinearMatMul": 7, "QGemm": 8, "QLinearAdd": 7,
+                   "QLinearMul": 7, "QLinearConcat": 1, "QLinearGlobalAveragePool": 4, "QLinearAveragePool": 4,
+                   "QLinearSigmoid": 4, "QLinearLeakyRelu": 4}
+#: Ops whose integer outputs are accumulators (0 is 0.0), and codes that keep their input's zero point.
+ACCUMULATORS = ("ConvInteger", "MatMulInteger")
+CODE_PASSING = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Slice", "Concat",
+                "Resize", "Split", "Gather")
+
+
+def zero_of(model: onnx.ModelProto, name: str) -> np.ndarray | str:
+    """What "multiplied by 0" writes into ``name``: float 0, or for quantized codes their zero point (a
+    constant's value, or a DynamicQuantizeLinear's computed zero point by name); the plan's contract in the
+    float domain the codes stand for."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    while name in producers:
+        node = producers[name]
+        if node.op_type == "DynamicQuantizeLinear":
+            return node.output[2]
+        if node.op_type in ZERO_POINT_PORT:
+            port = ZERO_POINT_PORT[node.op_type]
+            if port < len(node.input) and node.input[port]:
+                return inits[node.input[port]].copy()
+            return np.zeros((), np.uint8 if node.op_type == "QuantizeLinear" else np.float32)
+        if node.op_type in ACCUMULATORS:
+            return np.zeros((), np.int32)
+        if node.op_type not in CODE_PASSING:
+            break
+        name = node.input[0]
+    return np.zeros((), np.float32)
 
 
 def assert_mask_equivalent(original: onnx.ModelProto, pruned: onnx.ModelProto, plan, seed: int = 7,

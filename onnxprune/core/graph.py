@@ -177,6 +177,10 @@ class Graph:
         inputs = [self.const(n) if n else None for n in node.input]
         if node.op_type == "Identity":
             return inputs[0]
+        handler = handler_for(node)
+        value = handler.evaluate(node, inputs) if handler is not None else None
+        if value is not None:
+            return value
         known = {n: v for n, v in zip(node.input, inputs) if n and v is not None}
         if len(known) != sum(1 for n in node.input if n):
             return None

@@ -13,7 +13,11 @@ A handler answers, for the nodes of its op types:
   :meth:`Handler.bench_link`, how it chains nodes;
 * the graph -- :meth:`Handler.foldable` (on constants, the result is a constant), :meth:`Handler.output_rank`
   (the rank of the output where shape inference gives up) and :meth:`Handler.shape_proxy` (ai.onnx nodes with
-  the same output shapes, so that shape inference goes on past contrib ops).
+  the same output shapes, so that shape inference goes on past contrib ops);
+* quantization -- :meth:`Handler.refold` (a folded constant the node computes was cut by its readers: cut the
+  node's own inputs instead, e.g. the integer codes and scales of a weight's ``DequantizeLinear``) and
+  :meth:`Handler.zero_point` (the integer code of 0.0 in a quantized output, which the mask oracle writes where
+  a channel is removed).
 
 ``com.microsoft`` and other domains register like ``ai.onnx``. An op without a handler blocks every group it
 touches. Adding an op is one handler module in :mod:`onnxprune.ops` and its test.
@@ -25,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar
 
 import numpy as np
-from onnx import NodeProto, helper
+from onnx import NodeProto, TensorProto, helper
 
 from onnxprune.core.registry import Registry
 
@@ -34,7 +38,8 @@ if TYPE_CHECKING:
     from onnxprune.core.graph import Graph
 
 __all__ = ["AnalysisContext", "BenchLink", "BenchSpec", "Handler", "LinearForm", "RankOf", "RewriteContext",
-           "Shapes", "attr", "handler_for", "broadcast_rank", "node_attrs", "register", "registered", "same_rank"]
+           "Shapes", "QUANTIZED_TYPES", "attr", "handler_for", "zero_code", "broadcast_rank", "node_attrs",
+           "register", "registered", "same_rank"]
 
 Shapes = Mapping[str, Sequence[int]]
 #: ``rank(tensor name)``: a tensor's rank, or ``None`` when unknown.
@@ -102,6 +107,8 @@ class RewriteContext(Protocol):
     def set_attr(self, node: int, name: str, value: Any) -> None: ...
     def del_attr(self, node: int, name: str) -> None: ...
     def fresh(self, base: str) -> str: ...
+    def uses(self, node: int) -> list[tuple[int, int]]: ...
+    def take_input(self, node: int, port: int) -> np.ndarray | None: ...
     def replace_node(self, node: int, nodes: list[NodeProto], constants: dict[str, np.ndarray]) -> None: ...
 
 
@@ -191,6 +198,10 @@ class Handler:
         """Whether the node's result on constant inputs is treated (and folded) as a constant."""
         return False
 
+    def evaluate(self, node: NodeProto, inputs: list[np.ndarray | None]) -> np.ndarray | None:
+        """The output of a foldable node on constant ``inputs`` (``None``: onnx's reference evaluator folds it)."""
+        return None
+
     def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
         """The output's rank where shape inference gave up, from the ranks of other tensors (``rank(name)``);
         ``None`` when unknown. :func:`same_rank` and :func:`broadcast_rank` serve most ops."""
@@ -201,6 +212,42 @@ class Handler:
         inference on ops it does not know (contrib ops), for the model's ai.onnx ``opset``; ``None`` when there is
         none. Never run."""
         return None
+
+    def refold(self, i: int, node: NodeProto, rw: RewriteContext) -> None:
+        """The node is foldable and its readers gave the constant it computes new values (``rw.uses(i)``):
+        store them in the node's own inputs if it can (default: the readers get new stored constants)."""
+
+    def zero_point(self, node: NodeProto, output: int) -> str | None:
+        """For a quantizing op: the input or output holding the integer code of 0.0 of ``output`` ("" when it
+        is the literal 0); ``None`` for ops that pass codes on from their first input (MaxPool, Reshape)."""
+        return None
+
+
+#: Element types of quantized integer codes (int32 is an accumulator, whose 0 is 0.0).
+QUANTIZED_TYPES = (TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16, TensorProto.UINT16, TensorProto.INT4,
+                   TensorProto.UINT4)
+
+
+def zero_code(graph: Graph, name: str) -> np.ndarray | str | None:
+    """The integer code of 0.0 in a quantized tensor: a constant zero point (its value), a computed one (its
+    name: a DynamicQuantizeLinear's), or ``None`` where 0 stands for 0.0 (float and accumulator tensors). Codes
+    passed on by MaxPool, Reshape, Flatten... keep their input's zero point."""
+    seen: set[str] = set()
+    while graph.elem_type(name) in QUANTIZED_TYPES and name in graph.producer and name not in seen:
+        seen.add(name)
+        node = graph.nodes[graph.producer[name]]
+        handler = handler_for(node)
+        zero = handler.zero_point(node, list(node.output).index(name)) if handler is not None else None
+        if zero is None:
+            if not node.input or not node.input[0]:
+                return None
+            name = node.input[0]
+            continue
+        if not zero:
+            return None
+        value = graph.const(zero)
+        return value if value is not None else zero
+    return None
 
 
 _REGISTRY: Registry[tuple[str, str], Handler] = Registry("op handlers")

@@ -81,6 +81,15 @@ class Rewriter:
         self._taken.add(name)
         return name
 
+    def uses(self, node: int) -> list[tuple[int, int]]:
+        """(reader, port) of every read of ``node``'s first output that was given a new value, sorted."""
+        name = self.graph.nodes[node].output[0]
+        return sorted(use for use in self.new_inputs if self.graph.nodes[use[0]].input[use[1]] == name)
+
+    def take_input(self, node: int, port: int) -> np.ndarray | None:
+        """Withdraw the new value given to ``node``'s input ``port`` (a :meth:`Handler.refold` stores it)."""
+        return self.new_inputs.pop((node, port), None)
+
     def replace_node(self, node: int, nodes: list[onnx.NodeProto], constants: dict[str, np.ndarray]) -> None:
         """Put ``nodes`` (reading the new ``constants``) in place of ``node``; they must produce its outputs."""
         self.replacements[node] = (nodes, constants)
@@ -95,6 +104,11 @@ def apply_keep(analysis: Analysis, keep: dict[str, np.ndarray]) -> onnx.ModelPro
             handler = handler_for(node)
             if handler is not None:
                 handler.apply(i, node, rw)
+    folds = {graph.derived.get(graph.nodes[i].input[p]) for i, p in rw.new_inputs}
+    for j in sorted(j for j in folds if j is not None):  # e.g. a weight's DequantizeLinear cuts its codes
+        handler = handler_for(graph.nodes[j])
+        if handler is not None:
+            handler.refold(j, graph.nodes[j], rw)
     return _assemble(rw, analysis, keep)
 
 

@@ -11,6 +11,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxprune.core.graph import Graph, light_model
+from onnxprune.core.handlers import zero_code
 from onnxprune.core.modelio import EXTERNAL_DATA_THRESHOLD, _data_bytes
 from onnxprune.errors import UnsupportedError, VerificationError
 from onnxprune.measure.runtime import Session, random_inputs
@@ -89,15 +90,31 @@ def masked_edit(plan: Plan, graph: Graph) -> Callable[[onnx.ModelProto], None]:
                 flat[list(t.keep)] = True
                 mask = flat.reshape([t.size] + [1] * (rank - 1 - t.axis))
                 dtype = helper.tensor_dtype_to_np_dtype(graph.elem_type(o) or TensorProto.FLOAT)
+                zero = _zero(graph, o, t.size, mask.shape, dtype)  # quantized codes: the code of 0.0
                 if graph.opset() >= 9:  # Where exists from opset 9
                     light.graph.initializer.append(onnx.numpy_helper.from_array(mask, o + "__keep"))
-                    light.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((), dtype), o + "__zero"))
-                    inputs, op = [o + "__keep", o + "__unmasked", o + "__zero"], "Where"
+                    if isinstance(zero, np.ndarray):
+                        light.graph.initializer.append(onnx.numpy_helper.from_array(zero, o + "__zero"))
+                    inputs, op = [o + "__keep", o + "__unmasked", zero if isinstance(zero, str) else o + "__zero"], \
+                        "Where"
                 else:
                     light.graph.initializer.append(onnx.numpy_helper.from_array(mask.astype(dtype), o + "__keep"))
                     inputs, op = [o + "__unmasked", o + "__keep"], "Mul"
                 light.graph.node.append(helper.make_node(op, inputs, [o], name=o + "__mask"))
     return edit
+
+
+def _zero(graph: Graph, name: str, size: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray | str:
+    """What a removed channel of ``name`` holds in the masked original: 0, or a quantized tensor's zero point
+    (a constant per tensor or per channel, or a computed tensor's name)."""
+    zero = zero_code(graph, name)
+    if zero is None or isinstance(zero, str):
+        return np.zeros((), dtype) if zero is None else zero
+    if zero.size == 1:
+        return zero.reshape(()).astype(dtype)
+    if zero.size != size:
+        raise VerificationError(f"cannot verify: '{name}' has a per-channel zero point along another axis")
+    return zero.reshape(shape).astype(dtype)
 
 
 def _interface(model: onnx.ModelProto) -> list[tuple[str, str]]:

@@ -1,82 +1,254 @@
-"""Quantized ops (onnxprune/ops/quantized.py): their channels are shown as blocked groups with the reason, never
-cut; a float group elsewhere in the model is still pruned."""
+"""Quantized graphs (onnxprune/ops/quantized.py, onnxprune/ops/qoperator.py): QDQ, QOperator and dynamic forms
+from onnxruntime's quantizer are cut without re-quantizing (the kept codes are the original ones), and the
+pruned model is mask-equivalent to the original (both oracles mask a quantized tensor with its zero point)."""
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import pytest
+from conftest import EXAMPLE_MODEL, assert_mask_equivalent, run_ort
 from onnx import TensorProto, helper, numpy_helper
-from opkit import cut, groups, port
+from opkit import cut, groups, node, port
 
 import onnxprune
+from onnxprune.measure.macs import count_macs
+
+ort_quant = pytest.importorskip("onnxruntime.quantization")
+FORMS = ("qdq", "qoperator", "dynamic")
 
 
-def _qlinear_conv() -> onnx.ModelProto:
-    """xq[1,3,8,8] uint8 -> Q: QLinearConv(3->4, int8 weights) -> yq[1,4,8,8] uint8"""
-    rng = np.random.default_rng(70)
-    scalar = lambda name, v, dt: numpy_helper.from_array(np.array(v, dtype=dt), name)  # noqa: E731
-    inits = [scalar("xs", 0.02, np.float32), scalar("xz", 128, np.uint8),
-             numpy_helper.from_array(rng.integers(-20, 20, (4, 3, 3, 3)).astype(np.int8), "w"),
-             scalar("ws", 0.01, np.float32), scalar("wz", 0, np.int8),
-             scalar("ys", 0.05, np.float32), scalar("yz", 128, np.uint8)]
-    q = helper.make_node("QLinearConv", ["xq", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["yq"], name="Q",
-                         pads=[1, 1, 1, 1])
-    graph = helper.make_graph([q], "q", [helper.make_tensor_value_info("xq", TensorProto.UINT8, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("yq", TensorProto.UINT8, [1, 4, 8, 8])], inits)
+def _float_cnn() -> onnx.ModelProto:
+    """x[1,3,8,8] -> A: Conv(3->8) -> Relu -> B: Conv(8->6) -> Relu -> GlobalAveragePool -> Flatten
+    -> F: Gemm(6->4) -> y"""
+    rng = np.random.default_rng(80)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "Wa"),
+             numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "Ba"),
+             numpy_helper.from_array((rng.standard_normal((6, 8, 3, 3)) * 0.3).astype(np.float32), "Wb"),
+             numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "Bb"),
+             numpy_helper.from_array(rng.standard_normal((4, 6)).astype(np.float32), "Wf"),
+             numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "Bf")]
+    nodes = [helper.make_node("Conv", ["x", "Wa", "Ba"], ["a"], name="A", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["ar"], name="AR"),
+             helper.make_node("Conv", ["ar", "Wb", "Bb"], ["b"], name="B", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["b"], ["br"], name="BR"),
+             helper.make_node("GlobalAveragePool", ["br"], ["p"], name="P"),
+             helper.make_node("Flatten", ["p"], ["f"], name="FL"),
+             helper.make_node("Gemm", ["f", "Wf", "Bf"], ["y"], name="F", transB=1)]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     return model
 
 
-def test_qlinear_conv_output_is_a_blocked_group_with_the_reason():
-    (size, reason), = groups(_qlinear_conv())
-    assert size == 4
-    assert "quantized op QLinearConv" in reason and "prune the float model" in reason
+class _Reader(ort_quant.CalibrationDataReader):
+    def __init__(self, name: str, shape: list[int], count: int = 8) -> None:
+        rng = np.random.default_rng(81)
+        self.items = iter([{name: rng.standard_normal(shape).astype(np.float32)} for _ in range(count)])
+
+    def get_next(self):
+        return next(self.items, None)
 
 
-def test_pruning_a_quantized_model_changes_nothing():
-    model = _qlinear_conv()
-    result = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.5))
-    assert not result.plan.tensors
-    assert [list(t.dims) for t in result.model.graph.initializer] == [list(t.dims) for t in model.graph.initializer]
-
-
-@pytest.mark.parametrize("op", ["MatMulInteger", "ConvInteger"])
-def test_integer_ops_block_the_float_group_they_read(op):
-    """x -> B: Conv(3->4) -> Relu -> A: Conv(4->4, 1x1) -> Relu -> QuantizeLinear -> <op>(int weights) -> Cast -> y
-    B's group: float all the way, prunable; A's: blocked (quantized after it); <op>'s output: blocked with the
-    quantized reason"""
-    rng = np.random.default_rng(71)
-    w_shape = (4, 2) if op == "MatMulInteger" else (2, 4, 1, 1)
-    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "Wb"),
-             numpy_helper.from_array(rng.standard_normal((4, 4, 1, 1)).astype(np.float32), "Wa"),
-             numpy_helper.from_array(np.array(0.05, np.float32), "s"),
-             numpy_helper.from_array(np.array(128, np.uint8), "z"),
-             numpy_helper.from_array(rng.integers(0, 255, w_shape).astype(np.uint8), "wi")]
-    nodes = [helper.make_node("Conv", ["x", "Wb"], ["b"], name="B", pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["b"], ["br"], name="BR"),
-             helper.make_node("Conv", ["br", "Wa"], ["a"], name="A"),
-             helper.make_node("Relu", ["a"], ["ar"], name="AR"),
-             helper.make_node("QuantizeLinear", ["ar", "s", "z"], ["aq"], name="QL")]
-    if op == "MatMulInteger":
-        nodes += [helper.make_node("Transpose", ["aq"], ["at"], name="T", perm=[0, 2, 3, 1]),
-                  helper.make_node(op, ["at", "wi", "z", "z"], ["yi"], name="OP")]
-        out_shape = [1, 8, 8, 2]
+def quantized(model: onnx.ModelProto, form: str, tmp_path, shape: list[int] | None = None) -> onnx.ModelProto:
+    """``model`` quantized by onnxruntime: static QDQ or QOperator with per-channel weights, or dynamic."""
+    src, dst = tmp_path / f"{form}_float.onnx", tmp_path / f"{form}.onnx"
+    onnx.save(model, src)
+    x = model.graph.input[0]
+    dims = shape or [d.dim_value or 1 for d in x.type.tensor_type.shape.dim]
+    if form == "dynamic":
+        ort_quant.quantize_dynamic(str(src), str(dst))
     else:
-        nodes += [helper.make_node(op, ["aq", "wi", "z", "z"], ["yi"], name="OP")]
-        out_shape = [1, 2, 8, 8]
-    nodes.append(helper.make_node("Cast", ["yi"], ["y"], name="C", to=TensorProto.FLOAT))
-    graph = helper.make_graph(nodes, "qi", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], inits)
+        fmt = ort_quant.QuantFormat.QDQ if form == "qdq" else ort_quant.QuantFormat.QOperator
+        ort_quant.quantize_static(str(src), str(dst), _Reader(x.name, dims), quant_format=fmt, per_channel=True)
+    return onnx.load(dst)
+
+
+def _codes(model: onnx.ModelProto, float_weight: str) -> onnx.TensorProto:
+    """The integer codes the quantizer made of ``float_weight`` (named after it)."""
+    return next(t for t in model.graph.initializer if t.name.startswith(float_weight + "_quantized")
+                or t.name == float_weight + "_quantized")
+
+
+def _initializer(model: onnx.ModelProto, name: str) -> np.ndarray:
+    return numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == name))
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_cut_keeps_the_original_codes_with_their_scales(form, tmp_path):
+    """Cutting A's channels 1, 2, 5, 6: A's codes keep those filters (with their per-channel scales and zero
+    points and int32 bias codes); B's codes keep those input columns and all of B's per-channel scales."""
+    model = quantized(_float_cnn(), form, tmp_path)
+    assert [size for size, reason in groups(model) if reason is None] == [8, 6]
+    keep = [1, 2, 5, 6]
+    tensor = onnxprune.analyze(model).groups[0].tensors[0]  # A's output, named by the quantizer
+    result = cut(model, (tensor, 8, keep))  # checker, library verification, conftest's oracle
+    wa, wb = _codes(model, "Wa"), _codes(model, "Wb")
+    reader_a = next(n for n in result.model.graph.node if any(i.startswith("Wa_quantized") for i in n.input))
+    reader_b = next(n for n in result.model.graph.node if any(i.startswith("Wb_quantized") for i in n.input))
+    codes_a = _initializer(result.model, next(i for i in reader_a.input if i.startswith("Wa_quantized")))
+    codes_b = _initializer(result.model, next(i for i in reader_b.input if i.startswith("Wb_quantized")))
+    np.testing.assert_array_equal(codes_a, numpy_helper.to_array(wa)[keep])
+    np.testing.assert_array_equal(codes_b, numpy_helper.to_array(wb)[:, keep])
+    assert codes_a.dtype == numpy_helper.to_array(wa).dtype
+    if form != "dynamic":  # static: per-channel weight scales (dynamic: one per tensor)
+        scale_a = _initializer(result.model, reader_a.input[1 if form == "qdq" else 4])
+        scale_b = _initializer(result.model, reader_b.input[1 if form == "qdq" else 4])
+        np.testing.assert_array_equal(scale_a, _initializer(model, "Wa_scale")[keep])
+        np.testing.assert_array_equal(scale_b, _initializer(model, "Wb_scale"))
+        bias = next(t for t in result.model.graph.initializer if t.name.startswith("Ba_quantized")
+                    and t.data_type == TensorProto.INT32)
+        np.testing.assert_array_equal(numpy_helper.to_array(bias), _initializer(model, "Ba_quantized")[keep])
+    floats = [t.name for t in result.model.graph.initializer if t.data_type == TensorProto.FLOAT and len(t.dims) > 1]
+    assert not [n for n in floats if n.startswith("W")]  # no weight was written back in float
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_pruned_quantized_model_keeps_the_macs_of_the_pruned_float_model(form, tmp_path):
+    float_model = _float_cnn()
+    model = quantized(float_model, form, tmp_path)
+    shapes = {"x": [1, 3, 8, 8]}
+    assert count_macs(model, shapes)[0] == count_macs(float_model, shapes)[0] > 0
+    want = onnxprune.prune(float_model, onnxprune.PruneConfig(ratio=0.5))
+    got = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.5))
+    assert got.verification is not None and got.verification.mask_equivalent is True
+    assert got.verification.max_rel_error == 0.0
+    assert_mask_equivalent(model, got.model, got.plan)
+    assert count_macs(got.model, shapes)[0] == pytest.approx(count_macs(want.model, shapes)[0], rel=0.02)
+
+
+def _qdq_activation(per_channel: bool) -> onnx.ModelProto:
+    """x -> A: Conv(3->4) -> QuantizeLinear -> DequantizeLinear (per tensor, or per channel along axis 1)
+    -> B: Conv(4->2) -> y"""
+    rng = np.random.default_rng(82)
+    n = 4 if per_channel else 1
+    scale = np.full(n, 0.05, np.float32) * (1 + np.arange(n, dtype=np.float32))
+    zero = (np.arange(n) * 7 + 100).astype(np.uint8)
+    shape_of = (lambda v: v) if per_channel else (lambda v: v.reshape(()))
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 1, 1)).astype(np.float32), "Wa"),
+             numpy_helper.from_array(rng.standard_normal((2, 4, 1, 1)).astype(np.float32), "Wb"),
+             numpy_helper.from_array(shape_of(scale), "s"), numpy_helper.from_array(shape_of(zero), "z")]
+    nodes = [helper.make_node("Conv", ["x", "Wa"], ["a"], name="A"),
+             helper.make_node("QuantizeLinear", ["a", "s", "z"], ["aq"], name="Q", axis=1),
+             helper.make_node("DequantizeLinear", ["aq", "s", "z"], ["ad"], name="D", axis=1),
+             helper.make_node("Conv", ["ad", "Wb"], ["y"], name="B")]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_activation_quantization_passes_channels_and_slices_per_channel_parameters(per_channel):
+    model = _qdq_activation(per_channel)
+    result = cut(model, ("a", 4, [0, 3]))
+    q, d = node(result.model, "Q"), node(result.model, "D")
+    for p, name in ((1, "s"), (2, "z")):
+        original = _initializer(model, name)
+        want = original[[0, 3]] if per_channel else original
+        np.testing.assert_array_equal(_initializer(result.model, q.input[p]), want)
+        np.testing.assert_array_equal(_initializer(result.model, d.input[p]), want)
+    assert port(result.model, "B", 1).shape == (2, 2, 1, 1)
+
+
+def test_a_weight_cut_differently_by_two_readers_stays_valid_in_float():
+    """One DequantizeLinear weight read by two Convs whose inputs are cut differently: the readers get their
+    own float slices (valid and mask-equivalent; dequantized there) instead of one wrong code tensor."""
+    rng = np.random.default_rng(83)
+    codes = rng.integers(-100, 100, (2, 4, 1, 1)).astype(np.int8)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 1, 1)).astype(np.float32), "W1"),
+             numpy_helper.from_array(rng.standard_normal((4, 3, 1, 1)).astype(np.float32), "W2"),
+             numpy_helper.from_array(codes, "q"), numpy_helper.from_array(np.array(0.02, np.float32), "s")]
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["a1"], name="A1"),
+             helper.make_node("Conv", ["x", "W2"], ["a2"], name="A2"),
+             helper.make_node("DequantizeLinear", ["q", "s"], ["w"], name="DQ"),
+             helper.make_node("Conv", ["a1", "w"], ["y1"], name="B1"),
+             helper.make_node("Conv", ["a2", "w"], ["y2"], name="B2"),
+             helper.make_node("Add", ["y1", "y2"], ["y"], name="S")]
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    result = cut(model, ("a1", 4, [0, 1]), ("a2", 4, [1, 2, 3]))
+    np.testing.assert_allclose(port(result.model, "B1", 1), codes[:, [0, 1]].astype(np.float32) * 0.02)
+    np.testing.assert_allclose(port(result.model, "B2", 1), codes[:, [1, 2, 3]].astype(np.float32) * 0.02)
+
+
+def _qlinear_conv() -> onnx.ModelProto:
+    """xq[1,3,8,8] uint8 -> Q: QLinearConv(3->4, int8 weights, per-channel scales, int32 bias) -> hq
+    -> M: MaxPool(1x1) -> mq -> C: QLinearConv(4->2) -> yq[1,2,8,8] uint8"""
+    rng = np.random.default_rng(70)
+    scalar = lambda name, v, dt: numpy_helper.from_array(np.array(v, dtype=dt), name)  # noqa: E731
+    inits = [scalar("xs", 0.02, np.float32), scalar("xz", 128, np.uint8),
+             numpy_helper.from_array(rng.integers(-20, 20, (4, 3, 3, 3)).astype(np.int8), "w"),
+             numpy_helper.from_array(np.array([0.01, 0.02, 0.03, 0.04], np.float32), "ws"),
+             numpy_helper.from_array(np.zeros(4, np.int8), "wz"),
+             scalar("ys", 0.05, np.float32), scalar("yz", 100, np.uint8),
+             numpy_helper.from_array(rng.integers(-20, 20, (2, 4, 1, 1)).astype(np.int8), "v"),
+             scalar("vs", 0.02, np.float32), scalar("vz", 0, np.int8), scalar("zs", 0.1, np.float32),
+             scalar("zz", 128, np.uint8),
+             numpy_helper.from_array(rng.integers(-500, 500, 4).astype(np.int32), "bias")]
+    nodes = [helper.make_node("QLinearConv", ["xq", "xs", "xz", "w", "ws", "wz", "ys", "yz", "bias"], ["hq"],
+                              name="Q", pads=[1, 1, 1, 1]),
+             helper.make_node("MaxPool", ["hq"], ["mq"], name="M", kernel_shape=[1, 1]),
+             helper.make_node("QLinearConv", ["mq", "ys", "yz", "v", "vs", "vz", "zs", "zz"], ["yq"], name="C")]
+    graph = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("xq", TensorProto.UINT8, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("yq", TensorProto.UINT8, [1, 2, 8, 8])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
-    got = groups(model)
-    assert len(got) == 3 and got[0] == (4, None)
-    assert got[1][0] == 4 and got[1][1] is not None
-    assert f"quantized op {op} (OP): prune the float model before quantizing" in got[2][1]
-    result = cut(model, ("b", 4, [0, 3]))
-    np.testing.assert_array_equal(port(result.model, "B", 1), port(model, "B", 1)[[0, 3]])
-    np.testing.assert_array_equal(port(result.model, "A", 1), port(model, "A", 1)[:, [0, 3]])
-    np.testing.assert_array_equal(port(result.model, "OP", 1), port(model, "OP", 1))
+    return model
+
+
+def test_qlinear_conv_cuts_codes_scales_zero_points_and_bias_and_masks_with_the_zero_point():
+    """The removed channels of hq and mq (codes after MaxPool) are masked with hq's zero point 100: masking them
+    with code 0 would feed C -100 * 0.05 and the oracles would differ from the pruned model."""
+    model = _qlinear_conv()
+    assert groups(model)[0] == (4, None)
+    result = cut(model, ("hq", 4, [1, 3]))
+    assert kept(result) == {"hq", "mq"}
+    w = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w"))
+    np.testing.assert_array_equal(port(result.model, "Q", 3), w[[1, 3]])
+    np.testing.assert_array_equal(port(result.model, "Q", 4), np.array([0.02, 0.04], np.float32))
+    np.testing.assert_array_equal(port(result.model, "Q", 5), np.zeros(2, np.int8))
+    np.testing.assert_array_equal(port(result.model, "Q", 8), port(model, "Q", 8)[[1, 3]])
+    np.testing.assert_array_equal(port(result.model, "C", 3), port(model, "C", 3)[:, [1, 3]])
+    assert port(result.model, "Q", 6).shape == ()  # the output scale is per tensor: it stays
+
+
+def kept(result) -> set[str]:
+    return {t.name for t in result.plan.tensors}
+
+
+def test_an_unsupported_quantized_op_blocks_with_its_name():
+    model = _qlinear_conv()
+    c = next(n for n in model.graph.node if n.name == "C")
+    c.op_type, c.domain = "QLinearWhatever", "com.microsoft"
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    (size, reason), *_ = groups(model)
+    assert size == 4 and reason is not None and "com.microsoft.QLinearWhatever (C)" in reason
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_bundled_mnist_resnet_quantized_prunes_like_the_float_model(form, tmp_path):
+    """--ratio 0.5 on the bundled MNIST ResNet in each quantized form: valid (full check), runs in onnxruntime,
+    same interface, mask-exact, MACs kept within 0.02 of the float model's at the same ratio."""
+    float_model = onnx.load(EXAMPLE_MODEL)
+    model = quantized(float_model, form, tmp_path, shape=[1, 1, 28, 28])
+    shapes = {"input": [1, 1, 28, 28]}
+    base_float, base = count_macs(float_model, shapes)[0], count_macs(model, shapes)[0]
+    assert base == base_float
+    want = onnxprune.prune(float_model, onnxprune.PruneConfig(ratio=0.5))
+    got = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.5))
+    onnx.checker.check_model(got.model, full_check=True)
+    assert got.verification is not None and got.verification.mask_equivalent is True
+    assert_mask_equivalent(model, got.model, got.plan)
+    assert [(vi.name, vi.type) for vi in got.model.graph.input] == [(vi.name, vi.type) for vi in model.graph.input]
+    assert [(vi.name, vi.type) for vi in got.model.graph.output] == [(vi.name, vi.type) for vi in model.graph.output]
+    kept_q = count_macs(got.model, shapes)[0] / base
+    kept_f = count_macs(want.model, shapes)[0] / base_float
+    assert kept_q < 0.3 and abs(kept_q - kept_f) <= 0.02
+    x = np.random.default_rng(5).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    assert run_ort(got.model, {"input": x})[0].shape == (2, 10)
