@@ -40,6 +40,15 @@ def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
+def _quantized_params(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """The parameters by storage type, for quantized models (int8 and int4 apart from float)."""
+    b, a = before.get("params_by_type") or {}, after.get("params_by_type") or {}
+    if not b:
+        return ""
+    kinds = sorted(set(b) | set(a), key=lambda k: (k == "float", k))
+    return "; " + ", ".join(f"{k} {_human(b.get(k, 0))} -> {_human(a.get(k, 0))}" for k in kinds)
+
+
 def format_summary(report: dict[str, Any]) -> str:
     """The short human summary printed to stderr after a prune."""
     b, a = report["before"], report["after"]
@@ -48,7 +57,8 @@ def format_summary(report: dict[str, Any]) -> str:
     blocked = sum(1 for g in groups if g["blocked"])
     lines = [
         f"groups: {len(groups)} found, {pruned} pruned, {blocked} blocked",
-        f"params: {_human(b['params'])} -> {_human(a['params'])} ({_ratio(b['params'], a['params'])})",
+        f"params: {_human(b['params'])} -> {_human(a['params'])} ({_ratio(b['params'], a['params'])}"
+        f"{_quantized_params(b, a)})",
         f"MACs:   {_human(b['macs'])} -> {_human(a['macs'])} ({_ratio(b['macs'], a['macs'])})",
         f"size:   {format_bytes(b['bytes'])} -> {format_bytes(a['bytes'])} ({_ratio(b['bytes'], a['bytes'])})",
     ]

@@ -13,6 +13,11 @@ from onnxprune.measure.macs import count_macs, count_params
 
 __all__ = ["CostModel"]
 
+#: Element types counted as parameters: floats and quantized codes (as :func:`count_params` counts them).
+_PARAM_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16,
+                onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16,
+                onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
+
 
 class CostModel:
     """MACs and parameters of the model a removal would give, from per-node MACs and per-constant sizes."""
@@ -36,8 +41,9 @@ class CostModel:
         self.consts = []
         for name, refs in by_const.items():
             t = graph.const_tensor(name)
-            if t is not None and t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
-                                                 onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16):
+            if t is None and name in graph.derived:  # a weight's DequantizeLinear: its codes
+                t = graph.const_tensor(graph.nodes[graph.derived[name]].input[0])
+            if t is not None and t.data_type in _PARAM_TYPES:
                 self.consts.append((int(np.prod(t.dims)) if len(t.dims) else 1, refs))
         offsets = np.cumsum([0] + [g.size for g in analysis.groups])
         self._flat_index = offsets[analysis.unit_group] + analysis.unit_local if len(analysis.root) else None

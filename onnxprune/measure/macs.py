@@ -9,23 +9,54 @@ from onnxprune.core.graph import light_model, node_label
 from onnxprune.core.handlers import Handler, handler_for
 from onnxprune.core.inference import fold_small
 
-__all__ = ["counted", "concrete_shapes", "count_macs", "count_params"]
+__all__ = ["counted", "concrete_shapes", "count_macs", "count_params", "params_by_type"]
 
 _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 
 
+#: Integer element types that hold quantized weights (codes and zero points), by the name the summary shows.
+_CODE_TYPES = {TensorProto.INT8: "int8", TensorProto.UINT8: "int8", TensorProto.INT16: "int16",
+               TensorProto.UINT16: "int16", TensorProto.INT4: "int4", TensorProto.UINT4: "int4"}
+#: Ops that read int32 quantized biases (at these ports) and packed low-bit weights (port, bits attribute).
+_INT32_BIAS_PORTS = {"DequantizeLinear": 0, "QLinearConv": 8, "QGemm": 6}
+_PACKED = {"MatMulNBits": (1, "bits")}
+
+
 def count_params(model: onnx.ModelProto) -> int:
-    """Elements of every floating-point constant (initializers and Constant nodes)."""
-    total = 0
-    for t in model.graph.initializer:
-        if t.data_type in _FLOAT_TYPES:
-            total += int(np.prod(t.dims)) if len(t.dims) else 1
+    """Parameters: elements of every floating-point constant (initializers and Constant nodes) and of every
+    quantized weight (integer codes and zero points, int32 biases of quantized ops, packed 4-bit weights)."""
+    return sum(params_by_type(model).values())
+
+
+def params_by_type(model: onnx.ModelProto) -> dict[str, int]:
+    """Parameter counts by storage: ``float`` and, in quantized models, ``int8``/``int16``/``int4``/``int32``."""
+    counts: dict[str, int] = {"float": 0}
+    packed: dict[str, str] = {}
+    int32: set[str] = set()
     for node in model.graph.node:
-        if node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value" and a.t.data_type in _FLOAT_TYPES:
-                    total += int(np.prod(a.t.dims)) if len(a.t.dims) else 1
-    return total
+        port = _INT32_BIAS_PORTS.get(node.op_type)
+        if port is not None and port < len(node.input):
+            int32.add(node.input[port])
+        if node.op_type in _PACKED and len(node.input) > _PACKED[node.op_type][0]:
+            bits = next((a.i for a in node.attribute if a.name == _PACKED[node.op_type][1]), 4)
+            packed[node.input[_PACKED[node.op_type][0]]] = f"int{bits}"
+    tensors = list(model.graph.initializer)
+    tensors += [a.t for node in model.graph.node if node.op_type == "Constant" for a in node.attribute
+                if a.name == "value"]
+    for t in tensors:
+        size = int(np.prod(t.dims)) if len(t.dims) else 1
+        if t.name in packed:  # bytes of packed codes: 8 // bits codes each
+            kind, size = packed[t.name], size * 8 // int(packed[t.name][3:])
+        elif t.data_type in _FLOAT_TYPES:
+            kind = "float"
+        elif t.data_type in _CODE_TYPES:
+            kind = _CODE_TYPES[t.data_type]
+        elif t.data_type == TensorProto.INT32 and t.name in int32:
+            kind = "int32"
+        else:
+            continue
+        counts[kind] = counts.get(kind, 0) + size
+    return counts
 
 
 def counted(node: onnx.NodeProto) -> bool:

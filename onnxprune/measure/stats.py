@@ -1,7 +1,7 @@
 """Model statistics (parameters, MACs, bytes) and one row per channel group, for reports and ``inspect``."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -10,7 +10,7 @@ import onnx
 from onnxprune.analysis.dependency import Analysis
 from onnxprune.core.graph import light_model
 from onnxprune.core.modelio import _data_bytes
-from onnxprune.measure.macs import count_macs, count_params
+from onnxprune.measure.macs import count_macs, params_by_type
 
 __all__ = ["ModelStats", "model_stats", "group_rows"]
 
@@ -21,15 +21,20 @@ class ModelStats:
     macs: int
     bytes: int
     macs_per_node: dict[str, int]
+    params_by_type: dict[str, int] = field(default_factory=dict)  # float / int8 / int4 / int32 (quantized models)
 
-    def to_dict(self) -> dict[str, int]:
-        return {"params": self.params, "macs": self.macs, "bytes": self.bytes}
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"params": self.params, "macs": self.macs, "bytes": self.bytes}
+        if set(self.params_by_type) - {"float"}:
+            out["params_by_type"] = dict(self.params_by_type)
+        return out
 
 
 def model_stats(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> ModelStats:
     macs, per_node = count_macs(model, input_shapes)
     size = _data_bytes(model) + light_model(model).ByteSize()  # ByteSize() of the whole model serializes it
-    return ModelStats(count_params(model), macs, size, per_node)
+    by_type = params_by_type(model)
+    return ModelStats(sum(by_type.values()), macs, size, per_node, by_type)
 
 
 def group_rows(analysis: Analysis, removed: dict[int, np.ndarray], macs_per_node: dict[str, int]

@@ -146,9 +146,10 @@ def _magnitude(analysis: Analysis, per_row: Callable[[np.ndarray], np.ndarray], 
         if ref.role not in roles or not len(ref.atoms):
             continue
         value = analysis.graph.const(ref.name)
-        if value is None or not np.issubdtype(value.dtype, np.floating):
+        rows = ref.view(value) if value is not None else None  # quantized codes: the view dequantizes them
+        if rows is None or not np.issubdtype(rows.dtype, np.floating):
             continue
-        rows = ref.view(value).astype(np.float64, copy=False)
+        rows = rows.astype(np.float64, copy=False)
         group_sums(analysis, ref.atoms, normalised(per_row(rows)), sums, counts)
     return {gid: sums[gid] / np.maximum(counts[gid], 1.0) for gid in sums}
 

@@ -14,6 +14,7 @@ from onnxprune.core.graph import Graph, light_model
 from onnxprune.core.handlers import zero_code
 from onnxprune.core.modelio import EXTERNAL_DATA_THRESHOLD, _data_bytes
 from onnxprune.errors import UnsupportedError, VerificationError
+from onnxprune.measure.exact import exact_integer_ops
 from onnxprune.measure.runtime import Session, random_inputs
 from onnxprune.planning.plan import Plan
 
@@ -104,6 +105,15 @@ def masked_edit(plan: Plan, graph: Graph) -> Callable[[onnx.ModelProto], None]:
     return edit
 
 
+def _exact(edit: Callable[[onnx.ModelProto], None] | None) -> Callable[[onnx.ModelProto], None]:
+    """``edit``, then the integer ops moved to their exact uint8 form (:mod:`onnxprune.measure.exact`)."""
+    def both(light: onnx.ModelProto) -> None:
+        if edit is not None:
+            edit(light)
+        exact_integer_ops(light)
+    return both
+
+
 def _zero(graph: Graph, name: str, size: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray | str:
     """What a removed channel of ``name`` holds in the masked original: 0, or a quantized tensor's zero point
     (a constant per tensor or per channel, or a computed tensor's name)."""
@@ -137,15 +147,15 @@ def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan | None
     feeds = random_inputs(original, seed, input_shapes)
     graph = graph or Graph.build(original)
     edit = masked_edit(plan, graph) if plan is not None and mask_check else None
-    try:
-        want = Session(original, edit=edit, optimize=False, arrays=graph.const).run(feeds)
+    try:  # integer ops in their exact form (onnxruntime's u8s8 kernels saturate pairs of products)
+        want = Session(original, edit=_exact(edit), optimize=False, arrays=graph.const).run(feeds)
     except Exception as exc:  # noqa: BLE001 - tell a model onnxruntime cannot run from a broken mask
         _require_runnable(original, graph, feeds)
         if isinstance(exc, VerificationError):
             raise
         raise VerificationError(f"onnxruntime cannot run the masked original: {_line(exc)}") from exc
     try:
-        got = Session(pruned, optimize=False).run(feeds)
+        got = Session(pruned, edit=_exact(None), optimize=False).run(feeds)
     except Exception as exc:  # noqa: BLE001 - any runtime failure is a verification failure
         raise VerificationError(f"onnxruntime cannot run the pruned model: {_line(exc)}") from exc
     names = [o.name for o in original.graph.output]

@@ -252,3 +252,27 @@ def test_bundled_mnist_resnet_quantized_prunes_like_the_float_model(form, tmp_pa
     assert kept_q < 0.3 and abs(kept_q - kept_f) <= 0.02
     x = np.random.default_rng(5).standard_normal((2, 1, 28, 28)).astype(np.float32)
     assert run_ort(got.model, {"input": x})[0].shape == (2, 10)
+
+
+def test_criteria_rank_quantized_filters_by_their_dequantized_values():
+    """QLinearConv filter 0 has the largest codes but the smallest scale: dequantized it is the weakest filter,
+    and l1 at ratio 0.25 removes it (ranking the raw codes would remove filter 3)."""
+    model = _qlinear_conv()
+    w = next(t for t in model.graph.initializer if t.name == "w")
+    codes = np.stack([np.full((3, 3, 3), 100 - 20 * k, np.int8) for k in range(4)])
+    w.CopyFrom(numpy_helper.from_array(codes, "w"))
+    ws = next(t for t in model.graph.initializer if t.name == "ws")
+    ws.CopyFrom(numpy_helper.from_array(np.array([0.001, 0.01, 0.02, 0.04], np.float32), "ws"))
+    result = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.25, criterion="l1"))
+    assert [list(t.keep) for t in result.plan.tensors if t.name == "hq"] == [[1, 2, 3]]
+
+
+def test_summary_counts_integer_weights_apart_from_float(tmp_path):
+    model = quantized(_float_cnn(), "qoperator", tmp_path)
+    result = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.5))
+    before, after = result.report["before"], result.report["after"]
+    assert before["params_by_type"]["int8"] >= 8 * 3 * 9 + 6 * 8 * 9 + 6 * 4
+    assert before["params_by_type"]["int32"] == 8 + 6 + 4  # the quantized biases
+    assert after["params_by_type"]["int8"] < before["params_by_type"]["int8"]
+    assert before["params"] == sum(before["params_by_type"].values())
+    assert result.report["macs_kept"] < 0.7
