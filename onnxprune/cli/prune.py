@@ -32,6 +32,7 @@ from onnxprune.measure.runtime import CPU, check_provider
 from onnxprune.pipeline.options import DEFAULT_DATA_CRITERION, SCHEDULES, TRAINING_SCHEDULES, PruneConfig
 from onnxprune.pipeline.pruning import PruneResult, StepHooks, prune
 from onnxprune.pipeline.report import established
+from onnxprune.pipeline.resources import Stages, check_fits
 from onnxprune.pipeline.search import prune_to_latency, prune_within
 from onnxprune.planning.criteria import names as criterion_names
 from onnxprune.rewriting.recover import RECOVERY_MODES
@@ -157,9 +158,14 @@ def _prune_command(model: Path, o: dict[str, Any]) -> None:
     outputs = [p for p in (output, o["plan_path"], o["report_path"]) if p is not None]
     with output_folders(outputs):
         check_outputs(model, outputs)
-        original = load_model(model)
-        result = _run(model, original, config, training, o)
-        write_outputs(result.model, output, lambda written: _documents(result, model, output, written, o))
+        stages = Stages()
+        with stages.stage("load"):
+            original = load_model(model)
+        check_fits(original, str(model), "none" if config.verify is False and o["calib"] is None
+                   else "calib" if o["calib"] is not None else "verify")
+        result = _run(model, original, config, training, o, stages)
+        write_outputs(result.model, output, lambda written: _documents(result, model, output, written, o, stages),
+                      source=original)
     if o["as_json"]:
         click.echo(json.dumps(summary_document(result.report, o["plan_path"], o["report_path"])))
     elif not o["quiet"]:
@@ -187,7 +193,7 @@ def _kind_ratios(o: dict[str, Any]) -> dict[str, float] | None:
 
 
 def _run(model: Path, original: onnx.ModelProto, config: PruneConfig, training: FinetuneConfig,
-         o: dict[str, Any]) -> PruneResult:
+         o: dict[str, Any], stages: Stages | None = None) -> PruneResult:
     """Load the data the options name and prune: to a latency, within an accuracy drop, or by the config."""
     calib = load_command_data(o["calib"], model, original, o)
     eval_data = load_command_data(o["eval_path"], model, original, o)
@@ -203,7 +209,7 @@ def _run(model: Path, original: onnx.ModelProto, config: PruneConfig, training: 
         if eval_data is None:
             raise UsageError("--max-drop needs evaluation data (--eval)")
         return prune_within(original, config, o["max_drop"], eval_data, calib=calib, source_sha256=sha)
-    return prune(original, config, calib=calib, eval_data=eval_data, source_sha256=sha, hooks=hooks)
+    return prune(original, config, calib=calib, eval_data=eval_data, source_sha256=sha, hooks=hooks, stages=stages)
 
 
 def _training(model: Path, original: onnx.ModelProto, calib: Dataset | None, eval_data: Dataset | None,
@@ -219,14 +225,19 @@ def _training(model: Path, original: onnx.ModelProto, calib: Dataset | None, eva
     return calib, None
 
 
-def _documents(result: PruneResult, model: Path, output: Path, written: list[Path], o: dict[str, Any]
-               ) -> list[tuple[Path | None, str]]:
-    """The plan and report to write beside the model (the report learns the files' paths and sizes)."""
+def _documents(result: PruneResult, model: Path, output: Path, written: list[Path], o: dict[str, Any],
+               stages: Stages | None = None) -> list[tuple[Path | None, str]]:
+    """The plan and report to write beside the model (the report learns the files' paths and sizes, and the
+    time and memory of every stage up to the model's files written)."""
     result.report["input"] = {"path": str(model), "bytes": model.stat().st_size}
     result.report["output"] = {"path": str(output), "bytes": sum(p.stat().st_size for p in written)}
     calibrated = o["calib"] is not None or (o["schedule"] in TRAINING_SCHEDULES and o["train_path"] is not None)
     result.report["established"] = established(result.report, calibrated)
+    if stages is not None and "resources" in result.report:
+        stages.mark("write model")
+        result.report["resources"] = stages.to_dict()
     if o["config_path"] is not None:
         result.report["config_file"] = {"path": str(o["config_path"]), "sha256": file_sha256(o["config_path"])}
     return [(o["plan_path"], result.plan.to_json()),
             (o["report_path"], json.dumps(result.report, indent=1) + "\n")]
+

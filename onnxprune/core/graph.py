@@ -12,10 +12,11 @@ from typing import Any, Iterator
 
 import numpy as np
 import onnx
-from onnx import AttributeProto, NodeProto, TensorProto, helper, numpy_helper
+from onnx import AttributeProto, NodeProto, TensorProto, helper
 
 from onnxprune.core.handlers import handler_for
 from onnxprune.core.inference import SMALL_CONSTANT, Dim, constant_node_value, copy_fields, infer_shapes, light_model
+from onnxprune.core.modelio import tensor_array
 from onnxprune.errors import ModelError, UsageError
 
 __all__ = ["Graph", "Dim", "light_model", "node_label", "copy_fields", "static_input_shapes", "SMALL_CONSTANT"]
@@ -131,7 +132,7 @@ class Graph:
             return self._arrays[name]
         value: np.ndarray | None = None
         if name in self.initializers:
-            value = numpy_helper.to_array(self.initializers[name])
+            value = tensor_array(self.initializers[name])  # mapped, not copied, for a model read in place
         elif name in self.constant_nodes:
             value = constant_node_value(self.nodes[self.constant_nodes[name]])
         elif name in self.derived:

@@ -2,6 +2,12 @@
 
 Models larger than protobuf's 2 GB limit are read with their external data and written with it; every write is
 atomic (a temporary file beside the target, then a rename), so a failure leaves nothing behind.
+
+A model with at least :data:`IN_PLACE_THRESHOLD` bytes of external data is read *in place*: its large tensors
+stay external, their ``location`` made absolute, and :func:`tensor_array` maps a tensor's bytes (``np.memmap``)
+when someone reads it, so loading costs the graph only and a reader holds one tensor at a time. Such a model is
+written with external data again: tensors still read in place are copied file to file (``copy_file_range``),
+the others written one by one, each at a 4096-byte aligned offset.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, numpy_helper
 
+from onnxprune.core.inference import copy_fields
 from onnxprune.errors import ModelError, OutputError, UsageError
 
 __all__ = [
@@ -26,12 +33,23 @@ __all__ = [
     "check_outputs",
     "file_sha256",
     "tensor_nbytes",
+    "tensor_array",
+    "inline_tensor",
+    "in_place",
+    "read_in_place",
     "EXTERNAL_DATA_THRESHOLD",
+    "IN_PLACE_THRESHOLD",
 ]
 
 #: Above this many bytes of tensor data a model is written with an external ``.data`` file.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 _EXTERNAL_MIN_TENSOR = 1024
+#: A model with at least this many bytes of external data is read in place (memory-mapped), not loaded whole.
+IN_PLACE_THRESHOLD = 256 << 20
+#: External tensors smaller than this are read into the model even in place (shapes, scalars, norms).
+_IN_PLACE_MIN_TENSOR = 1 << 16
+#: Offsets of tensors in a written data file are multiples of this (onnxruntime maps aligned data directly).
+ALIGNMENT = 4096
 
 
 def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -44,14 +62,94 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     if p.stat().st_size == 0:
         raise ModelError(f"input model '{p}' is empty")
     try:
-        model = onnx.load_model(str(p), load_external_data=True)
+        model = onnx.load_model(str(p), load_external_data=False)
+        external = [t for t in _all_tensors(model) if t.data_location == TensorProto.EXTERNAL]
+        if sum(_external_length(t) for t in external) >= IN_PLACE_THRESHOLD:
+            _resolve_in_place(external, p.resolve().parent)
+        elif external:
+            onnx.external_data_helper.load_external_data_for_model(model, str(p.parent))
     except (DecodeError, RuntimeError) as exc:
         raise ModelError(f"'{p}' is not a readable ONNX model ({_first_line(exc)})") from exc
-    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+    except (OSError, ValueError, KeyError, onnx.checker.ValidationError) as exc:
         raise ModelError(f"cannot read '{p}' or its external data ({_first_line(exc)})") from exc
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise ModelError(f"'{p}' is not an ONNX model with a graph (no nodes found)")
     return model
+
+
+def _external_info(t: TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in t.external_data}
+
+
+def _external_length(t: TensorProto) -> int:
+    length = _external_info(t).get("length")
+    return int(length) if length is not None else tensor_nbytes(t)
+
+
+def _resolve_in_place(tensors: list[TensorProto], base: Path) -> None:
+    """Make the external tensors' locations absolute (checking the files hold them); read the small ones."""
+    sizes: dict[Path, int] = {}
+    for t in tensors:
+        info = _external_info(t)
+        location = info.get("location")
+        if not location:
+            raise ValueError(f"tensor '{t.name}' has external data without a location")
+        path = (base / location).resolve()
+        if path not in sizes:
+            sizes[path] = path.stat().st_size  # OSError (missing file) becomes a ModelError
+        offset, length = int(info.get("offset", 0)), _external_length(t)
+        if offset + length > sizes[path]:
+            raise ValueError(f"tensor '{t.name}' lies past the end of '{path.name}'")
+        if length < _IN_PLACE_MIN_TENSOR:
+            onnx.external_data_helper.load_external_data_for_tensor(t, str(base))
+            continue
+        del t.external_data[:]
+        for key, value in (("location", str(path)), ("offset", str(offset)), ("length", str(length))):
+            entry = t.external_data.add()
+            entry.key, entry.value = key, value
+
+
+def read_in_place(model: onnx.ModelProto) -> bool:
+    """True when some of ``model``'s tensors are read in place (see :func:`load_model`)."""
+    return any(in_place(t) for t in model.graph.initializer)
+
+
+def in_place(t: TensorProto) -> bool:
+    """True when ``t``'s data lies in a file (a model read in place), not in the protobuf."""
+    return t.data_location == TensorProto.EXTERNAL and os.path.isabs(_external_info(t).get("location", ""))
+
+
+def tensor_array(t: TensorProto) -> np.ndarray:
+    """A tensor's value; for a tensor read in place a read-only array over the mapped file (no copy)."""
+    if t.data_location != TensorProto.EXTERNAL:
+        return numpy_helper.to_array(t)
+    info = _external_info(t)
+    offset, length = int(info.get("offset", 0)), _external_length(t)
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+    except (KeyError, TypeError):
+        dtype = None
+    shape = tuple(int(d) for d in t.dims)
+    count = int(np.prod(shape)) if shape else 1
+    if dtype is None or dtype.kind not in "fiub" or dtype.itemsize * count != length or length == 0:
+        return numpy_helper.to_array(inline_tensor(t))  # packed or unusual types: read and decode a copy
+    mapped = np.memmap(info["location"], dtype=dtype, mode="r", offset=offset, shape=shape)
+    return mapped.view(np.ndarray)
+
+
+def inline_tensor(t: TensorProto) -> TensorProto:
+    """``t`` itself, or for a tensor read in place a copy holding its bytes."""
+    if not in_place(t):
+        return t
+    info = _external_info(t)
+    out = TensorProto()
+    out.CopyFrom(t)
+    del out.external_data[:]
+    out.data_location = TensorProto.DEFAULT
+    with open(info["location"], "rb") as f:
+        f.seek(int(info.get("offset", 0)))
+        out.raw_data = f.read(_external_length(t))
+    return out
 
 
 def tensor_nbytes(t: TensorProto) -> int:
@@ -81,7 +179,9 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], external_da
     ``<name>.data`` beside the model. The model object is left unchanged.
     """
     target = Path(path)
-    use_external = _data_bytes(model) > EXTERNAL_DATA_THRESHOLD if external_data is None else external_data
+    if external_data is None:
+        external_data = _data_bytes(model) > EXTERNAL_DATA_THRESHOLD or any(in_place(t) for t in _all_tensors(model))
+    use_external = external_data or _data_bytes(model) > EXTERNAL_DATA_THRESHOLD
     directory = target.parent if str(target.parent) else Path(".")
     if not directory.is_dir():
         raise OutputError(f"output directory '{directory}' does not exist")
@@ -94,8 +194,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], external_da
             _write_with_external_data(model, tmp_model, tmpdir / data_name, data_name)
             written.append((tmpdir / data_name, target.parent / data_name))
         else:
-            with open(tmp_model, "wb") as f:
-                f.write(model.SerializeToString())
+            _write_inline(model, tmp_model)
         for src, dst in reversed(written):  # data first, so the model never points at a missing file
             os.replace(src, dst)
         return [dst for _, dst in written]
@@ -114,34 +213,99 @@ def _mkdtemp(directory: Path) -> str:
         raise OutputError(f"cannot write to '{directory}': {exc.strerror or exc}") from exc
 
 
-def _write_with_external_data(model: onnx.ModelProto, model_path: Path, data_path: Path, location: str) -> None:
-    """Serialize with large tensors moved to one data file, restoring the in-memory tensors afterwards."""
-    moved: list[tuple[TensorProto, bytes]] = []
+def _write_inline(model: onnx.ModelProto, model_path: Path) -> None:
+    """Serialize with every tensor inside the protobuf (tensors read in place are read in for the write)."""
+    swapped: list[tuple[TensorProto, TensorProto]] = []
     try:
-        with open(data_path, "wb") as data:
-            for t in _all_tensors(model):
-                if t.data_location == TensorProto.EXTERNAL or tensor_nbytes(t) < _EXTERNAL_MIN_TENSOR:
-                    continue
-                raw = t.raw_data if t.HasField("raw_data") else numpy_helper.to_array(t).tobytes()
-                pad = (-data.tell()) % 4096
-                data.write(b"\0" * pad)
-                offset = data.tell()
-                data.write(raw)
-                moved.append((t, raw))
-                t.ClearField("raw_data")
-                for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-                    t.ClearField(field)
-                t.data_location = TensorProto.EXTERNAL
-                for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(raw)))):
-                    entry = t.external_data.add()
-                    entry.key, entry.value = key, value
+        for t in _all_tensors(model):
+            if in_place(t):
+                original = TensorProto()
+                original.CopyFrom(t)
+                t.CopyFrom(inline_tensor(original))
+                swapped.append((t, original))
         with open(model_path, "wb") as f:
             f.write(model.SerializeToString())
     finally:
-        for t, raw in moved:
-            t.ClearField("external_data")
-            t.data_location = TensorProto.DEFAULT
-            t.raw_data = raw
+        for t, original in swapped:
+            t.CopyFrom(original)
+
+
+def _write_with_external_data(model: onnx.ModelProto, model_path: Path, data_path: Path, location: str) -> None:
+    """Write the tensors to one data file, one at a time at aligned offsets (tensors read in place are copied
+    file to file), then a structure-only copy of the model that points at them. ``model`` is not changed and
+    no second copy of its weights is made (a protobuf never gives back memory a field held)."""
+    out = onnx.ModelProto()
+    copy_fields(model, out, skip=("graph",))
+    copy_fields(model.graph, out.graph, skip=("node", "initializer"))
+    with open(data_path, "wb") as data:
+        for t in model.graph.initializer:
+            out.graph.initializer.append(_externalized(t, data, location))
+        for node in model.graph.node:
+            if not any(a.type == onnx.AttributeProto.TENSOR and _moves(a.t) for a in node.attribute):
+                out.graph.node.append(node)
+                continue
+            new = out.graph.node.add()
+            copy_fields(node, new, skip=("attribute",))
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.TENSOR and _moves(a.t):
+                    stub = new.attribute.add()
+                    copy_fields(a, stub, skip=("t",))
+                    stub.t.CopyFrom(_externalized(a.t, data, location))
+                else:
+                    new.attribute.append(a)
+    with open(model_path, "wb") as f:
+        f.write(out.SerializeToString())
+
+
+def _moves(t: TensorProto) -> bool:
+    """Whether a tensor goes to the data file (large and not external elsewhere already)."""
+    return in_place(t) or (t.data_location != TensorProto.EXTERNAL and tensor_nbytes(t) >= _EXTERNAL_MIN_TENSOR)
+
+
+def _externalized(t: TensorProto, data, location: str) -> TensorProto:
+    """``t`` itself when it stays in the model, else a stub pointing where its bytes were just written."""
+    if not _moves(t):
+        return t
+    if in_place(t):
+        offset, length = _copy_in_place(t, data)
+    else:
+        raw = t.raw_data if t.HasField("raw_data") else numpy_helper.to_array(t).tobytes()
+        data.write(b"\0" * ((-data.tell()) % ALIGNMENT))
+        offset, length = data.tell(), len(raw)
+        data.write(raw)
+        del raw
+    stub = TensorProto(name=t.name, data_type=t.data_type, dims=t.dims, doc_string=t.doc_string)
+    stub.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = stub.external_data.add()
+        entry.key, entry.value = key, value
+    return stub
+
+
+def _copy_in_place(t: TensorProto, data) -> tuple[int, int]:
+    """Copy a tensor read in place into ``data`` at the next aligned offset, kernel to kernel."""
+    info = _external_info(t)
+    data.write(b"\0" * ((-data.tell()) % ALIGNMENT))
+    data.flush()
+    offset, length = data.tell(), _external_length(t)
+    with open(info["location"], "rb") as src:
+        src_offset, left = int(info.get("offset", 0)), length
+        out = data.fileno()
+        while left > 0:
+            try:
+                n = os.copy_file_range(src.fileno(), out, left, src_offset)
+            except (AttributeError, OSError):  # no copy_file_range here (or across these file systems)
+                n = 0
+            if n <= 0:
+                src.seek(src_offset)
+                chunk = src.read(min(left, 64 << 20))
+                if not chunk:
+                    raise OSError(f"'{info['location']}' ends before tensor '{t.name}' does")
+                n = os.write(out, chunk)
+            src_offset += n
+            left -= n
+    data.seek(0, os.SEEK_END)
+    return offset, length
 
 
 def _all_tensors(model: onnx.ModelProto) -> Iterator[TensorProto]:
@@ -189,10 +353,14 @@ def check_outputs(source: Path, outputs: Sequence[Path]) -> None:
 
 
 def write_outputs(model: onnx.ModelProto, path: Path,
-                  documents: Callable[[list[Path]], Sequence[tuple[Path | None, str]]]) -> list[Path]:
+                  documents: Callable[[list[Path]], Sequence[tuple[Path | None, str]]],
+                  source: onnx.ModelProto | None = None) -> list[Path]:
     """Write ``model`` to ``path``, then the text ``documents(model files written)`` names (a path of ``None``
-    is skipped); if any of it fails, remove what was written and re-raise. Returns the model files."""
-    written = save_model(model, path)
+    is skipped); if any of it fails, remove what was written and re-raise. Returns the model files.
+
+    A model derived from a ``source`` read in place is written with external data too (tensor by tensor:
+    serializing it whole would hold it twice)."""
+    written = save_model(model, path, True if source is not None and read_in_place(source) else None)
     texts: list[Path] = []
     try:
         for target, text in documents(written):

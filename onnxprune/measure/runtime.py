@@ -11,10 +11,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from onnxprune.core.graph import SMALL_CONSTANT, copy_fields, light_model, static_input_shapes
 from onnxprune.core.graph import subgraph_reads as _subgraph_reads
+from onnxprune.core.modelio import inline_tensor, tensor_array
 from onnxprune.errors import UsageError
 
 __all__ = ["CPU", "Session", "check_provider", "expose", "provider_list", "random_inputs"]
@@ -102,7 +103,7 @@ def _as_inputs(model: onnx.ModelProto, known: Callable[[str], np.ndarray | None]
         if value is None:
             t = next((t for t in model.graph.initializer if t.name == vi.name), None)
             if t is not None:
-                value = numpy_helper.to_array(t)
+                value = tensor_array(t)
             else:  # a large Constant node turned into an input
                 from onnxprune.core.graph import constant_node_value
                 node = next(n for n in model.graph.node if n.output and n.output[0] == vi.name)
@@ -129,10 +130,10 @@ def _split(model: onnx.ModelProto, known: Callable[[str], np.ndarray | None] | N
             continue  # onnxruntime drops unread initializers and then refuses to replace them
         n = int(np.prod(t.dims)) if len(t.dims) else 1
         if n <= SMALL_CONSTANT or t.data_type not in _BORROWABLE:
-            dst.initializer.append(t)
+            dst.initializer.append(inline_tensor(t))
             continue
         array = known(t.name) if known is not None else None
-        array = np.ascontiguousarray(array if array is not None else numpy_helper.to_array(t))
+        array = np.ascontiguousarray(array if array is not None else tensor_array(t))
         placeholder = dst.initializer.add()
         placeholder.name, placeholder.data_type = t.name, t.data_type
         placeholder.dims.extend(t.dims)

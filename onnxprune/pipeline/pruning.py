@@ -29,6 +29,7 @@ from onnxprune.pipeline.options import (
     PruneConfig,
 )
 from onnxprune.pipeline.report import apply_report, evaluation, prune_report
+from onnxprune.pipeline.resources import Stages
 from onnxprune.planning.budget import plan_for_budget
 from onnxprune.planning.criteria import Statistics, get_criterion, score
 from onnxprune.planning.plan import Plan
@@ -82,12 +83,13 @@ _DEFAULTS = PruneConfig()
 
 def prune(model: onnx.ModelProto, config: PruneConfig = _DEFAULTS, *, calib: Dataset | None = None,
           eval_data: Dataset | None = None, source_sha256: str | None = None,
-          hooks: StepHooks | None = None) -> PruneResult:
+          hooks: StepHooks | None = None, stages: Stages | None = None) -> PruneResult:
     """Prune ``model`` (never modified) and return the new model, its plan and a report.
 
     With ``calib`` the channels are scored on how the model behaves on those samples and the pruned model is
     repaired without training (``config.recover``); ``eval_data`` adds accuracy/fidelity before and after.
     ``hooks`` train the model between the steps of the ``dropnet`` and ``auto-balanced`` schedules.
+    ``stages`` records each stage's time and memory (the report's ``resources``; a new record by default).
     Raises :class:`~onnxprune.errors.UsageError` for bad options and
     :class:`~onnxprune.errors.VerificationError` when the result fails verification.
     """
@@ -96,10 +98,12 @@ def prune(model: onnx.ModelProto, config: PruneConfig = _DEFAULTS, *, calib: Dat
     if (config.schedule in TRAINING_SCHEDULES) != (hooks is not None):
         raise UsageError(f"the {config.schedule} schedule trains between steps: it needs training data (--data)"
                          if hooks is None else f"training hooks need a training schedule, not {config.schedule}")
-    graph = Graph.build(model)
-    analysis = analyze(graph, config.exclude)
+    stages = stages if stages is not None else Stages()
+    with stages.stage("analysis"):
+        graph = Graph.build(model)
+        analysis = analyze(graph, config.exclude)
     steps = _schedule(config)
-    run = _Steps(model, analysis, config, criterion, recovery, calib, hooks)
+    run = _Steps(model, analysis, config, criterion, recovery, calib, hooks, stages)
     for k, ratio in enumerate(steps):
         if len(steps) > 1:
             note(f"{config.schedule} step {k + 1}/{len(steps)}: removing {ratio:.0%} of the remaining channels")
@@ -113,14 +117,19 @@ def prune(model: onnx.ModelProto, config: PruneConfig = _DEFAULTS, *, calib: Dat
     plan = Plan.from_keep(total_keep, analysis.labels, sha, order)
     verification = None
     if config.verify:
-        verification = verify(model, current, plan, graph=graph, seed=config.seed,
-                              input_shapes=config.input_shapes, tolerance=config.tolerance,
-                              mask_check=recovery == "none" and hooks is None)
-    report = prune_report(model, current, analysis, removed, verification, config, (criterion, recovery), sha)
+        with stages.stage("verification"):
+            verification = verify(model, current, plan, graph=graph, seed=config.seed,
+                                  input_shapes=config.input_shapes, tolerance=config.tolerance,
+                                  mask_check=recovery == "none" and hooks is None)
+    with stages.stage("report"):
+        report = prune_report(model, current, analysis, removed, verification, config, (criterion, recovery),
+                              sha)
     if hooks is not None:
         report["training"] = {**hooks.report(), "planned_steps": len(steps)}
     if eval_data is not None:
-        report["evaluation"] = evaluation(model, current, eval_data, config.batch_size)
+        with stages.stage("evaluation"):
+            report["evaluation"] = evaluation(model, current, eval_data, config.batch_size)
+    report["resources"] = stages.to_dict()
     return PruneResult(current, plan, report, analysis, verification, removed)
 
 
@@ -128,8 +137,8 @@ class _Steps:
     """The state of a prune run from one step of its schedule to the next."""
 
     def __init__(self, original: onnx.ModelProto, analysis: Analysis, config: PruneConfig, criterion: str,
-                 recovery: str, calib: Dataset | None, hooks: StepHooks | None) -> None:
-        self.original, self.analysis, self.config = original, analysis, config
+                 recovery: str, calib: Dataset | None, hooks: StepHooks | None, stages: Stages) -> None:
+        self.original, self.analysis, self.config, self.stages = original, analysis, config, stages
         self.criterion, self.recovery, self.calib, self.hooks = criterion, recovery, calib, hooks
         self.current, self.step_analysis = original, analysis
         self.total_keep: dict[str, np.ndarray] = {}
@@ -142,16 +151,21 @@ class _Steps:
             kept = _step_targets(self.analysis, self.step_analysis,
                                  1.0 - float(np.prod([1 - r for r in steps[:k + 1]])))
         trained_scores = self._train(k, ratio, kept)
-        stats, scores = self._scores()
+        with self.stages.stage("scores" if self.calib is None else "calibration and scores"):
+            stats, scores = self._scores()
         scores.update(trained_scores or {})
-        removed_now = self._choose(ratio, scores, kept)
-        keep = self.step_analysis.keep_positions(removed_now)
+        with self.stages.stage("plan"):
+            removed_now = self._choose(ratio, scores, kept)
+            keep = self.step_analysis.keep_positions(removed_now)
         if not keep:
             return False
-        pruned = apply_keep(self.step_analysis, keep)
-        pruned = recover(self.current, pruned, self.step_analysis, keep, self.recovery,
-                         dict(stats) if stats is not None else None, self.calib, config.batch_size,
-                         config.calib_samples, config.seed)
+        with self.stages.stage("rewrite"):
+            pruned = apply_keep(self.step_analysis, keep)
+        if self.recovery != "none":
+            with self.stages.stage("recovery"):
+                pruned = recover(self.current, pruned, self.step_analysis, keep, self.recovery,
+                                 dict(stats) if stats is not None else None, self.calib, config.batch_size,
+                                 config.calib_samples, config.seed)
         if self.hooks is not None:
             trained = self.hooks.after(k, pruned)
             if trained is None:

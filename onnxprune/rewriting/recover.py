@@ -20,6 +20,7 @@ from onnx import helper, numpy_helper
 from onnxprune.analysis.dependency import Analysis
 from onnxprune.core.graph import Graph
 from onnxprune.core.handlers import LinearForm, handler_for
+from onnxprune.core.modelio import tensor_array
 from onnxprune.core.progress import Progress
 from onnxprune.core.registry import Registry
 from onnxprune.measure.calibrate import ChannelStats, static_batch
@@ -142,7 +143,7 @@ class _PrunedEdits:
 
     def value(self, name: str) -> np.ndarray | None:
         if name in self.inits:
-            return numpy_helper.to_array(self.inits[name])
+            return tensor_array(self.inits[name])
         if name in self.consts:
             from onnxprune.core.graph import constant_node_value
             return constant_node_value(self.consts[name])

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 
 from onnxprune.core.graph import Graph, light_model
 from onnxprune.core.handlers import zero_code
-from onnxprune.core.modelio import EXTERNAL_DATA_THRESHOLD, _data_bytes
+from onnxprune.core.modelio import EXTERNAL_DATA_THRESHOLD, _data_bytes, in_place
 from onnxprune.errors import UnsupportedError, VerificationError
 from onnxprune.measure.exact import exact_integer_ops
 from onnxprune.measure.runtime import Session, random_inputs
@@ -43,7 +43,8 @@ class Verification:
 
 def check_model(model: onnx.ModelProto) -> None:
     """``onnx.checker`` with full (strict shape-inference) checking; a light copy for models over 2 GB."""
-    target = model if _data_bytes(model) < EXTERNAL_DATA_THRESHOLD else light_model(model)
+    large = _data_bytes(model) >= EXTERNAL_DATA_THRESHOLD or any(in_place(t) for t in model.graph.initializer)
+    target = light_model(model) if large else model  # the structure; weights read in place stay where they are
     try:
         onnx.checker.check_model(target, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
