@@ -276,3 +276,57 @@ def test_summary_counts_integer_weights_apart_from_float(tmp_path):
     assert after["params_by_type"]["int8"] < before["params_by_type"]["int8"]
     assert before["params"] == sum(before["params_by_type"].values())
     assert result.report["macs_kept"] < 0.7
+
+
+def _nbits_mlp(tmp_path, k: int = 64, hidden: int = 128, block: int = 32, symmetric: bool = False):
+    """x[2, k] -> U: MatMulNBits(k->hidden, 4-bit blocks along k) -> Relu -> D: MatMulNBits(hidden->k) -> y,
+    built from float MatMuls by onnxruntime's MatMulNBitsQuantizer."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    rng = np.random.default_rng(84)
+    inits = [numpy_helper.from_array(rng.standard_normal((k, hidden)).astype(np.float32), "W1"),
+             numpy_helper.from_array(rng.standard_normal((hidden, k)).astype(np.float32), "W2")]
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="U"),
+             helper.make_node("Relu", ["h"], ["r"], name="R"),
+             helper.make_node("MatMul", ["r", "W2"], ["y"], name="D")]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, k])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    quantizer = MatMulNBitsQuantizer(model, block_size=block, is_symmetric=symmetric)
+    quantizer.process()
+    out = quantizer.model.model
+    assert {n.op_type for n in out.graph.node} == {"MatMulNBits", "Relu"}
+    return out
+
+
+def test_matmul_nbits_cuts_whole_blocks_of_the_hidden_width(tmp_path):
+    """The hidden width (128) is cut in units of D's 32-channel quantization blocks: U loses packed rows with
+    their scales and zero points, D loses whole blocks along K (its packed zero points re-packed), N/K follow."""
+    model = _nbits_mlp(tmp_path)
+    analysis = onnxprune.analyze(model)
+    hidden = next(g for g in analysis.groups if g.blocked is None)
+    assert hidden.size == 4  # four blocks of 32 channels
+    keep = list(range(32, 64)) + list(range(96, 128))
+    result = cut(model, ("h", 128, keep))
+    u = next(n for n in result.model.graph.node if n.name.startswith("U"))
+    d = next(n for n in result.model.graph.node if n.name.startswith("D"))
+    attrs_u = {a.name: helper.get_attribute_value(a) for a in u.attribute}
+    attrs_d = {a.name: helper.get_attribute_value(a) for a in d.attribute}
+    assert (attrs_u["N"], attrs_u["K"], attrs_d["N"], attrs_d["K"]) == (64, 64, 64, 64)
+    b_u = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "W1_Q4"))
+    np.testing.assert_array_equal(port(result.model, u.name, 1), b_u[keep])
+    b_d = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "W2_Q4"))
+    np.testing.assert_array_equal(port(result.model, d.name, 1), b_d[:, [1, 3]])
+    z_d = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "W2_zero_points"))
+    unpacked = np.stack([z_d & 15, z_d >> 4], axis=-1).reshape(64, 4)
+    np.testing.assert_array_equal(port(result.model, d.name, 3)[:, 0], unpacked[:, 1] | (unpacked[:, 3] << 4))
+    counts = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.5)).report
+    assert counts["before"]["params_by_type"]["int4"] == 2 * 64 * 128
+    assert counts["macs_kept"] == pytest.approx(0.5)
+
+
+def test_matmul_nbits_whose_k_is_not_whole_blocks_keeps_its_inputs(tmp_path):
+    model = _nbits_mlp(tmp_path, k=64, hidden=80, block=32)
+    reasons = [g.blocked for g in onnxprune.analyze(model).groups]
+    assert any(r and "cuts K only in whole blocks: K=80 is not a multiple of block_size=32" in r for r in reasons)
