@@ -40,6 +40,7 @@ def conv(tmp_path: Path) -> Path:
 def in_place(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(modelio, "IN_PLACE_THRESHOLD", 0)
     monkeypatch.setattr(modelio, "_IN_PLACE_MIN_TENSOR", 1024)
+    monkeypatch.setattr(modelio, "SPILL_MIN_BYTES", 1024)
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -71,10 +72,14 @@ def test_in_place_output_is_identical_to_in_memory(conv: Path, tmp_path: Path,
     for mode, threshold in (("memory", 1 << 62), ("mapped", 0)):
         monkeypatch.setattr(modelio, "IN_PLACE_THRESHOLD", threshold)
         monkeypatch.setattr(modelio, "_IN_PLACE_MIN_TENSOR", 1024)
+        monkeypatch.setattr(modelio, "SPILL_MIN_BYTES", 1024)
         model = onnxprune.load(conv)
         assert modelio.read_in_place(model) == (mode == "mapped")
         result = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.5, seed=3))
         assert result.verification is not None and result.verification.mask_equivalent
+        spilled = [t for t in result.model.graph.initializer if modelio.in_place(t) and "/proc/self/fd/" in
+                   {e.key: e.value for e in t.external_data}["location"]]
+        assert bool(spilled) == (mode == "mapped")  # the cut weights were spilled, not held in memory
         out = tmp_path / mode
         out.mkdir()
         onnxprune.save(result.model, out / "pruned.onnx", external_data=True)
@@ -162,3 +167,27 @@ def test_model_that_cannot_fit_is_refused_before_work(conv: Path, tmp_path: Path
     model = modelio.load_model(conv)
     assert resources.estimate_need(model, "none") < resources.estimate_need(model, "verify")
     resources.check_fits(model, "conv.onnx", "verify", available=1 << 40)  # fits: no error
+
+
+def test_decoder_in_place_matches_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The LLaMA-style decoder of tools/build_large_models.py at a small width (heads, GQA, SwiGLU MLP cut by the
+    transformer handlers): read in place with the cut weights spilled, the same model and plan as in memory."""
+    pytest.importorskip("transformers")
+    from build_large_models import build_llama
+
+    path = build_llama(tmp_path / "llama.onnx", layers=3, hidden_size=128, intermediate_size=256,
+                       num_attention_heads=8, num_key_value_heads=2, head_dim=16, vocab_size=512)
+    results = {}
+    for mode, threshold in (("memory", 1 << 62), ("mapped", 0)):
+        monkeypatch.setattr(modelio, "IN_PLACE_THRESHOLD", threshold)
+        monkeypatch.setattr(modelio, "_IN_PLACE_MIN_TENSOR", 1024)
+        monkeypatch.setattr(modelio, "SPILL_MIN_BYTES", 1024)
+        result = onnxprune.prune(onnxprune.load(path), onnxprune.PruneConfig(ratio=0.5))
+        assert result.verification is not None and result.verification.mask_equivalent
+        assert result.report["macs_kept"] < 0.5
+        results[mode] = result
+    assert results["memory"].plan.to_json() == results["mapped"].plan.to_json()
+    memory = {t.name: modelio.tensor_array(t) for t in results["memory"].model.graph.initializer}
+    mapped = {t.name: modelio.tensor_array(t) for t in results["mapped"].model.graph.initializer}
+    assert memory.keys() == mapped.keys()
+    assert all(np.array_equal(memory[n], mapped[n]) for n in memory)

@@ -12,10 +12,12 @@ the others written one by one, each at a 4096-byte aligned offset.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx
@@ -37,6 +39,9 @@ __all__ = [
     "inline_tensor",
     "in_place",
     "read_in_place",
+    "spill",
+    "spill_folder",
+    "spilled_tensor",
     "EXTERNAL_DATA_THRESHOLD",
     "IN_PLACE_THRESHOLD",
 ]
@@ -50,6 +55,11 @@ IN_PLACE_THRESHOLD = 256 << 20
 _IN_PLACE_MIN_TENSOR = 1 << 16
 #: Offsets of tensors in a written data file are multiples of this (onnxruntime maps aligned data directly).
 ALIGNMENT = 4096
+#: Arrays at least this large that the rewrite cuts from a model read in place are spilled to a scratch file.
+SPILL_MIN_BYTES = 1 << 20
+#: The process's scratch files by folder: unlinked at once, open until the process ends, read through
+#: ``/proc/self/fd`` (the tensors of a pruned model point there until it is written).
+_SCRATCH: dict[str, tuple[BinaryIO, str]] = {}
 
 
 def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -65,7 +75,11 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         model = onnx.load_model(str(p), load_external_data=False)
         external = [t for t in _all_tensors(model) if t.data_location == TensorProto.EXTERNAL]
         if sum(_external_length(t) for t in external) >= IN_PLACE_THRESHOLD:
-            _resolve_in_place(external, p.resolve().parent)
+            _resolve_in_place([t for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL],
+                              p.resolve().parent)
+            for t in _all_tensors(model):  # Constant nodes' tensors (rarely external) are read into the model
+                if t.data_location == TensorProto.EXTERNAL and not in_place(t):
+                    onnx.external_data_helper.load_external_data_for_tensor(t, str(p.parent))
         elif external:
             onnx.external_data_helper.load_external_data_for_model(model, str(p.parent))
     except (DecodeError, RuntimeError) as exc:
@@ -135,6 +149,52 @@ def tensor_array(t: TensorProto) -> np.ndarray:
         return numpy_helper.to_array(inline_tensor(t))  # packed or unusual types: read and decode a copy
     mapped = np.memmap(info["location"], dtype=dtype, mode="r", offset=offset, shape=shape)
     return mapped.view(np.ndarray)
+
+
+def spill_folder(model: onnx.ModelProto) -> str | None:
+    """Where the arrays cut from ``model`` are spilled: beside its data file when it is read in place (and this
+    system reads unlinked files through ``/proc/self/fd``), else ``None`` (they stay in memory)."""
+    if not os.path.isdir("/proc/self/fd"):
+        return None
+    for t in model.graph.initializer:
+        if in_place(t):
+            return os.path.dirname(_external_info(t)["location"])
+    return None
+
+
+def spill(array: np.ndarray, folder: str) -> np.ndarray:
+    """Append ``array`` to the process's scratch file in ``folder`` (or the temporary folder when that is not
+    writable) and return a read-only map of it: the copy in memory can go, the bytes are read in place."""
+    if folder not in _SCRATCH:
+        f: BinaryIO
+        try:
+            f = tempfile.TemporaryFile(prefix=".onnxprune-scratch-", dir=folder)
+        except OSError:
+            f = tempfile.TemporaryFile(prefix=".onnxprune-scratch-")
+        _SCRATCH[folder] = (f, f"/proc/self/fd/{f.fileno()}")
+    f, path = _SCRATCH[folder]
+    array = np.ascontiguousarray(array)
+    f.seek(0, os.SEEK_END)
+    f.write(b"\0" * ((-f.tell()) % ALIGNMENT))
+    offset = f.tell()
+    f.write(array.data)
+    f.flush()
+    return np.memmap(path, dtype=array.dtype, mode="r", offset=offset, shape=array.shape)
+
+
+def spilled_tensor(value: np.ndarray, name: str, data_type: int) -> TensorProto | None:
+    """A tensor read in place from the scratch file for an array :func:`spill` returned (``None`` for any
+    other array, a view of one included)."""
+    if not (isinstance(value, np.memmap) and isinstance(value.base, mmap.mmap)
+            and any(value.filename == path for _, path in _SCRATCH.values())):
+        return None
+    t = TensorProto(name=name, data_type=data_type or onnx.helper.np_dtype_to_tensor_dtype(value.dtype),
+                    dims=value.shape)
+    t.data_location = TensorProto.EXTERNAL
+    for key, v in (("location", str(value.filename)), ("offset", str(value.offset)), ("length", str(value.nbytes))):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, v
+    return t
 
 
 def inline_tensor(t: TensorProto) -> TensorProto:

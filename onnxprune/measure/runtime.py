@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 
 from onnxprune.core.graph import SMALL_CONSTANT, copy_fields, light_model, static_input_shapes
 from onnxprune.core.graph import subgraph_reads as _subgraph_reads
-from onnxprune.core.modelio import inline_tensor, tensor_array
+from onnxprune.core.modelio import inline_tensor, read_in_place, tensor_array
 from onnxprune.errors import UsageError
 
 __all__ = ["CPU", "Session", "check_provider", "expose", "provider_list", "random_inputs"]
@@ -63,6 +63,8 @@ class Session:
             self._values = [ort.OrtValue.ortvalue_from_numpy(a) for a in values]
             if names:
                 options.add_external_initializers(names, self._values)
+            if read_in_place(model):  # weights read in place: onnxruntime uses them there, no prepacked copies
+                options.add_session_config_entry("session.disable_prepacking", "1")
             self._arrays = values
         else:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

@@ -17,6 +17,7 @@ import onnx
 import onnxprune.training  # noqa: F401 - registers the criteria of the training stage (taylor)
 from onnxprune.analysis.dependency import Analysis, analyze
 from onnxprune.core.graph import Graph, light_model, static_input_shapes
+from onnxprune.core.modelio import in_place, tensor_array
 from onnxprune.core.progress import note
 from onnxprune.errors import PlanError, UsageError
 from onnxprune.measure.calibrate import collect, consumer_inputs
@@ -74,7 +75,10 @@ def model_sha256(model: onnx.ModelProto) -> str:
     h = hashlib.sha256(light_model(model).SerializeToString(deterministic=True))
     for t in model.graph.initializer:
         h.update(t.name.encode())
-        h.update(t.raw_data if t.HasField("raw_data") else t.SerializeToString(deterministic=True))
+        if in_place(t):  # the bytes, read through the map (the same digest as the model loaded whole)
+            h.update(tensor_array(t).data)
+        else:
+            h.update(t.raw_data if t.HasField("raw_data") else t.SerializeToString(deterministic=True))
     return h.hexdigest()
 
 

@@ -12,6 +12,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.analysis.dependency import Analysis
+from onnxprune.core import modelio
 from onnxprune.core.channels import Labeled
 from onnxprune.core.graph import Graph, copy_fields
 from onnxprune.core.graph import subgraph_reads as _subgraph_reads
@@ -34,6 +35,7 @@ class Rewriter:
         self.replacements: dict[int, tuple[list[onnx.NodeProto], dict[str, np.ndarray]]] = {}
         g = self.graph
         self._taken = set(g.producer) | set(g.initializers) | set(g.inputs) | {n.name for n in g.nodes if n.name}
+        self._spill = modelio.spill_folder(g.model)
 
     # -- what handlers read ----------------------------------------------------------------------------------
     def keep(self, name: str) -> np.ndarray | None:
@@ -62,10 +64,18 @@ class Rewriter:
     # -- what handlers change --------------------------------------------------------------------------------
     def set_input(self, node: int, port: int, value: np.ndarray) -> None:
         """Replace the constant read at ``node``'s input ``port`` by ``value`` (for this use only)."""
-        self.new_inputs[(node, port)] = np.ascontiguousarray(value)
+        self.new_inputs[(node, port)] = self._held(value)
 
     def add_input(self, node: int, value: np.ndarray, suffix: str) -> None:
-        self.added_inputs.setdefault(node, []).append((np.ascontiguousarray(value), suffix))
+        self.added_inputs.setdefault(node, []).append((self._held(value), suffix))
+
+    def _held(self, value: np.ndarray) -> np.ndarray:
+        """``value`` contiguous; spilled to the scratch file (a read-only map) when the model is read in place
+        and it is large, so that the rewrite holds a few weights at a time, not all of the new ones."""
+        value = np.ascontiguousarray(value)
+        if self._spill is not None and value.nbytes >= modelio.SPILL_MIN_BYTES:
+            return modelio.spill(value, self._spill)
+        return value
 
     def set_attr(self, node: int, name: str, value: Any) -> None:
         self.attrs.setdefault(node, {})[name] = value
@@ -188,7 +198,7 @@ def _emit_nodes(rw: Rewriter, graph: Graph, c: _Constants, g_out: onnx.GraphProt
             if reads is not None and reads in c.as_nodes:  # emitted right before its first reader
                 value, dtype = c.as_nodes.pop(reads)
                 g_out.node.append(helper.make_node("Constant", [], [reads], name=reads,
-                                                   value=_tensor(value, reads, dtype)))
+                                                   value=_tensor(value, reads, dtype, in_node=True)))
         new = g_out.node.add()
         new.CopyFrom(node)
         if changes:
@@ -213,7 +223,8 @@ def _edit_node(rw: Rewriter, graph: Graph, c: _Constants, i: int, node: onnx.Nod
     if node.op_type == "Constant" and node.output[0] in c.replaced:
         del new.attribute[:]
         new.attribute.append(helper.make_attribute(
-            "value", _tensor(c.replaced[node.output[0]], node.output[0], graph.elem_type(node.output[0]))))
+            "value", _tensor(c.replaced[node.output[0]], node.output[0], graph.elem_type(node.output[0]),
+                             in_node=True)))
 
 
 def _emit_initializers(graph: Graph, c: _Constants, g_out: onnx.GraphProto) -> None:
@@ -288,7 +299,10 @@ def _drop_dead_folds(g: onnx.GraphProto, graph) -> None:
             del g.node[k]
 
 
-def _tensor(value: np.ndarray, name: str, data_type: int) -> TensorProto:
+def _tensor(value: np.ndarray, name: str, data_type: int, in_node: bool = False) -> TensorProto:
+    spilled = None if in_node else modelio.spilled_tensor(value, name, data_type)
+    if spilled is not None:  # an initializer spilled by the rewrite stays in the scratch file, read in place
+        return spilled
     t = numpy_helper.from_array(value, name)
     if data_type and t.data_type != data_type:
         t = helper.make_tensor(name, data_type, value.shape, value.tobytes(), raw=True)

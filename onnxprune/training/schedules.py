@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from onnxprune.analysis.dependency import Analysis
+from onnxprune.core.modelio import tensor_array
 from onnxprune.errors import UsageError
 from onnxprune.measure.data import Dataset
 from onnxprune.measure.evaluate import evaluate
@@ -170,7 +170,7 @@ class BalancedRegularizer:
             for name, idx, local in entries:
                 if name not in values:
                     continue
-                w = numpy_helper.to_array(values[name]).reshape(-1)
+                w = tensor_array(values[name]).reshape(-1)
                 np.add.at(l1, local, np.abs(w[idx]).sum(axis=1))
             if l1.any():
                 out[gid] = l1

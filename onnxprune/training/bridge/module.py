@@ -17,6 +17,7 @@ import torch
 from onnx import AttributeProto, helper, numpy_helper
 
 from onnxprune.core.graph import copy_fields
+from onnxprune.core.modelio import tensor_array
 from onnxprune.errors import UnsupportedError
 from onnxprune.training.bridge import (  # noqa: F401 - they register the operators
     contrib_ops,
@@ -68,7 +69,7 @@ class OnnxModule(torch.nn.Module):
         self.output_names = [o.name for o in graph.output]
         self._keys: dict[str, str] = {}  # ONNX tensor name -> attribute name on this module
         self._trainable = _weight_positions(graph)
-        values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        values = {t.name: tensor_array(t) for t in graph.initializer}  # mapped views for a model read in place
         self._nodes: list[tuple[str, dict, list[str], list[str]]] = []
         for node in graph.node:
             if node.op_type == "Constant":
