@@ -11,6 +11,13 @@ to uint8 by adding 128 -- the same integers after the zero point is subtracted -
 kernels sum exactly. The verifier runs the masked original and the pruned model in that form, which checks the
 rewrite under the ops' ONNX semantics; the models written are left as they are. (onnxruntime has no u8u8
 QLinearConv: static QOperator models are compared as they run.)
+
+:func:`continuous_activations` is the QDQ counterpart: a float op before an activation ``QuantizeLinear`` sums
+fewer terms in the pruned model, so its result may differ from the masked original's in the last bit, and a
+value lying on a rounding boundary then takes the next code -- one quantization step, carried on through the
+rest of the network. The check runs every activation ``QuantizeLinear -> DequantizeLinear`` pair as the
+identity (no rounding, no saturation): weights (their DequantizeLinear of kept codes and scales) are compared
+exactly, activations up to float rounding, as for a float model.
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["exact_integer_ops"]
+__all__ = ["continuous_activations", "exact_integer_ops"]
 
 #: (domain, op) -> (data port, zero point port) of every operand that may hold int8 codes.
 _OPERANDS: dict[tuple[str, str], tuple[tuple[int, int], ...]] = {
@@ -78,3 +85,17 @@ def _shift(model: onnx.ModelProto, name: str, shifted: dict[str, str]) -> str:
         helper.make_node("Cast", [plus], [out], to=TensorProto.UINT8)])
     shifted[name] = out
     return out
+
+
+def continuous_activations(model: onnx.ModelProto) -> None:
+    """Edit ``model`` in place: a ``DequantizeLinear`` of a ``QuantizeLinear`` output passes the quantizer's float
+    input on unrounded (an Identity); the QuantizeLinear itself stays (its codes may be read elsewhere)."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for k, node in enumerate(model.graph.node):
+        if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
+            continue
+        quantizer = producers.get(node.input[0])
+        if quantizer is None or quantizer.op_type != "QuantizeLinear" or quantizer.domain not in ("", "ai.onnx"):
+            continue
+        model.graph.node[k].CopyFrom(helper.make_node("Identity", [quantizer.input[0]], list(node.output),
+                                                      name=node.name))

@@ -179,7 +179,8 @@ def _param_keep(positions: np.ndarray, shape: tuple[int, ...], axis: int) -> np.
     position along that axis only."""
     if positions.ndim != len(shape):
         return None
-    along = np.unravel_index(positions, shape)[axis]
+    stride = math.prod(shape[axis + 1:])
+    along = (positions // stride) % shape[axis]  # (np.unravel_index misreads such arrays in numpy 2.x)
     rows = np.moveaxis(along, axis, 0).reshape(along.shape[axis], -1)
     if rows.shape[1] and not np.all(rows == rows[:, :1]):
         return None

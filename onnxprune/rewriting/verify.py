@@ -14,7 +14,7 @@ from onnxprune.core.graph import Graph, light_model
 from onnxprune.core.handlers import zero_code
 from onnxprune.core.modelio import EXTERNAL_DATA_THRESHOLD, _data_bytes, in_place
 from onnxprune.errors import UnsupportedError, VerificationError
-from onnxprune.measure.exact import exact_integer_ops
+from onnxprune.measure.exact import continuous_activations, exact_integer_ops
 from onnxprune.measure.runtime import Session, random_inputs
 from onnxprune.planning.plan import Plan
 
@@ -107,8 +107,10 @@ def masked_edit(plan: Plan, graph: Graph) -> Callable[[onnx.ModelProto], None]:
 
 
 def _exact(edit: Callable[[onnx.ModelProto], None] | None) -> Callable[[onnx.ModelProto], None]:
-    """``edit``, then the integer ops moved to their exact uint8 form (:mod:`onnxprune.measure.exact`)."""
+    """``edit`` between the checked forms of quantized graphs (:mod:`onnxprune.measure.exact`): activation Q/DQ
+    pairs unrounded before, integer ops in their exact uint8 form after."""
     def both(light: onnx.ModelProto) -> None:
+        continuous_activations(light)  # QDQ: activations unrounded (a last-bit difference is one code)
         if edit is not None:
             edit(light)
         exact_integer_ops(light)

@@ -330,3 +330,29 @@ def test_matmul_nbits_whose_k_is_not_whole_blocks_keeps_its_inputs(tmp_path):
     model = _nbits_mlp(tmp_path, k=64, hidden=80, block=32)
     reasons = [g.blocked for g in onnxprune.analyze(model).groups]
     assert any(r and "cuts K only in whole blocks: K=80 is not a multiple of block_size=32" in r for r in reasons)
+
+
+def test_wide_per_channel_weights_keep_the_scales_of_their_filters():
+    """256 filters x 128 inputs (past 2**15 code positions): the kept filters' scales and zero points are theirs
+    (np.unravel_index misread such position arrays: filters 130, 132... took filter 128's scale)."""
+    rng = np.random.default_rng(85)
+    codes = rng.integers(-127, 127, (256, 128, 1, 1)).astype(np.int8)
+    scale = (rng.random(256) * 0.01 + 0.001).astype(np.float32)
+    zero = rng.integers(-5, 5, 256).astype(np.int8)
+    inits = [numpy_helper.from_array(codes, "q"), numpy_helper.from_array(scale, "s"),
+             numpy_helper.from_array(zero, "z"),
+             numpy_helper.from_array(rng.standard_normal((4, 256, 1, 1)).astype(np.float32), "W2")]
+    nodes = [helper.make_node("DequantizeLinear", ["q", "s", "z"], ["w"], name="DQ", axis=0),
+             helper.make_node("Conv", ["x", "w"], ["a"], name="A"),
+             helper.make_node("Relu", ["a"], ["r"], name="R"),
+             helper.make_node("Conv", ["r", "W2"], ["y"], name="B")]
+    graph = helper.make_graph(nodes, "wide", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 128, 2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 2, 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    keep = list(range(0, 256, 2))
+    result = cut(model, ("a", 256, keep))
+    dq = node(result.model, "DQ")
+    np.testing.assert_array_equal(_initializer(result.model, dq.input[0]), codes[keep])
+    np.testing.assert_array_equal(_initializer(result.model, dq.input[1]), scale[keep])
+    np.testing.assert_array_equal(_initializer(result.model, dq.input[2]), zero[keep])
