@@ -43,10 +43,31 @@ def plural(n: int, word: str, many: str | None = None) -> str:
 def _quantized_params(before: dict[str, Any], after: dict[str, Any]) -> str:
     """The parameters by storage type, for quantized models (int8 and int4 apart from float)."""
     b, a = before.get("params_by_type") or {}, after.get("params_by_type") or {}
-    if not b:
+    if not b and not a:
         return ""
+    b = b or {"float": before.get("params", 0)}
     kinds = sorted(set(b) | set(a), key=lambda k: (k == "float", k))
     return "; " + ", ".join(f"{k} {_human(b.get(k, 0))} -> {_human(a.get(k, 0))}" for k in kinds)
+
+
+def _quantization_line(entry: dict[str, Any]) -> str:
+    """``quantized: ...``: the quantizer, and the float-pruned and quantized accuracy (or fidelity)."""
+    o = entry["options"]
+    how = ("int8 static QDQ, per-channel weights, "
+           f"{plural(o.get('calibration_samples', 0), 'calibration sample')}" if o["mode"] == "static"
+           else "int8 dynamic (weights int8, activations at run time)")
+    line = f"quantized: {how}; checker ok, onnxruntime ok"
+    lat = entry.get("latency")
+    if lat:
+        line += (f"; latency {lat['ms_float_pruned']:.2f} ms (float pruned) -> {lat['ms_quantized']:.2f} ms "
+                 f"({lat['ratio']:.2f}x, onnxruntime CPU, 1 thread)")
+    f, q = entry.get("float_pruned"), entry.get("quantized")
+    if f and q:
+        if f.get("accuracy") is not None:
+            line += f"; accuracy {f['accuracy']:.4f} (float pruned) -> {q['accuracy']:.4f} (quantized)"
+        else:
+            line += f"; cosine to the original {f['cosine']:.4f} (float pruned) -> {q['cosine']:.4f} (quantized)"
+    return line
 
 
 def format_summary(report: dict[str, Any]) -> str:
@@ -76,6 +97,8 @@ def format_summary(report: dict[str, Any]) -> str:
                          f"({after['samples']} samples)")
         lines.append(f"fidelity: top-1 agreement {after['agreement']:.4f}, cosine {after['cosine']:.4f}, "
                      f"relative error {after['rel_error']:.3g}")
+    if report.get("quantization"):
+        lines.append(_quantization_line(report["quantization"]))
     v = report.get("verification")
     if v and v.get("mask_equivalent") is None:
         why = "training" if report.get("training") else "recovery"

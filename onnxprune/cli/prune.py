@@ -35,6 +35,7 @@ from onnxprune.pipeline.report import established
 from onnxprune.pipeline.resources import Stages, check_fits
 from onnxprune.pipeline.search import prune_to_latency, prune_within
 from onnxprune.planning.criteria import names as criterion_names
+from onnxprune.quantization import QUANTIZE_MODES, quantize_result
 from onnxprune.rewriting.recover import RECOVERY_MODES
 from onnxprune.training.finetune import FinetuneConfig, check_device
 from onnxprune.training.schedules import training_hooks
@@ -132,6 +133,9 @@ def _read_config(ctx: click.Context, param: click.Parameter, value: Path | None)
 @data_options
 @click.option("--tolerance", type=float, default=1e-4, show_default=True,
               help="Largest relative error the mask-equivalence check accepts.")
+@click.option("--quantize", type=click.Choice(QUANTIZE_MODES),
+              help="End with int8 quantization by onnxruntime: static (QDQ, per-channel, calibrated on --calib) or "
+                   "dynamic; checked, and compared with the float pruned model on --eval.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON document on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
@@ -148,6 +152,8 @@ def _prune_command(model: Path, o: dict[str, Any]) -> None:
     check_provider(o["provider"])
     check_fraction("--target-macs", o["target_macs"])
     check_fraction("--target-params", o["target_params"])
+    if o["quantize"] == "static" and o["calib"] is None:  # before pruning, not after
+        raise UsageError("--quantize static calibrates on --calib samples: give --calib, or use --quantize dynamic")
     config = _prune_config(o)
     trains = o["schedule"] in TRAINING_SCHEDULES
     config.resolved(o["calib"] is not None or (trains and o["train_path"] is not None))
@@ -164,6 +170,10 @@ def _prune_command(model: Path, o: dict[str, Any]) -> None:
         check_fits(original, str(model), "none" if config.verify is False and o["calib"] is None
                    else "calib" if o["calib"] is not None else "verify")
         result = _run(model, original, config, training, o, stages)
+        if o["quantize"]:  # the last step: quantize the pruned (and recovered) model
+            result = quantize_result(result, original, o["quantize"], load_command_data(o["calib"], model, original, o),
+                                     load_command_data(o["eval_path"], model, original, o),
+                                     batch_size=o["batch_size"], seed=o["seed"], input_shapes=config.input_shapes)
         write_outputs(result.model, output, lambda written: _documents(result, model, output, written, o, stages),
                       source=original)
     if o["as_json"]:
