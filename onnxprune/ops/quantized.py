@@ -12,6 +12,8 @@ Never re-quantize: a cut keeps the original integer codes, so the plan contract 
   a reader kept is found by running its handler once more on the positions of the codes instead of their values
   (a probe), and checked against the values it wrote. A weight whose readers cut it differently keeps its float
   cut (a valid model, dequantized there).
+* Recovery: a weight or bias that least squares or bias compensation rewrote in float goes back to codes the
+  way the original was quantized (:func:`requantize_recovered`: new values need new codes and scales).
 * Mask oracle: a removed channel of a quantized tensor is the code of 0.0, its zero point
   (:meth:`~onnxprune.core.handlers.Handler.zero_point`).
 """
@@ -21,11 +23,12 @@ import math
 from typing import Any, cast
 
 import numpy as np
+import onnx
 from onnx import NodeProto, TensorProto, helper
 
 from onnxprune.core.handlers import AnalysisContext, Handler, RankOf, RewriteContext, attr, register, same_rank
 
-__all__ = ["QuantizeDequantize", "DynamicQuantize", "param_axis"]
+__all__ = ["QuantizeDequantize", "DynamicQuantize", "dequantized_reads", "param_axis", "requantize_recovered"]
 
 #: Element types of integer codes whose cut codes onnxprune writes back (4-bit types are packed: not sliced here).
 CODE_TYPES = (TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16, TensorProto.UINT16, TensorProto.INT32)
@@ -241,3 +244,120 @@ def _cut_params(i: int, node: NodeProto, rw: RewriteContext, uses: list[tuple[in
                 inputs[port] = rw.fresh(f"{node.input[port]}_pruned")
                 constants[inputs[port]] = rw.const(node.input[port])[keep]
     return inputs, constants
+
+
+# -- recovery: new float weights go back to codes ----------------------------------------------------------------
+def dequantized_reads(model: onnx.ModelProto) -> dict[tuple[str, int], str]:
+    """(reader's output, port) -> the weight ``DequantizeLinear`` output it reads, for readers of quantized
+    constants (what :func:`requantize_recovered` compares against after recovery)."""
+    inits = {t.name for t in model.graph.initializer}
+    dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.domain in ("", "ai.onnx")
+          and n.input[0] in inits and not attr(n, "block_size", 0)}
+    return {(n.output[0], p): name for n in model.graph.node for p, name in enumerate(n.input) if name in dq}
+
+
+def requantize_recovered(model: onnx.ModelProto, reads: dict[tuple[str, int], str]) -> int:
+    """Edit ``model`` in place after recovery: a weight or bias that recovery rewrote in float where the reader
+    read a ``DequantizeLinear`` of codes is quantized again the way the codes were (int8/uint8 weights per
+    channel or per tensor, symmetric when the zero points were all 0; int32 biases with scale = input scale x
+    weight scale); the old codes go. Returns how many were quantized; values it cannot quantize stay float."""
+    from onnx import numpy_helper
+
+    if not reads:
+        return 0
+    nodes = {n.output[0]: n for n in model.graph.node if n.output}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name: t for t in model.graph.initializer}
+    done = 0
+    for (out, port), old in sorted(reads.items(), key=lambda kv: kv[0][1]):  # weights (port 1) before biases
+        reader, dq = nodes.get(out), producer.get(old)
+        if reader is None or dq is None or port >= len(reader.input) or reader.input[port] == old:
+            continue
+        new = inits.get(reader.input[port])
+        if new is None or new.data_type != TensorProto.FLOAT:
+            continue
+        codes_t = inits[dq.input[0]]
+        value = numpy_helper.to_array(new)
+        axis = int(attr(dq, "axis", 1)) % max(value.ndim, 1)
+        per_channel = inits[dq.input[1]].dims and math.prod(inits[dq.input[1]].dims) > 1
+        if codes_t.data_type == TensorProto.INT32:
+            scale = _bias_scale(reader, producer, inits, value.size)
+            if scale is None:
+                continue
+            codes = np.round(value / scale).astype(np.int32)
+            zero = np.zeros_like(codes)
+        elif codes_t.data_type in (TensorProto.INT8, TensorProto.UINT8):
+            old_zero = numpy_helper.to_array(inits[dq.input[2]]) if len(dq.input) > 2 and dq.input[2] else None
+            codes, scale, zero = _quantize(value, axis if per_channel else None, codes_t.data_type,
+                                           old_zero is None or not np.any(old_zero))
+        else:
+            continue
+        base = f"{reader.input[port]}_q"
+        names = [base, f"{base}_scale", f"{base}_zero_point"]
+        tensors = [numpy_helper.from_array(codes, names[0]),
+                   numpy_helper.from_array(scale.astype(np.float32), names[1]), numpy_helper.from_array(zero, names[2])]
+        model.graph.initializer.extend(tensors)
+        inits.update({t.name: t for t in tensors})
+        node = helper.make_node("DequantizeLinear", names, [f"{base}_dq"], name=f"{base}_dq")
+        if scale.size > 1:
+            node.attribute.append(helper.make_attribute("axis", axis))
+        producer[node.output[0]] = node
+        position = next(k for k, n in enumerate(model.graph.node) if n is reader)
+        model.graph.node.insert(position, node)
+        reader.input[port] = node.output[0]
+        done += 1
+    _drop_unread(model)
+    return done
+
+
+def _bias_scale(reader: NodeProto, producer: dict[str, NodeProto], inits: dict[str, TensorProto],
+                size: int) -> np.ndarray | None:
+    """input scale x weight scale of a Conv/Gemm whose input and weight are DequantizeLinear outputs."""
+    from onnx import numpy_helper
+
+    x_dq, w_dq = producer.get(reader.input[0]), producer.get(reader.input[1])
+    if x_dq is None or w_dq is None or "DequantizeLinear" not in (x_dq.op_type, w_dq.op_type) \
+            or x_dq.op_type != w_dq.op_type or x_dq.input[1] not in inits or w_dq.input[1] not in inits:
+        return None
+    x_scale = numpy_helper.to_array(inits[x_dq.input[1]])
+    w_scale = numpy_helper.to_array(inits[w_dq.input[1]])
+    if x_scale.size != 1 or w_scale.size not in (1, size):
+        return None
+    return (x_scale.reshape(()) * w_scale.reshape(-1)).astype(np.float32) * np.ones(size, np.float32)
+
+
+def _quantize(value: np.ndarray, axis: int | None, dtype: int, symmetric: bool
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes, scale, zero point) of ``value`` per channel along ``axis`` (or per tensor), min-max."""
+    flat = value.reshape(1, -1) if axis is None else np.moveaxis(value, axis, 0).reshape(value.shape[axis], -1)
+    low, high = np.minimum(flat.min(axis=1), 0.0), np.maximum(flat.max(axis=1), 0.0)
+    np_type = np.int8 if dtype == TensorProto.INT8 else np.uint8
+    qmin, qmax = (-127, 127) if np_type == np.int8 and symmetric else (np.iinfo(np_type).min, np.iinfo(np_type).max)
+    if symmetric:
+        scale = np.maximum(np.maximum(-low, high) / qmax, 1e-12)
+        zero = np.zeros_like(scale)
+    else:
+        scale = np.maximum((high - low) / (qmax - qmin), 1e-12)
+        zero = np.clip(np.round(qmin - low / scale), qmin, qmax)
+    shape = [1] * value.ndim
+    if axis is not None:
+        shape[axis] = -1
+    codes = np.clip(np.round(value / scale.reshape(shape)) + zero.reshape(shape), qmin, qmax).astype(np_type)
+    squeeze = (lambda a: a.reshape(())) if axis is None else (lambda a: a)
+    return codes, squeeze(scale), squeeze(zero.astype(np_type))
+
+
+def _drop_unread(model: onnx.ModelProto) -> None:
+    """Remove DequantizeLinear nodes nobody reads any more, then initializers nobody reads."""
+    g = model.graph
+    while True:
+        read = {n for node in g.node for n in node.input} | {o.name for o in g.output}
+        dead = [k for k, n in enumerate(g.node) if n.op_type == "DequantizeLinear" and n.output[0] not in read]
+        if not dead:
+            break
+        for k in reversed(dead):
+            del g.node[k]
+    read = {n for node in g.node for n in node.input} | {o.name for o in g.output}
+    kept = [t for t in g.initializer if t.name in read]
+    del g.initializer[:]
+    g.initializer.extend(kept)

@@ -26,6 +26,7 @@ from onnxprune.core.registry import Registry
 from onnxprune.measure.calibrate import ChannelStats, static_batch
 from onnxprune.measure.data import Dataset
 from onnxprune.measure.runtime import Session, expose
+from onnxprune.ops.quantized import dequantized_reads, requantize_recovered
 
 __all__ = ["RECOVERY_MODES", "RecoveryMethod", "recover", "register_recovery"]
 
@@ -71,17 +72,20 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analys
     if not keep or (method.refit is None and not method.compensate):
         return pruned
     consumers = _consumers(analysis, keep)
+    reads = dequantized_reads(pruned)  # QDQ weights and biases: what recovery rewrites is quantized again
     edits = _PrunedEdits(pruned)
     refit: set[int] = set()
     if method.refit is not None and data is not None:
         refit = method.refit(original, pruned, analysis, consumers, edits, data, batch_size, limit, seed)
     if not method.compensate:
         edits.finish()
+        requantize_recovered(pruned, reads)
         return pruned
     for c in consumers:
         if c.index not in refit and stats is not None and c.node.input[0] in stats:
             _compensate_bias(c, analysis, stats[c.node.input[0]].mean, edits)
     edits.finish()
+    requantize_recovered(pruned, reads)
     if data is not None:
         compensated = {c.node.output[0] for c in consumers if c.index not in refit}
         _recalibrate_norms(pruned, compensated, data, batch_size, limit)
