@@ -381,3 +381,88 @@ def test_recovered_qdq_weights_are_quantized_again_and_lose_no_more_than_float(t
     assert all(n.input[1] in dq and n.input[2] in dq for n in readers)
     assert pruned.ByteSize() < 0.5 * model.ByteSize()
     assert accuracy["qdq"] >= accuracy["float"] - 0.01
+
+
+def _ms_model(nodes, inits, x, y, ms: bool = True) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "q", [x], [y], inits)
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("com.microsoft", 1)] if ms else [])
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    return model
+
+
+def _arr(name: str, value) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(value), name)
+
+
+def test_qlinear_matmul_cuts_columns_with_per_column_scales():
+    """xq[2,8] -> M1: QLinearMatMul(int8 [8,6], per-column scales) -> hq -> M2: QLinearMatMul([6,4]) -> yq"""
+    rng = np.random.default_rng(86)
+    w1, w2 = rng.integers(-60, 60, (8, 6)).astype(np.int8), rng.integers(-60, 60, (6, 4)).astype(np.int8)
+    s1 = np.linspace(0.01, 0.03, 6).astype(np.float32)
+    inits = [_arr("xs", np.float32(0.02)), _arr("xz", np.uint8(128)), _arr("w1", w1), _arr("w1s", s1),
+             _arr("w1z", np.zeros(6, np.int8)), _arr("hs", np.float32(0.05)), _arr("hz", np.uint8(120)),
+             _arr("w2", w2), _arr("w2s", np.float32(0.02)), _arr("w2z", np.int8(0)), _arr("ys", np.float32(0.1)),
+             _arr("yz", np.uint8(128))]
+    nodes = [helper.make_node("QLinearMatMul", ["xq", "xs", "xz", "w1", "w1s", "w1z", "hs", "hz"], ["hq"], name="M1"),
+             helper.make_node("QLinearMatMul", ["hq", "hs", "hz", "w2", "w2s", "w2z", "ys", "yz"], ["yq"], name="M2")]
+    model = _ms_model(nodes, inits, helper.make_tensor_value_info("xq", TensorProto.UINT8, [2, 8]),
+                      helper.make_tensor_value_info("yq", TensorProto.UINT8, [2, 4]), ms=False)
+    result = cut(model, ("hq", 6, [0, 2, 5]))
+    np.testing.assert_array_equal(port(result.model, "M1", 3), w1[:, [0, 2, 5]])
+    np.testing.assert_array_equal(port(result.model, "M1", 4), s1[[0, 2, 5]])
+    np.testing.assert_array_equal(port(result.model, "M2", 3), w2[[0, 2, 5]])
+
+
+def test_qlinear_concat_pool_and_activations_carry_channels():
+    """xq -> A: QLinearConv(3->4) -> QLinearLeakyRelu ─┐
+       xq -> B: QLinearConv(3->3) -> QLinearSigmoid ───┴ QLinearConcat -> QLinearAveragePool -> C: QLinearConv(7->2)"""
+    rng = np.random.default_rng(87)
+    s, z = np.float32(0.05), np.uint8(128)
+    inits = [_arr("s", s), _arr("z", z), _arr("wz", np.int8(0)), _arr("ws", np.float32(0.02)),
+             _arr("wa", rng.integers(-50, 50, (4, 3, 1, 1)).astype(np.int8)),
+             _arr("wb", rng.integers(-50, 50, (3, 3, 1, 1)).astype(np.int8)),
+             _arr("wc", rng.integers(-50, 50, (2, 7, 1, 1)).astype(np.int8))]
+    ms = "com.microsoft"
+    nodes = [helper.make_node("QLinearConv", ["xq", "s", "z", "wa", "ws", "wz", "s", "z"], ["a"], name="A"),
+             helper.make_node("QLinearLeakyRelu", ["a", "s", "z", "s", "z"], ["ar"], name="AR", domain=ms, alpha=0.1),
+             helper.make_node("QLinearConv", ["xq", "s", "z", "wb", "ws", "wz", "s", "z"], ["b"], name="B"),
+             helper.make_node("QLinearSigmoid", ["b", "s", "z", "s", "z"], ["bs"], name="BS", domain=ms),
+             helper.make_node("QLinearConcat", ["s", "z", "ar", "s", "z", "bs", "s", "z"], ["c"], name="CAT",
+                              domain=ms, axis=1),
+             helper.make_node("QLinearAveragePool", ["c", "s", "z", "s", "z"], ["p"], name="P", domain=ms,
+                              kernel_shape=[2, 2]),
+             helper.make_node("QLinearConv", ["p", "s", "z", "wc", "ws", "wz", "s", "z"], ["yq"], name="C")]
+    model = _ms_model(nodes, inits, helper.make_tensor_value_info("xq", TensorProto.UINT8, [1, 3, 4, 4]),
+                      helper.make_tensor_value_info("yq", TensorProto.UINT8, [1, 2, 3, 3]))
+    assert [size for size, reason in groups(model) if reason is None] == [4, 3]
+    result = cut(model, ("a", 4, [1, 3]), ("b", 3, [0]))
+    wc = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "wc"))
+    np.testing.assert_array_equal(port(result.model, "C", 3), wc[:, [1, 3, 4]])
+
+
+@pytest.mark.parametrize("op", ["DynamicQuantizeMatMul", "MatMulIntegerToFloat"])
+def test_com_microsoft_integer_matmuls_cut_columns_scales_zero_points_and_bias(op):
+    """x[2,8] -> (DynamicQuantizeLinear ->) M: <op>(int8 [8,6], per-column scales, zero points, bias) -> Relu
+    -> D: MatMul([6,3]) -> y"""
+    rng = np.random.default_rng(88)
+    w = rng.integers(-100, 100, (8, 6)).astype(np.int8)
+    scale, zero = np.linspace(0.01, 0.02, 6).astype(np.float32), np.arange(6).astype(np.int8)
+    bias = rng.standard_normal(6).astype(np.float32)
+    inits = [_arr("w", w), _arr("bs", scale), _arr("bz", zero), _arr("bias", bias),
+             _arr("wd", rng.standard_normal((6, 3)).astype(np.float32))]
+    if op == "DynamicQuantizeMatMul":
+        nodes = [helper.make_node(op, ["x", "w", "bs", "bz", "bias"], ["h"], name="M", domain="com.microsoft")]
+    else:
+        nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"], name="Q"),
+                 helper.make_node(op, ["xq", "w", "xs", "bs", "xz", "bz", "bias"], ["h"], name="M",
+                                  domain="com.microsoft")]
+    nodes += [helper.make_node("Relu", ["h"], ["r"], name="R"),
+              helper.make_node("MatMul", ["r", "wd"], ["y"], name="D")]
+    model = _ms_model(nodes, inits, helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8]),
+                      helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3]))
+    keep = [1, 4, 5]
+    result = cut(model, ("h", 6, keep))
+    ports = (1, 2, 3, 4) if op == "DynamicQuantizeMatMul" else (1, 3, 5, 6)
+    for p, want in zip(ports, (w[:, keep], scale[keep], zero[keep], bias[keep])):
+        np.testing.assert_array_equal(port(result.model, "M", p), want)
