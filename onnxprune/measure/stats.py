@@ -45,6 +45,8 @@ def group_rows(analysis: Analysis, removed: dict[int, np.ndarray], macs_per_node
     params: dict[int, int] = {}
     for ref in analysis.weights:
         value = graph.const_tensor(ref.name)
+        if value is None and ref.name in graph.derived:  # a weight's DequantizeLinear: its codes
+            value = graph.const_tensor(graph.nodes[graph.derived[ref.name]].input[0])
         per_row = int(np.prod(value.dims)) // max(len(ref.atoms), 1) if value is not None else 0
         gids, counts = np.unique(analysis.unit_group[ref.atoms], return_counts=True)
         for gid, n in zip(gids, counts):
