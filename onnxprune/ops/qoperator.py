@@ -235,12 +235,12 @@ def _float_matmul(node: NodeProto, a: str, b: str) -> list[NodeProto]:
 
 
 def _requantized(node: NodeProto, result: NodeProto, zero: str, opset: int) -> list[NodeProto]:
-    """``result`` (computing ``node``'s output in float, renamed) cast to the type of the zero point ``zero``."""
+    """``result`` (computing ``node``'s output in float, renamed) with the type of the zero point ``zero``:
+    Where(bool(result), zero, zero) has the result's shape and the zero point's type at any opset."""
     out = node.output[0]
     result.output[0] = f"{out}__proxy_float"
-    if opset >= 15:
-        return [result, helper.make_node("CastLike", [result.output[0], zero], [out])]
-    return [result, helper.make_node("Cast", [result.output[0]], [out], to=2)]
+    cond = helper.make_node("Cast", [result.output[0]], [f"{out}__proxy_cond"], to=9)  # BOOL
+    return [result, cond, helper.make_node("Where", [cond.output[0], zero, zero], [out])]
 
 
 @register

@@ -466,3 +466,27 @@ def test_com_microsoft_integer_matmuls_cut_columns_scales_zero_points_and_bias(o
     ports = (1, 2, 3, 4) if op == "DynamicQuantizeMatMul" else (1, 3, 5, 6)
     for p, want in zip(ports, (w[:, keep], scale[keep], zero[keep], bias[keep])):
         np.testing.assert_array_equal(port(result.model, "M", p), want)
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_int8_activations_keep_their_type_past_contrib_ops_at_any_opset(opset):
+    """QLinearConv (int8 activations) -> com.microsoft QLinearGlobalAveragePool -> Flatten -> QGemm: shape
+    inference sees the contrib ops' int8 outputs as int8 (the oracle masks them with an int8 zero point)."""
+    rng = np.random.default_rng(89)
+    s, z = np.float32(0.05), np.int8(3)
+    inits = [_arr("s", s), _arr("z", z), _arr("wz", np.int8(0)), _arr("ws", np.float32(0.02)),
+             _arr("wa", rng.integers(-50, 50, (4, 3, 1, 1)).astype(np.int8)),
+             _arr("wg", rng.integers(-50, 50, (2, 4)).astype(np.int8)), _arr("ys", np.float32(0.1))]
+    ms = "com.microsoft"
+    nodes = [helper.make_node("QLinearConv", ["xq", "s", "z", "wa", "ws", "wz", "s", "z"], ["a"], name="A"),
+             helper.make_node("QLinearGlobalAveragePool", ["a", "s", "z", "s", "z"], ["p"], name="P", domain=ms,
+                              channels_last=0),
+             helper.make_node("Flatten", ["p"], ["f"], name="F"),
+             helper.make_node("QGemm", ["f", "s", "z", "wg", "ws", "wz", "", "ys", "z"], ["yq"], name="G", domain=ms,
+                              transB=1)]
+    graph = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("xq", TensorProto.INT8, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("yq", TensorProto.INT8, [1, 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(ms, 1)])
+    model.ir_version = 8
+    result = cut(model, ("a", 4, [0, 2]))
+    np.testing.assert_array_equal(port(result.model, "G", 3), _initializer(model, "wg")[:, [0, 2]])
