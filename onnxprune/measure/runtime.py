@@ -44,7 +44,8 @@ class Session:
     ``optimize=True`` (calibration, evaluation) hands large initializers to onnxruntime as external
     initializers, which it copies and prepacks for speed. ``optimize=False`` (one-off checks) turns the weights
     into graph inputs fed with every run: onnxruntime reads the numpy arrays in place, so a check costs no
-    second copy of the weights. ``arrays`` may supply constant values already in memory. ``providers`` are the
+    second copy of the weights; a model read in place (:func:`onnxprune.core.modelio.load_model`) always runs
+    so. ``arrays`` may supply constant values already in memory. ``providers`` are the
     onnxruntime execution providers in order of preference (default: the CPU).
     """
 
@@ -58,20 +59,29 @@ class Session:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         self._weights: dict[str, np.ndarray] = {}
+        if optimize and read_in_place(model):  # onnxruntime would copy (and prepack) weights it may map in place
+            optimize = False
         if optimize:
             light, names, values = _split(model, arrays)
-            self._values = [ort.OrtValue.ortvalue_from_numpy(a) for a in values]
-            if names:
-                options.add_external_initializers(names, self._values)
-            if read_in_place(model):  # weights read in place: onnxruntime uses them there, no prepacked copies
-                options.add_session_config_entry("session.disable_prepacking", "1")
-            self._arrays = values
+            if edit is not None:
+                edit(light)
+            read = {n for node in light.graph.node for n in node.input} | _subgraph_reads(light.graph)
+            kept = [(n, v) for n, v in zip(names, values) if n in read]  # the edit may leave some unread
+            drop = set(names) - read
+            if drop:
+                placeholders = [t for t in light.graph.initializer if t.name not in drop]
+                del light.graph.initializer[:]
+                light.graph.initializer.extend(placeholders)
+            self._values = [ort.OrtValue.ortvalue_from_numpy(v) for _, v in kept]
+            if kept:
+                options.add_external_initializers([n for n, _ in kept], self._values)
+            self._arrays = [v for _, v in kept]
         else:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             options.add_session_config_entry("session.disable_prepacking", "1")
             light, self._weights = _as_inputs(model, arrays)
-        if edit is not None:
-            edit(light)
+            if edit is not None:
+                edit(light)
         self.session = ort.InferenceSession(light.SerializeToString(), options,
                                             providers=list(providers or [CPU]))
 
@@ -83,11 +93,37 @@ class Session:
 
 
 def expose(names: list[str]) -> Callable[[onnx.ModelProto], None]:
-    """A :class:`Session` edit that makes the intermediate tensors ``names`` graph outputs too."""
+    """A :class:`Session` edit that makes the intermediate tensors ``names`` graph outputs too, for runs that
+    fetch ``names`` only: nodes that none of them depends on are left out (a consumer early in a decoder does
+    not run the layers after it)."""
     def edit(light: onnx.ModelProto) -> None:
         known = {o.name for o in light.graph.output}
         light.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in known)
+        _keep_needed(light.graph, set(names))
     return edit
+
+
+def _keep_needed(g: onnx.GraphProto, wanted: set[str]) -> None:
+    """Drop the nodes and outputs of ``g`` that no tensor in ``wanted`` depends on (graphs with subgraphs, whose
+    outer reads are harder to follow, stay whole)."""
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
+        return
+    outputs = [o for o in g.output if o.name in wanted]
+    needed = {o.name for o in outputs}
+    keep = []
+    for node in reversed(g.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+    if len(keep) == len(g.node) and len(outputs) == len(g.output):
+        return
+    kept = [onnx.NodeProto() for _ in keep]
+    for new, node in zip(kept, reversed(keep)):
+        new.CopyFrom(node)
+    del g.node[:]
+    g.node.extend(kept)
+    del g.output[:]
+    g.output.extend(outputs)
 
 
 def _as_inputs(model: onnx.ModelProto, known: Callable[[str], np.ndarray | None] | None
