@@ -65,3 +65,19 @@ def test_a_legacy_export_with_a_dynamic_batch_prunes_every_kind():
     result = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.5))
     assert result.verification is not None and result.verification.mask_equivalent is True
     assert result.report["macs_kept"] < 0.3
+
+
+def test_a_pruned_legacy_export_prunes_again():
+    """Pruning a pruned model (an iterative schedule does): the head counts written into the computed reshape
+    shapes stay readable (a copy of the shape's Concat with the new constant, not a ScatterElements), and the flatten
+    that reads the tensor's own size is left to follow the cut, so every kind stays prunable the second time."""
+    model = onnxprune.load(ROOT / "models" / "vit_mnist" / "vit_mnist.onnx")
+    first = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.5)).model
+    producers = {o: n.op_type for n in first.graph.node for o in n.output}
+    reshapes = [producers.get(n.input[1]) for n in first.graph.node if n.op_type == "Reshape"]
+    assert "ScatterElements" not in reshapes and "Concat" in reshapes
+    groups = onnxprune.analyze(first).groups
+    assert [g.blocked for g in groups if g.blocked] == ["reaches graph output 'logits'"]
+    second = onnxprune.prune(first, onnxprune.PruneConfig(ratio=0.3))
+    assert second.verification is not None and second.verification.mask_equivalent is True
+    assert second.report["macs_kept"] < 0.75

@@ -7,7 +7,7 @@ from onnx import NodeProto
 
 from onnxprune.core.graph import Graph
 from onnxprune.core.handlers import AnalysisContext, Handler, attr, register
-from onnxprune.ops.common import value_ints
+from onnxprune.ops.common import entries_taken
 from onnxprune.ops.reshaping import dims_product, resolved_shape
 
 
@@ -32,7 +32,7 @@ class Shape(Handler):
         pos = lx.axis - start
         for j, port in ctx.graph.consumer_nodes(node.output[0]):
             user = ctx.graph.nodes[j]
-            entries = _entries_read(ctx.graph, user, end - start) if port == 0 else None
+            entries = entries_taken(ctx.graph, user, end - start) if port == 0 else None
             if entries is None or (pos in entries and not _shapes_itself(ctx.graph, node.input[0], user.output[0],
                                                                         entries.index(pos), lx.axis, lx.size)):
                 ctx.block(lx.atoms, f"Shape {ctx.node_label(i)} reads the channel count")
@@ -68,19 +68,3 @@ def _shapes_itself(graph: Graph, tensor: str, name: str, position: int, axis: in
         if not ok:
             return False
     return True
-
-
-def _entries_read(graph: Graph, user: NodeProto, length: int) -> list[int] | None:
-    """The entries of a shape vector of ``length`` that a Gather or Slice takes, or ``None`` if not known."""
-    def ints(k: int) -> list[int] | None:
-        return value_ints(graph, user.input[k]) if len(user.input) > k else None
-
-    if user.op_type == "Gather":
-        idx = ints(1)
-        return None if idx is None else [x % length for x in idx]
-    if user.op_type == "Slice" and len(user.input) >= 3:
-        starts, ends, steps = ints(1), ints(2), ints(4) or [1]
-        if starts is None or ends is None or len(starts) != 1 or (ints(3) or [0])[0] != 0:
-            return None
-        return list(range(length))[slice(starts[0], ends[0], steps[0])]
-    return None
