@@ -222,7 +222,12 @@ def zero_of(model: onnx.ModelProto, name: str) -> np.ndarray | str:
     float domain the codes stand for."""
     producers = {o: n for n in model.graph.node for o in n.output}
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    while name in producers:
+    for _ in range(len(model.graph.node) + 1):
+        dq = next((n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == name), None)
+        if dq is not None:  # codes a DequantizeLinear reads: its zero point is their 0.0
+            return inits[dq.input[2]].copy() if len(dq.input) > 2 and dq.input[2] else np.zeros((), np.uint8)
+        if name not in producers:
+            break
         node = producers[name]
         if node.op_type == "DynamicQuantizeLinear":
             return node.output[2]
@@ -276,9 +281,13 @@ def unrounded(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     producers = {o: n for n in out.graph.node for o in n.output}
+    constant = {t.name for t in out.graph.initializer}  # a constant quantized in the graph (a bias) stays rounded
+    for node in out.graph.node:
+        if node.op_type == "Constant" or (node.input and all(n in constant for n in node.input if n)):
+            constant.update(node.output)
     for node in out.graph.node:
         source = producers.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
-        if source is not None and source.op_type == "QuantizeLinear":
+        if source is not None and source.op_type == "QuantizeLinear" and source.input[0] not in constant:
             node.CopyFrom(helper.make_node("Identity", [source.input[0]], list(node.output), name=node.name))
     return out
 

@@ -1,6 +1,7 @@
-"""A 4-bit transformer: the llama decoder of the transformer suite (legacy export) with its MatMul weights
-quantized by onnxruntime's MatMulNBitsQuantizer (blocks of 16 along K) prunes its MLP width, attention heads and
-hidden width in whole quantization blocks, as its float model does, mask-exactly."""
+"""Quantized transformers of the transformer suite (legacy exports): dynamic and QDQ bert/llama, and the llama
+decoder with its MatMul weights quantized by onnxruntime's MatMulNBitsQuantizer (blocks of 16 along K), which
+prunes its MLP width, attention heads and hidden width in whole quantization blocks; all as their float models
+do, mask-exactly."""
 from __future__ import annotations
 
 import onnx
@@ -39,3 +40,38 @@ def test_matmul_nbits_llama_prunes_in_whole_blocks(tmp_path):
     assert abs(got.report["macs_kept"] - want.report["macs_kept"]) <= 0.02
     assert got.report["macs_kept"] < 0.35
     assert got.report["after"]["params_by_type"]["int4"] < got.report["before"]["params_by_type"]["int4"]
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+@pytest.mark.parametrize("form", ["dynamic", "qdq"])
+def test_quantized_transformers_prune_like_their_float_models(arch, form, tmp_path):
+    """Dynamic (quantized embedding tables gathered as codes, MatMulInteger) and static QDQ per-channel (biases
+    the quantizer shares through Identity -> QuantizeLinear -> DequantizeLinear) at --ratio 0.5: heads, MLP and
+    hidden width all cut, MACs kept as the float model's, mask-exact."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_dynamic, quantize_static
+
+    src = transformer_models.export(arch, "legacy", tmp_path / f"{arch}.onnx")
+    float_model = onnx.load(src)
+    dst = tmp_path / f"{arch}.{form}.onnx"
+    if form == "dynamic":
+        quantize_dynamic(str(src), str(dst))
+    else:
+        names = [i.name for i in float_model.graph.input]
+        feeds = {n: x.numpy() for n, x in zip(names, transformer_models.example_inputs(arch))}
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.items = iter([feeds] * 4)
+
+            def get_next(self):
+                return next(self.items, None)
+        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+    model = onnx.load(dst)
+    analysis = onnxprune.analyze(model)
+    assert {g.kind for g in analysis.groups if g.prunable} >= {"hidden", "head", "mlp"}
+    want = onnxprune.prune(float_model, onnxprune.PruneConfig(ratio=0.5))
+    got = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.5))
+    assert got.verification is not None and got.verification.mask_equivalent is True
+    assert_mask_equivalent(model, got.model, got.plan)
+    assert interface(got.model) == interface(model)
+    assert abs(got.report["macs_kept"] - want.report["macs_kept"]) <= 0.02

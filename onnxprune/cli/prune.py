@@ -35,10 +35,10 @@ from onnxprune.pipeline.report import established
 from onnxprune.pipeline.resources import Stages, check_fits
 from onnxprune.pipeline.search import prune_to_latency, prune_within
 from onnxprune.planning.criteria import names as criterion_names
-from onnxprune.quantization import QUANTIZE_MODES, quantize_result
 from onnxprune.rewriting.recover import RECOVERY_MODES
 from onnxprune.training.finetune import FinetuneConfig, check_device
 from onnxprune.training.schedules import training_hooks
+from onnxprune.tuning.quantize import QUANTIZE_MODES, quantize_result
 
 __all__ = ["prune_cmd"]
 

@@ -231,9 +231,19 @@ QUANTIZED_TYPES = (TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16, Tenso
 def zero_code(graph: Graph, name: str) -> np.ndarray | str | None:
     """The integer code of 0.0 in a quantized tensor: a constant zero point (its value), a computed one (its
     name: a DynamicQuantizeLinear's), or ``None`` where 0 stands for 0.0 (float and accumulator tensors). Codes
-    passed on by MaxPool, Reshape, Flatten... keep their input's zero point."""
+    passed on by MaxPool, Reshape, Flatten... keep their input's zero point; codes a DequantizeLinear reads (a
+    quantized embedding table's rows, gathered) have that DequantizeLinear's."""
     seen: set[str] = set()
-    while graph.elem_type(name) in QUANTIZED_TYPES and name in graph.producer and name not in seen:
+    while graph.elem_type(name) in QUANTIZED_TYPES and name not in seen:
+        reader = next((graph.nodes[i] for i, port in graph.consumer_nodes(name) if port == 0
+                       and graph.nodes[i].op_type == "DequantizeLinear" and graph.nodes[i].domain in ("", "ai.onnx")),
+                      None)
+        if reader is not None:
+            zero = reader.input[2] if len(reader.input) > 2 else ""
+            value = graph.const(zero) if zero else None
+            return value if value is not None else (zero or None)
+        if name not in graph.producer:
+            return None
         seen.add(name)
         node = graph.nodes[graph.producer[name]]
         handler = handler_for(node)

@@ -87,15 +87,23 @@ def _shift(model: onnx.ModelProto, name: str, shifted: dict[str, str]) -> str:
     return out
 
 
-def continuous_activations(model: onnx.ModelProto) -> None:
-    """Edit ``model`` in place: a ``DequantizeLinear`` of a ``QuantizeLinear`` output passes the quantizer's float
-    input on unrounded (an Identity); the QuantizeLinear itself stays (its codes may be read elsewhere)."""
+def continuous_activations(model: onnx.ModelProto, constants: set[str] | frozenset[str] = frozenset()) -> None:
+    """Edit ``model`` in place: a ``DequantizeLinear`` of a ``QuantizeLinear`` of a computed tensor passes the
+    quantizer's float input on unrounded (an Identity); the QuantizeLinear itself stays (its codes may be read
+    elsewhere). A constant quantized in the graph (a bias) keeps its rounding: ``constants`` names the model's
+    stored constants (a light model holds its large ones as inputs), what is computed from them alone is too."""
+    known = set(constants) | {t.name for t in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        names = [n for n in node.input if n]
+        if node.op_type == "Constant" or (names and all(n in known for n in names)):
+            known.update(node.output)
     for k, node in enumerate(model.graph.node):
         if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
             continue
         quantizer = producers.get(node.input[0])
-        if quantizer is None or quantizer.op_type != "QuantizeLinear" or quantizer.domain not in ("", "ai.onnx"):
+        if (quantizer is None or quantizer.op_type != "QuantizeLinear" or quantizer.domain not in ("", "ai.onnx")
+                or quantizer.input[0] in known):
             continue
         model.graph.node[k].CopyFrom(helper.make_node("Identity", [quantizer.input[0]], list(node.output),
                                                       name=node.name))

@@ -7,6 +7,7 @@ mask-equivalence check inserts its masks that way).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from types import ModuleType
 
 import numpy as np
 import onnx
@@ -90,6 +91,17 @@ class Session:
 
     def output_names(self) -> list[str]:
         return [o.name for o in self.session.get_outputs()]
+
+
+def quantization() -> ModuleType:
+    """onnxruntime's quantizer package (``onnxruntime.quantization``), for ``--quantize``."""
+    import onnxruntime.quantization
+
+    return onnxruntime.quantization
+
+
+def runtime_version() -> str:
+    return str(ort.__version__)
 
 
 def expose(names: list[str]) -> Callable[[onnx.ModelProto], None]:

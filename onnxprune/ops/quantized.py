@@ -83,14 +83,19 @@ class QuantizeDequantize(Handler):
                     rw.set_input(i, port, rw.const(node.input[port])[keep])
 
     def foldable(self, node: NodeProto) -> bool:
-        return node.op_type == "DequantizeLinear"  # a weight's codes are read as the float weight
+        """A weight's codes are read as the float weight; a constant quantized in the graph (a bias the quantizer
+        shares through Identity -> QuantizeLinear -> DequantizeLinear) folds to its codes."""
+        return True
 
     def evaluate(self, node: NodeProto, inputs: list[np.ndarray | None]) -> np.ndarray | None:
-        """(codes - zero point) * scale in float32, per tensor or per channel (not blocked)."""
+        """DequantizeLinear: (codes - zero point) * scale in float32; QuantizeLinear: the codes; per tensor or
+        per channel (not blocked)."""
         codes, scale = inputs[0], inputs[1]
         zero = inputs[2] if len(inputs) > 2 else None
-        if node.op_type != "DequantizeLinear" or codes is None or scale is None or attr(node, "block_size", 0):
+        if codes is None or scale is None or attr(node, "block_size", 0):
             return None
+        if node.op_type == "QuantizeLinear":
+            return _quantize_linear(node, codes, scale, zero)
         if scale.size > 1:
             shape = [1] * codes.ndim
             shape[int(attr(node, "axis", 1)) % codes.ndim] = scale.size
@@ -109,6 +114,20 @@ class QuantizeDequantize(Handler):
 
     def refold(self, i: int, node: NodeProto, rw: RewriteContext) -> None:
         refold_dequantize(i, node, rw)
+
+
+def _quantize_linear(node: NodeProto, x: np.ndarray, scale: np.ndarray, zero: np.ndarray | None) -> np.ndarray:
+    """QuantizeLinear on constants as onnxruntime computes it: x / scale in float32, rounded half to even, plus
+    the zero point, saturated to its type (uint8 without one)."""
+    dtype = zero.dtype if zero is not None else np.dtype(np.uint8)
+    if scale.size > 1:
+        shape = [1] * x.ndim
+        shape[int(attr(node, "axis", 1)) % x.ndim] = scale.size
+        scale = scale.reshape(shape)
+        zero = None if zero is None else zero.reshape(shape)
+    q = np.rint(x.astype(np.float32) / scale.astype(np.float32)) + (0 if zero is None else zero.astype(np.float32))
+    info = np.iinfo(dtype)
+    return np.clip(q, info.min, info.max).astype(dtype)
 
 
 @register

@@ -301,12 +301,13 @@ class Gather(Handler):
 
 def _embedding(i: int, node: NodeProto, ctx: AnalysisContext) -> None:
     """Rows of a constant float table looked up by index (token, token-type and position embeddings): the
-    table's columns are the hidden width, created here."""
+    table's columns are the hidden width, created here. An int8/uint8 table holds quantized codes (dynamic
+    quantization's embeddings, a DequantizeLinear after the Gather): its columns are cut the same way."""
     table = ctx.graph.const_shape(node.input[0])
     out_rank = ctx.graph.rank(node.output[0])
     if (table is None or len(table) != 2 or table[1] < 2 or int(attr(node, "axis", 0)) != 0 or out_rank is None
-            or ctx.graph.elem_type(node.input[0]) not in (TensorProto.FLOAT, TensorProto.FLOAT16,
-                                                          TensorProto.DOUBLE, TensorProto.BFLOAT16)):
+            or ctx.graph.elem_type(node.input[0]) not in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE,
+                                                          TensorProto.BFLOAT16, TensorProto.INT8, TensorProto.UINT8)):
         return
     atoms = ctx.source(i, node.output[0], out_rank - 1, int(table[1]))
     ctx.weight(node.input[0], atoms, "out", i, axis=1)

@@ -106,11 +106,11 @@ def masked_edit(plan: Plan, graph: Graph) -> Callable[[onnx.ModelProto], None]:
     return edit
 
 
-def _exact(edit: Callable[[onnx.ModelProto], None] | None) -> Callable[[onnx.ModelProto], None]:
+def _exact(edit: Callable[[onnx.ModelProto], None] | None, constants: set[str]) -> Callable[[onnx.ModelProto], None]:
     """``edit`` between the checked forms of quantized graphs (:mod:`onnxprune.measure.exact`): activation Q/DQ
     pairs unrounded before, integer ops in their exact uint8 form after."""
     def both(light: onnx.ModelProto) -> None:
-        continuous_activations(light)  # QDQ: activations unrounded (a last-bit difference is one code)
+        continuous_activations(light, constants)  # QDQ: activations unrounded (a last-bit difference is one code)
         if edit is not None:
             edit(light)
         exact_integer_ops(light)
@@ -151,14 +151,16 @@ def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan | None
     graph = graph or Graph.build(original)
     edit = masked_edit(plan, graph) if plan is not None and mask_check else None
     try:  # integer ops in their exact form (onnxruntime's u8s8 kernels saturate pairs of products)
-        want = Session(original, edit=_exact(edit), optimize=False, arrays=graph.const).run(feeds)
+        stored = set(graph.initializers) | set(graph.constant_nodes)
+        want = Session(original, edit=_exact(edit, stored), optimize=False, arrays=graph.const).run(feeds)
     except Exception as exc:  # noqa: BLE001 - tell a model onnxruntime cannot run from a broken mask
         _require_runnable(original, graph, feeds)
         if isinstance(exc, VerificationError):
             raise
         raise VerificationError(f"onnxruntime cannot run the masked original: {_line(exc)}") from exc
     try:
-        got = Session(pruned, edit=_exact(None), optimize=False).run(feeds)
+        stored = {t.name for t in pruned.graph.initializer}
+        got = Session(pruned, edit=_exact(None, stored), optimize=False).run(feeds)
     except Exception as exc:  # noqa: BLE001 - any runtime failure is a verification failure
         raise VerificationError(f"onnxruntime cannot run the pruned model: {_line(exc)}") from exc
     names = [o.name for o in original.graph.output]

@@ -29,6 +29,7 @@ import onnx
 from onnxprune.errors import UsageError
 from onnxprune.measure.data import Dataset
 from onnxprune.measure.evaluate import evaluate
+from onnxprune.measure.runtime import quantization, runtime_version
 
 __all__ = ["QUANTIZE_MODES", "quantize_model", "quantize_result"]
 
@@ -36,11 +37,9 @@ QUANTIZE_MODES = ("static", "dynamic")
 
 
 def _reader(model: onnx.ModelProto, data: Dataset, samples: int) -> Any:
-    from onnxruntime.quantization import CalibrationDataReader
-
     from onnxprune.measure.calibrate import model_batches
 
-    class Reader(CalibrationDataReader):
+    class Reader(quantization().CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
             self.items = iter([{k: np.array(v, copy=True) for k, v in feeds.items()}  # batches reuse buffers
                                for feeds, _ in model_batches(model, data, 1, samples)])
@@ -53,14 +52,8 @@ def _reader(model: onnx.ModelProto, data: Dataset, samples: int) -> Any:
 def quantize_model(model: onnx.ModelProto, mode: str, calib: Dataset | None, *, samples: int = 128
                    ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """``model`` quantized by onnxruntime (``mode`` static or dynamic) and the options used, for the report."""
-    from onnxruntime import __version__ as ort_version
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
+    q = quantization()
+    ort_version = runtime_version()
 
     if mode not in QUANTIZE_MODES:
         raise UsageError(f"--quantize {mode}: choose one of {', '.join(QUANTIZE_MODES)}")
@@ -75,13 +68,13 @@ def quantize_model(model: onnx.ModelProto, mode: str, calib: Dataset | None, *, 
             options = {"quantizer": f"onnxruntime.quantization.quantize_static (onnxruntime {ort_version})",
                        "format": "QDQ", "per_channel": True, "weight_type": "QInt8", "activation_type": "QInt8",
                        "calibrate_method": "MinMax", "calibration_samples": used}
-            quantize_static(str(src), str(dst), _reader(model, calib, used), quant_format=QuantFormat.QDQ,
-                            per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax)
+            q.quantize_static(str(src), str(dst), _reader(model, calib, used), quant_format=q.QuantFormat.QDQ,
+                            per_channel=True, weight_type=q.QuantType.QInt8, activation_type=q.QuantType.QInt8,
+                            calibrate_method=q.CalibrationMethod.MinMax)
         else:
             options = {"quantizer": f"onnxruntime.quantization.quantize_dynamic (onnxruntime {ort_version})",
                        "weight_type": "QInt8", "per_channel": False}
-            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+            q.quantize_dynamic(str(src), str(dst), weight_type=q.QuantType.QInt8)
         quantized = onnx.load(str(dst))
     return quantized, {"mode": mode, **options}
 
