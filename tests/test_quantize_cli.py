@@ -56,3 +56,25 @@ def test_static_quantization_without_calibration_data_is_a_usage_error(example_m
     assert err == ["onnxprune: error: --quantize static calibrates on --calib samples: give --calib, or use "
                    "--quantize dynamic"]
     assert not out.exists()
+
+
+def test_quantized_operators_prune_with_calibration_and_say_recovery_skips_them(example_model, capfd):
+    """A QOperator model pruned with --calib: its QLinearConv/QGemm layers cannot be refitted (the run used to end
+    in an onnxruntime error when no consumer was refittable); the summary says so in one note."""
+    import numpy as np
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"input": x[None]} for x in np.load(MODELS / "mnist_calib.npz")["input"][:8]])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    qop = example_model.parent / "qop.onnx"
+    quantize_static(str(example_model), str(qop), Reader(), quant_format=QuantFormat.QOperator, per_channel=True)
+    out = example_model.parent / "out.onnx"
+    assert main([str(qop), "--ratio", "0.5", "--calib", str(MODELS / "mnist_calib.npz"), "-o", str(out)]) == 0
+    err = capfd.readouterr().err
+    assert "onnxprune: note: recovery does not refit quantized operators (QGemm, QLinearConv)" in err
+    assert "QLinearConv" in {n.op_type for n in onnx.load(out).graph.node}

@@ -38,7 +38,7 @@ from onnxprune.planning.criteria import names as criterion_names
 from onnxprune.rewriting.recover import RECOVERY_MODES
 from onnxprune.training.finetune import FinetuneConfig, check_device
 from onnxprune.training.schedules import training_hooks
-from onnxprune.tuning.quantize import QUANTIZE_MODES, quantize_result
+from onnxprune.tuning.quantize import QUANTIZE_MODES, quantize_result, unrecovered_note
 
 __all__ = ["prune_cmd"]
 
@@ -181,6 +181,9 @@ def _prune_command(model: Path, o: dict[str, Any]) -> None:
     elif not o["quiet"]:
         click.echo(f"onnxprune: {model} -> {output}", err=True)
         click.echo(format_summary(result.report), err=True)
+        note = unrecovered_note(original, result.report) if o["calib"] is not None else None
+        if note:
+            click.echo(note, err=True)
 
 
 def _prune_config(o: dict[str, Any]) -> PruneConfig:

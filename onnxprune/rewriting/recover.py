@@ -232,6 +232,8 @@ def _least_squares(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis:
                    limit: int | None, seed: int) -> set[int]:
     """Refit consumers in topological order, each on inputs from the pruned network as already refitted."""
     graph = analysis.graph
+    if not any(c.form.refit for c in consumers):  # nothing to refit: expose([]) would leave onnxruntime no graph
+        return set()
     shapes = _output_shapes(original, data, [c.node.output[0] for c in consumers if c.form.refit])
     fit = [c for c in consumers if c.form.refit and c.node.output[0] in shapes]
     n = len(data) if limit is None else min(limit, len(data))

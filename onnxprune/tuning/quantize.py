@@ -31,7 +31,7 @@ from onnxprune.measure.data import Dataset
 from onnxprune.measure.evaluate import evaluate
 from onnxprune.measure.runtime import quantization, runtime_version
 
-__all__ = ["QUANTIZE_MODES", "quantize_model", "quantize_result"]
+__all__ = ["QUANTIZE_MODES", "quantize_model", "quantize_result", "unrecovered_note"]
 
 QUANTIZE_MODES = ("static", "dynamic")
 
@@ -111,3 +111,19 @@ def quantize_result(result: Any, original: onnx.ModelProto, mode: str, calib: Da
                         "ms_quantized": timing.ms[1], "ratio": timing.ratios[1], "stable": timing.stable}
     report["quantization"] = entry
     return replace(result, model=quantized, report=report)
+
+
+def unrecovered_note(model: onnx.ModelProto, report: dict[str, Any]) -> str | None:
+    """A note when recovery ran on a model whose quantized operators (QLinearConv, ConvInteger, ...) it cannot
+    refit: their layers keep the accuracy of pruning alone."""
+    from onnxprune.core.handlers import handler_for
+    from onnxprune.ops.qoperator import QuantizedOp
+
+    if (report.get("options") or {}).get("recover") in (None, "none") or not report.get("plan_tensors", True):
+        return None
+    ops = sorted({n.op_type for n in model.graph.node if isinstance(h := handler_for(n), QuantizedOp)
+                  and h.float_op in ("Conv", "MatMul", "Gemm")})
+    if not ops:
+        return None
+    return (f"onnxprune: note: recovery does not refit quantized operators ({', '.join(ops)}): their layers keep "
+            "the accuracy of pruning alone; prune the QDQ form (or the float model) to recover them")
