@@ -78,3 +78,15 @@ def test_quantized_operators_prune_with_calibration_and_say_recovery_skips_them(
     err = capfd.readouterr().err
     assert "onnxprune: note: recovery does not refit quantized operators (QGemm, QLinearConv)" in err
     assert "QLinearConv" in {n.op_type for n in onnx.load(out).graph.node}
+
+
+def test_quantizing_a_quantized_model_is_a_usage_error(example_model, capfd):
+    from onnxruntime.quantization import quantize_dynamic
+
+    dyn = example_model.parent / "dyn.onnx"
+    quantize_dynamic(str(example_model), str(dyn))
+    out = example_model.parent / "x.onnx"
+    assert main([str(dyn), "--ratio", "0.5", "--quantize", "dynamic", "-o", str(out)]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("onnxprune: error: --quantize dynamic: the model is quantized already")
+    assert not out.exists()

@@ -38,7 +38,7 @@ from onnxprune.planning.criteria import names as criterion_names
 from onnxprune.rewriting.recover import RECOVERY_MODES
 from onnxprune.training.finetune import FinetuneConfig, check_device
 from onnxprune.training.schedules import training_hooks
-from onnxprune.tuning.quantize import QUANTIZE_MODES, quantize_result, unrecovered_note
+from onnxprune.tuning.quantize import QUANTIZE_MODES, check_not_quantized, quantize_result, unrecovered_note
 
 __all__ = ["prune_cmd"]
 
@@ -167,6 +167,8 @@ def _prune_command(model: Path, o: dict[str, Any]) -> None:
         stages = Stages()
         with stages.stage("load"):
             original = load_model(model)
+        if o["quantize"]:
+            check_not_quantized(original, o["quantize"])
         check_fits(original, str(model), "none" if config.verify is False and o["calib"] is None
                    else "calib" if o["calib"] is not None else "verify")
         result = _run(model, original, config, training, o, stages)

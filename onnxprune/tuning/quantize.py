@@ -31,7 +31,7 @@ from onnxprune.measure.data import Dataset
 from onnxprune.measure.evaluate import evaluate
 from onnxprune.measure.runtime import quantization, runtime_version
 
-__all__ = ["QUANTIZE_MODES", "quantize_model", "quantize_result", "unrecovered_note"]
+__all__ = ["QUANTIZE_MODES", "check_not_quantized", "quantize_model", "quantize_result", "unrecovered_note"]
 
 QUANTIZE_MODES = ("static", "dynamic")
 
@@ -127,3 +127,17 @@ def unrecovered_note(model: onnx.ModelProto, report: dict[str, Any]) -> str | No
         return None
     return (f"onnxprune: note: recovery does not refit quantized operators ({', '.join(ops)}): their layers keep "
             "the accuracy of pruning alone; prune the QDQ form (or the float model) to recover them")
+
+
+#: Ops that make a model quantized already (``--quantize`` would quantize its float parts again, or nothing).
+_QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+                  "ConvInteger", "MatMulInteger", "QGemm", "MatMulNBits", "DynamicQuantizeMatMul",
+                  "MatMulIntegerToFloat")
+
+
+def check_not_quantized(model: onnx.ModelProto, mode: str) -> None:
+    """Refuse ``--quantize`` on a model that is quantized already (before any pruning work)."""
+    found = sorted({n.op_type for n in model.graph.node if n.op_type in _QUANTIZED_OPS})
+    if found:
+        raise UsageError(f"--quantize {mode}: the model is quantized already ({', '.join(found[:3])}); "
+                         "prune it without --quantize")
