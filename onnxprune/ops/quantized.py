@@ -10,8 +10,10 @@ Never re-quantize: a cut keeps the original integer codes, so the plan contract 
   float weight and bias, analyse and cut them as usual; :meth:`DequantizeLinear.refold` then turns the cut float
   values back into cuts of the codes, the per-channel scales and the zero points (int32 biases too). Which codes
   a reader kept is found by running its handler once more on the positions of the codes instead of their values
-  (a probe), and checked against the values it wrote. A weight whose readers cut it differently keeps its float
-  cut (a valid model, dequantized there).
+  (a probe), and checked against the values it wrote. A weight whose readers cut it differently, and 4-bit
+  (INT4/UINT4) codes, keep their float cut (a valid, mask-equivalent model, dequantized there). A constant the
+  quantizer quantizes in the graph (Identity -> QuantizeLinear -> DequantizeLinear, a shared bias) folds to its
+  codes, computed as onnxruntime rounds them.
 * Recovery: a weight or bias that least squares or bias compensation rewrote in float goes back to codes the
   way the original was quantized (:func:`requantize_recovered`: new values need new codes and scales).
 * Mask oracle: a removed channel of a quantized tensor is the code of 0.0, its zero point
