@@ -86,8 +86,9 @@ class QuantizeDequantize(Handler):
 
     def foldable(self, node: NodeProto) -> bool:
         """A weight's codes are read as the float weight; a constant quantized in the graph (a bias the quantizer
-        shares through Identity -> QuantizeLinear -> DequantizeLinear) folds to its codes."""
-        return True
+        shares through Identity -> QuantizeLinear -> DequantizeLinear) folds to its codes. Blockwise parameters
+        (``block_size``) do not fold: the reader sees a computed weight and keeps its channels."""
+        return not attr(node, "block_size", 0)
 
     def evaluate(self, node: NodeProto, inputs: list[np.ndarray | None]) -> np.ndarray | None:
         """DequantizeLinear: (codes - zero point) * scale in float32; QuantizeLinear: the codes; per tensor or

@@ -524,3 +524,24 @@ def test_quantized_embeddings_and_a_constant_quantized_in_the_graph_are_cut():
     bd = node(result.model, "BD")
     np.testing.assert_array_equal(_initializer(result.model, bd.input[0]), codes[[1, 4]])
     assert not any(n.op_type == "QuantizeLinear" for n in result.model.graph.node)
+
+
+def test_blockwise_dequantized_weights_keep_their_channels():
+    """Opset 21 DequantizeLinear with block_size along the input channels: the Conv's weight is not a constant
+    onnxprune cuts, its channels stay (with the reason) and the rest of the model still prunes."""
+    rng = np.random.default_rng(91)
+    inits = [_arr("wa", rng.standard_normal((4, 3, 1, 1)).astype(np.float32)),
+             _arr("q", rng.integers(-100, 100, (2, 4, 1, 1)).astype(np.int8)),
+             _arr("s", np.full((2, 2, 1, 1), 0.01, np.float32))]
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], name="A"),
+             helper.make_node("Relu", ["a"], ["r"], name="R"),
+             helper.make_node("DequantizeLinear", ["q", "s"], ["w"], name="DQ", axis=1, block_size=2),
+             helper.make_node("Conv", ["r", "w"], ["y"], name="B")]
+    graph = helper.make_graph(nodes, "blocked", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 2, 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    (size, reason), *_ = groups(model)
+    assert size == 4 and reason is not None and "non-constant weights" in reason
+    result = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.5))
+    assert not result.plan.tensors
