@@ -129,8 +129,7 @@ def _quantize_linear(node: NodeProto, x: np.ndarray, scale: np.ndarray, zero: np
         scale = scale.reshape(shape)
         zero = None if zero is None else zero.reshape(shape)
     q = np.rint(x.astype(np.float32) / scale.astype(np.float32)) + (0 if zero is None else zero.astype(np.float32))
-    low, high = _BOUNDS.get(str(dtype), (0, 0)) if str(dtype) in _BOUNDS else (np.iinfo(dtype).min,
-                                                                                np.iinfo(dtype).max)
+    low, high = _BOUNDS[str(dtype)] if str(dtype) in _BOUNDS else (np.iinfo(dtype).min, np.iinfo(dtype).max)
     return np.clip(q, low, high).astype(dtype)
 
 
