@@ -21,7 +21,7 @@ from onnx import TensorProto, numpy_helper
 
 import onnxprune
 from onnxprune.cli.app import main
-from onnxprune.core import modelio
+from onnxprune.core import external, modelio
 from onnxprune.errors import ModelError, OutputError
 from onnxprune.pipeline import resources
 
@@ -39,8 +39,8 @@ def conv(tmp_path: Path) -> Path:
 @pytest.fixture
 def in_place(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(modelio, "IN_PLACE_THRESHOLD", 0)
-    monkeypatch.setattr(modelio, "_IN_PLACE_MIN_TENSOR", 1024)
-    monkeypatch.setattr(modelio, "SPILL_MIN_BYTES", 1024)
+    monkeypatch.setattr(external, "_IN_PLACE_MIN_TENSOR", 1024)
+    monkeypatch.setattr(external, "SPILL_MIN_BYTES", 1024)
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -71,8 +71,8 @@ def test_in_place_output_is_identical_to_in_memory(conv: Path, tmp_path: Path,
     outputs = {}
     for mode, threshold in (("memory", 1 << 62), ("mapped", 0)):
         monkeypatch.setattr(modelio, "IN_PLACE_THRESHOLD", threshold)
-        monkeypatch.setattr(modelio, "_IN_PLACE_MIN_TENSOR", 1024)
-        monkeypatch.setattr(modelio, "SPILL_MIN_BYTES", 1024)
+        monkeypatch.setattr(external, "_IN_PLACE_MIN_TENSOR", 1024)
+        monkeypatch.setattr(external, "SPILL_MIN_BYTES", 1024)
         model = onnxprune.load(conv)
         assert modelio.read_in_place(model) == (mode == "mapped")
         result = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.5, seed=3))
@@ -101,9 +101,9 @@ def test_cli_in_place_writes_aligned_external_data(conv: Path, tmp_path: Path, i
                                                              "report.json"]
     data_size = (out.parent / "conv.pruned.onnx.data").stat().st_size
     structure = onnx.load(str(out), load_external_data=False)
-    external = [t for t in structure.graph.initializer if t.data_location == TensorProto.EXTERNAL]
-    assert external
-    for t in external:
+    stubs = [t for t in structure.graph.initializer if t.data_location == TensorProto.EXTERNAL]
+    assert stubs
+    for t in stubs:
         info = {e.key: e.value for e in t.external_data}
         assert info["location"] == "conv.pruned.onnx.data"  # relative, beside the model
         assert int(info["offset"]) % modelio.ALIGNMENT == 0
@@ -180,8 +180,8 @@ def test_decoder_in_place_matches_in_memory(tmp_path: Path, monkeypatch: pytest.
     results = {}
     for mode, threshold in (("memory", 1 << 62), ("mapped", 0)):
         monkeypatch.setattr(modelio, "IN_PLACE_THRESHOLD", threshold)
-        monkeypatch.setattr(modelio, "_IN_PLACE_MIN_TENSOR", 1024)
-        monkeypatch.setattr(modelio, "SPILL_MIN_BYTES", 1024)
+        monkeypatch.setattr(external, "_IN_PLACE_MIN_TENSOR", 1024)
+        monkeypatch.setattr(external, "SPILL_MIN_BYTES", 1024)
         result = onnxprune.prune(onnxprune.load(path), onnxprune.PruneConfig(ratio=0.5))
         assert result.verification is not None and result.verification.mask_equivalent
         assert result.report["macs_kept"] < 0.5

@@ -14,7 +14,7 @@ Peak RSS is given in GB and as a multiple of the model's size (model file + data
 ``--report`` records each stage's time and memory, summarised in the last column.
 
     python tools/bench_large.py --models /tmp/large [--which conv llama] [--ratio 0.5] [--out tools/results/large.md]
-        [--baseline /tmp/base]
+        [--baseline /tmp/base [--baseline-models conv]] [--repeat 3] [--skip --calib]
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -102,18 +103,29 @@ def _stages(report: Path | None) -> str:
     return ", ".join(parts)
 
 
-def bench(name: str, model: Path, work: Path, ratio: float, baseline: Path | None) -> list[dict[str, Any]]:
+def bench(name: str, model: Path, work: Path, ratio: float, baseline: Path | None, repeat: int = 1,
+          skip: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Each case once per round, ``repeat`` rounds interleaved; the median wall time and peak RSS per case."""
     size = file_size(model)
+    runs = [c for c in cases(name, model, work, ratio, baseline) if c[0] not in skip]
+    results: dict[str, list[dict[str, Any]]] = {label: [] for label, *_ in runs}
+    for _ in range(repeat):
+        for k, (label, cmd, env, report) in enumerate(runs):
+            log = work / f"{name}.{k}.log"
+            res = run_child(cmd, log, env)
+            results[label].append({**res, "stages": _stages(report),
+                                   "error": log.read_text()[-300:] if res["rc"] else ""})
+            print(f"{name:6s} {label:22s} rc={res['rc']} {res['wall_s']:7.1f} s  {res['rss'] / 1e9:6.2f} GB "
+                  f"({res['rss'] / size:.2f}x)", file=sys.stderr, flush=True)
+            for p in work.glob(f"{name}.out.onnx*"):
+                p.unlink()
     rows = []
-    for label, cmd, env, report in cases(name, model, work, ratio, baseline):
-        log = work / f"{name}.{len(rows)}.log"
-        res = run_child(cmd, log, env)
-        rows.append({"model": name, "case": label, "size": size, **res, "stages": _stages(report),
-                     "error": log.read_text()[-300:] if res["rc"] else ""})
-        print(f"{name:6s} {label:22s} rc={res['rc']} {res['wall_s']:7.1f} s  {res['rss'] / 1e9:6.2f} GB "
-              f"({res['rss'] / size:.2f}x)", file=sys.stderr, flush=True)
-        for p in work.glob(f"{name}.out.onnx*"):
-            p.unlink()
+    for label, got in results.items():
+        middle = sorted(got, key=lambda r: r["wall_s"])[len(got) // 2]
+        rows.append({"model": name, "case": label, "size": size, **middle,
+                     "wall_s": statistics.median(r["wall_s"] for r in got),
+                     "rss": int(statistics.median(r["rss"] for r in got)), "runs": len(got),
+                     "rc": max(r["rc"] for r in got)})
     return rows
 
 
@@ -129,16 +141,17 @@ def markdown(rows: list[dict[str, Any]], command: str, ratio: float, wall: float
              f"onnxprune at git {head} (uncommitted changes, if any, included).", "",
              "Peak RSS is the child's `ru_maxrss` (file-backed pages of mapped weights included); x size = peak "
              "RSS / (model file + data file). Bars are issue 15's. Stages (from `--report`): seconds / peak "
-             "RSS in GB at the end of the stage.", "",
-             "| model | size | case | exit | wall s | peak RSS GB | x size | bar | stages |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "RSS in GB at the end of the stage. Medians of the runs column's interleaved runs.", "",
+             "| model | size | case | runs | exit | wall s | peak RSS GB | x size | bar | stages |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     load_save = {r["model"]: r["wall_s"] for r in rows if r["case"] == "load+save"}
     for r in rows:
         bar = BARS.get((r["model"], r["case"]))
         verdict = "" if bar is None else f"≤ {bar}x: {'met' if r['rss'] <= bar * r['size'] else 'MISSED'}"
         if r["model"] == "conv" and r["case"] == "--no-verify":
             verdict += f"; wall ≤ load+save: {'met' if r['wall_s'] <= load_save.get('conv', 0) else 'MISSED'}"
-        lines.append(f"| {r['model']} | {r['size'] / 1e9:.2f} GB | {r['case']} | {r['rc']} | {r['wall_s']:.1f} | "
+        lines.append(f"| {r['model']} | {r['size'] / 1e9:.2f} GB | {r['case']} | {r['runs']} | {r['rc']} | "
+                     f"{r['wall_s']:.1f} | "
                      f"{r['rss'] / 1e9:.2f} | {r['rss'] / r['size']:.2f} | {verdict} | {r['stages']} |")
     errors = [r for r in rows if r["rc"]]
     for r in errors:
@@ -154,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     ap.add_argument("--baseline", type=Path, default=None, help="a checkout of another commit (cases '(main)')")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of interleaved runs (medians reported)")
+    ap.add_argument("--skip", nargs="*", default=[], help="cases to leave out, e.g. --calib")
     ap.add_argument("--baseline-models", nargs="+", default=["conv"],
                     help="models the baseline runs on [default: conv; the decoder may not fit at 3x its size]")
     args = ap.parse_args(argv)
@@ -163,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for name in args.which:
         baseline = args.baseline if name in args.baseline_models else None
-        rows += bench(name, args.models / f"{name}.onnx", work, args.ratio, baseline)
+        rows += bench(name, args.models / f"{name}.onnx", work, args.ratio, baseline, args.repeat, tuple(args.skip))
     text = markdown(rows, "python tools/bench_large.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                     args.ratio, time.perf_counter() - start)
     if args.out:

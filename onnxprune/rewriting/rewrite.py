@@ -12,7 +12,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.analysis.dependency import Analysis
-from onnxprune.core import modelio
+from onnxprune.core import external
 from onnxprune.core.channels import Labeled
 from onnxprune.core.graph import Graph, copy_fields
 from onnxprune.core.graph import subgraph_reads as _subgraph_reads
@@ -35,7 +35,7 @@ class Rewriter:
         self.replacements: dict[int, tuple[list[onnx.NodeProto], dict[str, np.ndarray]]] = {}
         g = self.graph
         self._taken = set(g.producer) | set(g.initializers) | set(g.inputs) | {n.name for n in g.nodes if n.name}
-        self._spill = modelio.spill_folder(g.model)
+        self._spill = external.spill_folder(g.model)
 
     # -- what handlers read ----------------------------------------------------------------------------------
     def keep(self, name: str) -> np.ndarray | None:
@@ -73,8 +73,8 @@ class Rewriter:
         """``value`` contiguous; spilled to the scratch file (a read-only map) when the model is read in place
         and it is large, so that the rewrite holds a few weights at a time, not all of the new ones."""
         value = np.ascontiguousarray(value)
-        if self._spill is not None and value.nbytes >= modelio.SPILL_MIN_BYTES:
-            return modelio.spill(value, self._spill)
+        if self._spill is not None and value.nbytes >= external.SPILL_MIN_BYTES:
+            return external.spill(value, self._spill)
         return value
 
     def set_attr(self, node: int, name: str, value: Any) -> None:
@@ -300,7 +300,7 @@ def _drop_dead_folds(g: onnx.GraphProto, graph) -> None:
 
 
 def _tensor(value: np.ndarray, name: str, data_type: int, in_node: bool = False) -> TensorProto:
-    spilled = None if in_node else modelio.spilled_tensor(value, name, data_type)
+    spilled = None if in_node else external.spilled_tensor(value, name, data_type)
     if spilled is not None:  # an initializer spilled by the rewrite stays in the scratch file, read in place
         return spilled
     t = numpy_helper.from_array(value, name)
