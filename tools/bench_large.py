@@ -14,7 +14,7 @@ Peak RSS is given in GB and as a multiple of the model's size (model file + data
 ``--report`` records each stage's time and memory, summarised in the last column.
 
     python tools/bench_large.py --models /tmp/large [--which conv llama] [--ratio 0.5] [--out tools/results/large.md]
-        [--baseline /tmp/base [--baseline-models conv]] [--repeat 3] [--skip --calib]
+        [--baseline /tmp/base [--baseline-models conv]] [--repeat 3] [--skip=--calib]
 """
 from __future__ import annotations
 
@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     ap.add_argument("--baseline", type=Path, default=None, help="a checkout of another commit (cases '(main)')")
     ap.add_argument("--repeat", type=int, default=1, help="rounds of interleaved runs (medians reported)")
-    ap.add_argument("--skip", nargs="*", default=[], help="cases to leave out, e.g. --calib")
+    ap.add_argument("--skip", action="append", default=[], metavar="CASE",
+                    help="a case to leave out (repeatable), e.g. --skip=--calib")
     ap.add_argument("--baseline-models", nargs="+", default=["conv"],
                     help="models the baseline runs on [default: conv; the decoder may not fit at 3x its size]")
     args = ap.parse_args(argv)
