@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import numpy as np
-from onnx import NodeProto, helper
+from onnx import NodeProto
 
 from onnxprune.core.channels import UnionFind
 from onnxprune.core.graph import Graph
 from onnxprune.core.handlers import AnalysisContext, Handler, RankOf, RewriteContext, attr, register, same_rank
-from onnxprune.ops.common import _axes_of, _pass, axes_of, shape_entry_source
+from onnxprune.ops.common import _axes_of, _pass, axes_of
+from onnxprune.ops.shape_entries import dims_product, resolved_shape, set_shape_entry, shape_entries, shape_entry_source
 
 
 # -- axis movers -----------------------------------------------------------------------------------------------
@@ -161,7 +162,7 @@ class Reshape(Handler):
             return
         axis = rw.label(y).axis
         if not rw.graph.is_const(node.input[1]):
-            entries = _shape_entries(rw.graph, node.input[1])
+            entries = shape_entries(rw.graph, node.input[1])
             lx = rw.label(node.input[0])
             follows = (entries and axis < len(entries) and entries[axis] == -1) or (  # a computed -1 follows
                 lx.size == rw.label(y).size and  # and so does the input's own size (x.flatten(2))
@@ -180,128 +181,8 @@ class Reshape(Handler):
         return True
 
 
-def set_shape_entry(rw: RewriteContext, i: int, node: NodeProto, port: int, index: int, value: int) -> None:
-    """Make the computed shape read at ``node``'s ``port`` hold ``value`` at ``index`` (the rest of the shape stays
-    as the graph computes it): where the entry is a constant piece of a ``Concat``, a copy of that Concat with the
-    new piece (shape inference still reads it, so a model pruned once prunes again); else a ScatterElements."""
-    if _set_concat_piece(rw, i, node, port, index, value):
-        return
-    patched = rw.fresh(f"{node.input[port]}_pruned")
-    where, what = rw.fresh(f"{patched}_index"), rw.fresh(f"{patched}_value")
-    scatter = helper.make_node("ScatterElements", [node.input[port], where, what], [patched],
-                               name=rw.fresh(f"{node.name or node.op_type}_shape"), axis=0)
-    copy = NodeProto()
-    copy.CopyFrom(node)
-    copy.input[port] = patched
-    rw.replace_node(i, [scatter, copy], {where: np.array([index], dtype=np.int64),
-                                         what: np.array([value], dtype=np.int64)})
-
-
-def _set_concat_piece(rw: RewriteContext, i: int, node: NodeProto, port: int, index: int, value: int) -> bool:
-    """:func:`set_shape_entry` through a private copy of the ``Concat`` that builds the shape, when the entry
-    lies in one of its constant pieces; False where it does not."""
-    producer = rw.graph.producer.get(node.input[port])
-    concat = rw.graph.nodes[producer] if producer is not None else None
-    if concat is None or concat.op_type != "Concat":
-        return False
-    start = 0
-    for k, piece in enumerate(concat.input):
-        part, length = rw.graph.value(piece), rw.graph.shape(piece)
-        size = np.asarray(part).size if part is not None else length[0] if length else None
-        if not isinstance(size, int):
-            return False
-        if start <= index < start + size:
-            if part is None:
-                return False
-            entries = np.array(part, dtype=np.int64).ravel()
-            entries[index - start] = value
-            shape, new_piece = rw.fresh(f"{node.input[port]}_pruned"), rw.fresh(f"{piece}_pruned")
-            copy_concat, copy = NodeProto(), NodeProto()
-            copy_concat.CopyFrom(concat)
-            copy_concat.name = rw.fresh(f"{concat.name or 'Concat'}_pruned")
-            copy_concat.input[k], copy_concat.output[0] = new_piece, shape
-            copy.CopyFrom(node)
-            copy.input[port] = shape
-            rw.replace_node(i, [copy_concat, copy], {new_piece: entries.reshape(np.shape(part))})
-            return True
-        start += size
-    return False
-
-
-def _shape_entries(graph: Graph, name: str) -> list[int | None] | None:
-    """The entries of a shape vector that are fixed: its value, or a Concat's pieces (None where computed)."""
-    value = graph.value(name)
-    if value is not None:
-        return [int(v) for v in np.asarray(value).ravel()]
-    producer = graph.producer.get(name)
-    node = graph.nodes[producer] if producer is not None else None
-    if node is not None and node.op_type == "ScatterElements":  # an entry set by an earlier prune
-        return _scattered_entries(graph, node)
-    if node is None or node.op_type != "Concat":
-        return None
-    entries: list[int | None] = []
-    for piece in node.input:
-        part, length = graph.value(piece), graph.shape(piece)
-        if part is not None:
-            entries.extend(int(v) for v in np.asarray(part).ravel())
-        elif length and isinstance(length[0], int):
-            entries.extend([None] * length[0])
-        else:
-            return None
-    return entries
-
-
-def _scattered_entries(graph: Graph, node: NodeProto) -> list[int | None] | None:
-    """The fixed entries of ``ScatterElements(shape, indices, updates)`` along axis 0 with constant indices and
-    updates (what :func:`set_shape_entry` writes): the shape's entries with the updates in place."""
-    entries = _shape_entries(graph, node.input[0])
-    where, what = graph.value(node.input[1]), graph.value(node.input[2])
-    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-    reduction = next((a.s for a in node.attribute if a.name == "reduction"), b"none")
-    if entries is None or where is None or what is None or axis != 0 or reduction != b"none":
-        return None
-    for index, value in zip(np.asarray(where).ravel(), np.asarray(what).ravel()):
-        if not -len(entries) <= int(index) < len(entries):
-            return None
-        entries[int(index)] = int(value)
-    return entries
-
-
-def resolved_shape(graph: Graph, node: NodeProto, src: list, dst: list) -> list:
-    """``dst`` with dims shape inference left symbolic filled in from the shape's fixed entries, and a -1 worked
-    out where the symbols cancel (``[B*W, N, C] -> [B*W, N, -1, D]``: -1 is C / D whatever B*W is)."""
-    entries = _shape_entries(graph, node.input[1])
-    if entries is None or len(entries) != len(dst):
-        return dst
-    dst = [e if not isinstance(d, int) and e is not None and e > 0 else d for d, e in zip(dst, entries)]
-    open_ = [k for k, e in enumerate(entries) if e == -1 and not isinstance(dst[k], int)]
-    total, rest = dims_product(src), dims_product([d for k, d in enumerate(dst) if k not in open_])
-    if len(open_) == 1 and total is not None and rest is not None and rest[0] and total[0] % rest[0] == 0:
-        left = list(total[1])
-        for symbol in rest[1]:
-            if symbol not in left:
-                return dst
-            left.remove(symbol)
-        if not left:
-            dst[open_[0]] = total[0] // rest[0]
-    return dst
-
-
 def _static(dims: list) -> bool:
     return all(isinstance(d, int) for d in dims)
-
-
-def dims_product(dims: list) -> tuple[int, tuple[str, ...]] | None:
-    """A product of dims as (static part, sorted symbols), or ``None`` when a dim is unknown."""
-    static, symbols = 1, []
-    for d in dims:
-        if isinstance(d, int):
-            static *= d
-        elif isinstance(d, str):
-            symbols.append(d)
-        else:
-            return None
-    return static, tuple(sorted(symbols))
 
 
 def _matching_runs(src: list, dst: list, axis: int) -> tuple[int, int, int, int] | None:

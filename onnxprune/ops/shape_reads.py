@@ -1,14 +1,13 @@
 """Shape: reading a channel tensor's shape is fine while the channel count read from it is not used, or only
-rebuilds the tensor's own shape for a Reshape that keeps the channels where they are (that entry is rewritten
-with the Reshape)."""
+rebuilds the tensor's own shape for a Reshape that keeps the channels where they are (that Shape reads the cut
+count at run time)."""
 from __future__ import annotations
 
 from onnx import NodeProto
 
 from onnxprune.core.graph import Graph
 from onnxprune.core.handlers import AnalysisContext, Handler, attr, register
-from onnxprune.ops.common import entries_taken
-from onnxprune.ops.reshaping import dims_product, resolved_shape
+from onnxprune.ops.shape_entries import dims_product, entries_taken, resolved_shape
 
 
 @register
@@ -43,7 +42,7 @@ def _shapes_itself(graph: Graph, tensor: str, name: str, position: int, axis: in
                    ) -> bool:
     """Whether the channel count read into entry ``position`` of ``name`` only becomes entry ``axis`` of the
     shape of a Reshape of ``tensor`` itself that keeps its channels on ``axis`` (``x.flatten(2)`` written with
-    Shape, Slice and Concat): that entry is rewritten with the Reshape (see :func:`set_shape_entry`)."""
+    Shape, Slice and Concat): the Reshape then reads the cut count itself, and that entry is left as it is."""
     uses = graph.consumer_nodes(name)
     if not uses or depth > 8 or name in graph.outputs:
         return False
