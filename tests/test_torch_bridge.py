@@ -214,3 +214,16 @@ def test_running_statistics_behind_identity_stay_buffers():
     module(torch.randn(4, 3, 8, 8))[0].sum().backward()
     trained = write_back(model, module)
     onnx.checker.check_model(trained, full_check=True)
+
+
+@pytest.mark.parametrize("op", ["SimplifiedLayerNormalization", "RMSNormalization"])
+def test_rms_norms_match_onnxruntime(op):
+    """onnxruntime's SimplifiedLayerNormalization (default domain) and opset 23's RMSNormalization."""
+    b = builders.GraphBuilder(26)
+    a = b.op("MatMul", ["x", b.const(b.randn(6, 4), "W")])
+    y = b.op(op, [a, b.const(b.rng.uniform(0.5, 1.5, 4).astype(np.float32), "s")], axis=-1, epsilon=1e-5)
+    model = b.model((2, 5, 6), y, (2, 5, 4))
+    if op == "RMSNormalization":
+        model.opset_import[0].version, model.ir_version = 23, 10
+    feeds = random_feeds(model, batch=2)
+    assert_close(torch_outputs(model, feeds), run_ort(model, feeds))

@@ -15,7 +15,15 @@ import onnx
 from onnx import AttributeProto, NodeProto, TensorProto, helper
 
 from onnxprune.core.handlers import handler_for
-from onnxprune.core.inference import SMALL_CONSTANT, Dim, constant_node_value, copy_fields, infer_shapes, light_model
+from onnxprune.core.inference import (
+    SMALL_CONSTANT,
+    Dim,
+    constant_node_value,
+    copy_fields,
+    infer_shapes,
+    light_model,
+    with_proxies,
+)
 from onnxprune.core.modelio import tensor_array
 from onnxprune.errors import ModelError, UsageError
 
@@ -284,10 +292,28 @@ def _checked_override(name: str, pinned: list[int | None], dims: list[int]) -> l
     return dims
 
 
+def checker_view(model: onnx.ModelProto, light: bool = True) -> onnx.ModelProto:
+    """What onnx's checker is run on: ``model`` (its light copy, structure without weight bytes, with ``light``);
+    where it holds nodes of the default domain that onnx does not define but onnxruntime does
+    (``SimplifiedLayerNormalization``, which onnxruntime's transformer optimizer writes there), a light copy with
+    those nodes replaced by their handler's ai.onnx stand-ins of the same output shapes, so the rest of the graph
+    is checked in full; onnxruntime, which runs the real op, checks those nodes."""
+    def stand_in(node: NodeProto, opset: int) -> list[NodeProto] | None:
+        return _proxy(node, opset) if _foreign(node) else None
+
+    if any(_foreign(n) for n in model.graph.node):
+        return with_proxies(light_model(model), stand_in)
+    return light_model(model) if light else model
+
+
+def _foreign(node: NodeProto) -> bool:
+    return node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type)
+
+
 def check_input(model: onnx.ModelProto) -> None:
-    """Reject an input model onnx's checker calls invalid (on the light copy: structure, not weight bytes)."""
+    """Reject an input model onnx's checker calls invalid."""
     try:
-        onnx.checker.check_model(light_model(model))
+        onnx.checker.check_model(checker_view(model, light=True))
     except onnx.checker.ValidationError as exc:
         lines = str(exc).strip().splitlines()
         raise ModelError(f"the input model is not valid ONNX: {lines[0] if lines else exc}") from exc

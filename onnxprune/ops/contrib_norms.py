@@ -4,9 +4,10 @@ and ``SkipSimplifiedLayerNormalization(input, skip, gamma, bias?)`` (RMSNorm of 
 tensor, optional mean and inverse standard deviation, and optional ``input + skip + bias``.
 
 The hidden width they normalise is cut like a LayerNorm's: input and skip are tied, gamma/beta/bias follow the
-channels, and the node is written out (the sum, then :func:`onnxprune.ops.norm.exact_norm`) so the statistics
-keep dividing by the original width -- exact, at the price of the fused kernel. A graph that reads the mean or
-inverse standard deviation outputs blocks the channels. Every output has the input's rank.
+channels. SkipLayerNormalization is written out (the sum, then :func:`onnxprune.ops.norm.exact_norm`) so the
+statistics keep dividing by the original width -- exact, at the price of the fused kernel; the RMS form stays one
+fused node with a rescaled epsilon and gamma (:func:`onnxprune.ops.norm.rescaled_rms`), exact too. A graph that
+reads the mean or inverse standard deviation outputs blocks the channels. Every output has the input's rank.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from onnx import NodeProto
 from onnx import helper as h
 
 from onnxprune.core.handlers import AnalysisContext, Handler, RankOf, RewriteContext, attr, register, same_rank
-from onnxprune.ops.norm import exact_norm
+from onnxprune.ops.norm import exact_norm, rescaled_rms
 
 
 def _ports(node: NodeProto) -> tuple[str, str, str]:
@@ -62,6 +63,15 @@ class SkipNorm(Handler):
         if keep is None:
             return
         gamma, beta, bias = _ports(node)
+        size = rw.label(node.input[0]).size
+        removed = rw.const(bias).reshape(-1)[np.setdiff1d(np.arange(size), keep)] if bias else None
+        if node.op_type == "SkipSimplifiedLayerNormalization":  # inside the op, the bias is not masked
+            epsilon, scale = rescaled_rms(rw.const(gamma), keep, size, float(attr(node, "epsilon", 1e-12)), removed)
+            rw.set_attr(i, "epsilon", epsilon)
+            rw.set_input(i, 2, scale)
+            if bias:
+                rw.set_input(i, 3, rw.const(bias)[..., keep])
+            return
         base = (node.name or f"{node.op_type}_{i}").replace("/", "_")
         total = node.output[3] if len(node.output) > 3 and node.output[3] else rw.fresh(f"{base}_sum")
         summed = rw.fresh(f"{base}_input_skip") if bias else total
@@ -71,12 +81,8 @@ class SkipNorm(Handler):
             kept_bias = rw.fresh(f"{base}_bias_kept")
             constants[kept_bias] = rw.const(bias)[..., keep]
             nodes.append(h.make_node("Add", [summed, kept_bias], [total]))
-        size = rw.label(node.input[0]).size
-        removed = rw.const(bias).reshape(-1)[np.setdiff1d(np.arange(size), keep)] if bias else None
         norm_nodes, norm_constants = exact_norm(rw, base, total, node.output[0], keep, size, gamma, beta or None,
-                                                float(attr(node, "epsilon", 1e-12)),
-                                                rms=node.op_type == "SkipSimplifiedLayerNormalization",
-                                                removed=removed)  # inside the op, the bias is not masked
+                                                float(attr(node, "epsilon", 1e-12)), removed=removed)
         rw.replace_node(i, nodes + norm_nodes, {**constants, **norm_constants})
 
     def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:

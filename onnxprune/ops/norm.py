@@ -69,7 +69,8 @@ class PerChannelNorm(Handler):
 
 @register
 class AxisNorm(Handler):
-    op_types = ("LayerNormalization", "RMSNormalization", "MeanVarianceNormalization", "LpNormalization", "LRN")
+    op_types = ("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization", "MeanVarianceNormalization",
+                "LpNormalization", "LRN")
 
     def propagate(self, i: int, node: NodeProto, ctx: AnalysisContext) -> None:
         """Passes channels when they lie outside the normalised axes; blocks them when the statistics mix them."""
@@ -81,7 +82,7 @@ class AxisNorm(Handler):
         if rank is None:
             ctx.block(lx.atoms, f"{label}: input rank unknown")
             return
-        if node.op_type in ("LayerNormalization", "RMSNormalization"):  # RMSNormalization: opset 23
+        if node.op_type in _LAST_AXIS_NORMS:
             start = int(attr(node, "axis", -1)) % rank
             if start == lx.axis == rank - 1 and _plain_layer_norm(node, ctx):
                 # Normalises over the channel axis alone: pruning stays exact when the pruned model keeps
@@ -108,12 +109,24 @@ class AxisNorm(Handler):
 
     def apply(self, i: int, node: NodeProto, rw: RewriteContext) -> None:
         lab, rank = rw.labeled(node.input[0]), rw.graph.rank(node.input[0])
-        if node.op_type in ("LayerNormalization", "RMSNormalization") and lab is not None \
-                and lab.axis == (rank or 0) - 1:
+        if node.op_type in _LAST_AXIS_NORMS and lab is not None and lab.axis == (rank or 0) - 1:
             _layer_norm_apply(i, node, rw)  # it normalises over the channels (other axes: nothing to slice)
 
     def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
         return same_rank(node, rank)
+
+    def shape_proxy(self, node: NodeProto, opset: int) -> list[NodeProto] | None:
+        """onnxruntime's SimplifiedLayerNormalization (RMSNorm, in the default domain, unknown to onnx): the
+        output has the input's shape and the scale's type (``stash_type`` only sets the arithmetic)."""
+        if node.op_type != "SimplifiedLayerNormalization":
+            return None
+        return [h.make_node("Mul", [node.input[0], node.input[1]], [node.output[0]])]
+
+
+#: LayerNorm and RMSNorm over the last axes: RMSNormalization is opset 23's; SimplifiedLayerNormalization is the
+#: RMSNorm onnxruntime's transformer optimizer writes in the default domain.
+_LAST_AXIS_NORMS = ("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization")
+_RMS_NORMS = ("RMSNormalization", "SimplifiedLayerNormalization")
 
 
 def _plain_layer_norm(node: NodeProto, ctx) -> bool:
@@ -126,25 +139,43 @@ def _layer_norm_apply(i: int, node: NodeProto, rw: RewriteContext) -> None:
     keep = rw.keep(x)
     if keep is None:
         return
+    if node.op_type in _RMS_NORMS:
+        epsilon, scale = rescaled_rms(rw.const(node.input[1]), keep, rw.label(x).size,
+                                      float(attr(node, "epsilon", 1e-5)))
+        rw.set_attr(i, "epsilon", epsilon)
+        rw.set_input(i, 1, scale)
+        return
     base = (node.name or f"LayerNormalization_{i}").replace("/", "_")
     bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
     nodes, constants = exact_norm(rw, base, x, y, keep, rw.label(x).size, node.input[1], bias,
-                                  float(attr(node, "epsilon", 1e-5)), rms=node.op_type == "RMSNormalization")
+                                  float(attr(node, "epsilon", 1e-5)))
     rw.replace_node(i, nodes, constants)
 
 
+def rescaled_rms(scale: np.ndarray, keep: np.ndarray, size: int, eps: float, removed: np.ndarray | None = None
+                 ) -> tuple[float, np.ndarray]:
+    """(epsilon, scale) with which an RMSNorm over the K kept of C = ``size`` channels gives exactly the kept
+    outputs of the original, whose mean square divides by C and counts the ``removed`` channels' constant values
+    r (zero when not given): x / sqrt((sum x_K^2 + sum r^2) / C + eps) = x / sqrt(sum x_K^2 / K + eps') * sqrt(C/K)
+    with eps' = (C eps + sum r^2) / K. The fused kernel stays."""
+    k = len(keep)
+    r_square = float(np.square(removed.astype(np.float64)).sum()) if removed is not None else 0.0
+    kept_scale = np.take(scale, keep, axis=-1).astype(np.float64) * np.sqrt(size / k)
+    return (size * eps + r_square) / k, kept_scale.astype(scale.dtype)
+
+
 def exact_norm(rw: RewriteContext, base: str, x: str, y: str, keep: np.ndarray, size: int, scale: str,
-               bias: str | None, eps: float, rms: bool = False, removed: np.ndarray | None = None
+               bias: str | None, eps: float, removed: np.ndarray | None = None
                ) -> tuple[list[NodeProto], dict[str, np.ndarray]]:
-    """LayerNorm (or, with ``rms``, RMSNorm) of ``x`` over K kept of ``size`` = C channels on the last axis,
+    """LayerNorm of ``x`` over K kept of ``size`` = C channels on the last axis,
     written out so that the statistics still divide by C; ``scale`` and ``bias`` are the original constants;
     ``removed``: the constant values the removed channels hold in the masked original (a bias added inside a
     fused op), zero when not given.
 
     With removed values r (R of them), mean = (sum(x_K) + sum(r)) / C and
-    var = (sum((x_K - mean)^2) + sum(r^2) - 2 mean sum(r) + R mean^2) / C (RMSNorm: mean square =
-    (sum(x_K^2) + sum(r^2)) / C); the kept outputs are then exactly the original's. Returns the nodes and the new
-    constants they read."""
+    var = (sum((x_K - mean)^2) + sum(r^2) - 2 mean sum(r) + R mean^2) / C; the kept outputs are then exactly the
+    original's (an RMSNorm needs no rewriting: :func:`rescaled_rms`). Returns the nodes and the new constants they
+    read."""
     dtype = rw.const(scale).dtype
     r = np.zeros(size - len(keep), dtype=np.float64) if removed is None else removed.astype(np.float64)
     n = lambda tag: rw.fresh(f"{base}_{tag}")  # noqa: E731
@@ -160,29 +191,22 @@ def exact_norm(rw: RewriteContext, base: str, x: str, y: str, keep: np.ndarray, 
         c[bias_name] = np.take(rw.const(bias), keep, axis=-1)
     t = {tag: n(tag) for tag in ("sum", "all", "mean", "d", "d2", "ssd", "mean2", "fill", "cross", "fill2",
                                   "fill3", "tot", "var", "vpe", "std", "norm", "scaled")}
-    if rms:  # no centring: the mean square over C
-        nodes = [h.make_node("Mul", [x, x], [t["d2"]]),
-                 h.make_node("ReduceSum", [t["d2"], axes], [t["ssd"] if shifted else t["tot"]], keepdims=1)]
-        if shifted:
-            nodes.append(h.make_node("Add", [t["ssd"], r_square], [t["tot"]]))
-        t["d"] = x
-    else:
-        nodes = [h.make_node("ReduceSum", [x, axes], [t["sum"] if shifted else t["all"]], keepdims=1)]
-        if shifted:
-            nodes.append(h.make_node("Add", [t["sum"], r_sum], [t["all"]]))
-        nodes += [
-            h.make_node("Mul", [t["all"], inv_c], [t["mean"]]),
-            h.make_node("Sub", [x, t["mean"]], [t["d"]]),
-            h.make_node("Mul", [t["d"], t["d"]], [t["d2"]]),
-            h.make_node("ReduceSum", [t["d2"], axes], [t["ssd"]], keepdims=1),
-            h.make_node("Mul", [t["mean"], t["mean"]], [t["mean2"]]),
-            h.make_node("Mul", [t["mean2"], missing], [t["fill"] if shifted else t["fill3"]]),
-        ]
-        if shifted:  # + sum(r^2) - 2 mean sum(r)
-            nodes += [h.make_node("Mul", [t["mean"], r_twice], [t["cross"]]),
-                      h.make_node("Sub", [t["fill"], t["cross"]], [t["fill2"]]),
-                      h.make_node("Add", [t["fill2"], r_square], [t["fill3"]])]
-        nodes.append(h.make_node("Add", [t["ssd"], t["fill3"]], [t["tot"]]))
+    nodes = [h.make_node("ReduceSum", [x, axes], [t["sum"] if shifted else t["all"]], keepdims=1)]
+    if shifted:
+        nodes.append(h.make_node("Add", [t["sum"], r_sum], [t["all"]]))
+    nodes += [
+        h.make_node("Mul", [t["all"], inv_c], [t["mean"]]),
+        h.make_node("Sub", [x, t["mean"]], [t["d"]]),
+        h.make_node("Mul", [t["d"], t["d"]], [t["d2"]]),
+        h.make_node("ReduceSum", [t["d2"], axes], [t["ssd"]], keepdims=1),
+        h.make_node("Mul", [t["mean"], t["mean"]], [t["mean2"]]),
+        h.make_node("Mul", [t["mean2"], missing], [t["fill"] if shifted else t["fill3"]]),
+    ]
+    if shifted:  # + sum(r^2) - 2 mean sum(r)
+        nodes += [h.make_node("Mul", [t["mean"], r_twice], [t["cross"]]),
+                  h.make_node("Sub", [t["fill"], t["cross"]], [t["fill2"]]),
+                  h.make_node("Add", [t["fill2"], r_square], [t["fill3"]])]
+    nodes.append(h.make_node("Add", [t["ssd"], t["fill3"]], [t["tot"]]))
     nodes += [
         h.make_node("Mul", [t["tot"], inv_c], [t["var"]]),
         h.make_node("Add", [t["var"], eps_name], [t["vpe"]]),

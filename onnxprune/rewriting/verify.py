@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxprune.core.graph import Graph, light_model
+from onnxprune.core.graph import Graph, checker_view
 from onnxprune.core.handlers import zero_code
 from onnxprune.core.modelio import EXTERNAL_DATA_THRESHOLD, _data_bytes, in_place
 from onnxprune.errors import UnsupportedError, VerificationError
@@ -42,9 +42,10 @@ class Verification:
 
 
 def check_model(model: onnx.ModelProto) -> None:
-    """``onnx.checker`` with full (strict shape-inference) checking; a light copy for models over 2 GB."""
+    """``onnx.checker`` with full (strict shape-inference) checking; a light copy for models over 2 GB, and for
+    models holding onnxruntime's ops of the default domain (:func:`~onnxprune.core.graph.checker_view`)."""
     large = _data_bytes(model) >= EXTERNAL_DATA_THRESHOLD or any(in_place(t) for t in model.graph.initializer)
-    target = light_model(model) if large else model  # the structure; weights read in place stay where they are
+    target = checker_view(model, light=large)  # weights read in place stay where they are
     try:
         onnx.checker.check_model(target, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:

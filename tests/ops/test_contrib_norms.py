@@ -1,7 +1,8 @@
 """com.microsoft SkipLayerNormalization / SkipSimplifiedLayerNormalization (onnxprune/ops/contrib_norms.py): input
-and skip are tied and the hidden width they normalise is cut exactly (the node written out, dividing by the original
-width); a fixed skip blocks; a MatMul reading them (no value_info: onnx shape inference does not know contrib ops)
-still starts a prunable group, because the handler gives their outputs' rank."""
+and skip are tied and the hidden width they normalise is cut exactly (SkipLayerNorm written out, dividing by the
+original width; the RMS form kept fused with a rescaled epsilon and gamma); a fixed skip blocks; a MatMul reading
+them (no value_info: onnx shape inference does not know contrib ops) still starts a prunable group, because the
+handler gives their outputs' rank."""
 from __future__ import annotations
 
 import numpy as np
@@ -58,7 +59,16 @@ def test_skip_norm_cuts_the_hidden_width_exactly(op):
     assert_groups(model, [(6, None), (3, OUT)])
     result = cut(model, (a, 6, [0, 2, 5], 2))
     ops = [n.op_type for n in result.model.graph.node]
-    assert op not in ops and ops.count("ReduceSum") == (2 if op == "SkipLayerNormalization" else 1)
+    if op == "SkipLayerNormalization":  # written out: the mean and variance over the original 6
+        assert op not in ops and ops.count("ReduceSum") == 2
+    else:  # the fused RMS node stays: epsilon' = (C eps + sum of the removed bias values squared) / K
+        fused = next(n for n in result.model.graph.node if n.op_type == op)
+        removed = port(model, fused.name, 3)[[1, 3, 4]].astype(np.float64)
+        epsilon = next(a.f for a in fused.attribute if a.name == "epsilon")
+        assert "ReduceSum" not in ops
+        assert epsilon == pytest.approx((6 * 1e-5 + np.square(removed).sum()) / 3, rel=1e-6)
+        np.testing.assert_allclose(port(result.model, fused.name, 2),
+                                   port(model, fused.name, 2)[[0, 2, 5]] * np.sqrt(2.0), rtol=1e-6)
     np.testing.assert_array_equal(port(result.model, name_of(skip), 1), port(model, name_of(skip), 1)[:, [0, 2, 5]])
 
 

@@ -160,7 +160,8 @@ def test_group_norm_keeps_equal_counts_per_group_and_stays_exact():
 
 def test_rms_normalization_over_the_hidden_width_stays_exact():
     """x[1,5,6] -> A: MatMul(6->4) -> RMSNormalization (opset 23, over the 4 features) -> B: MatMul(4->2) -> y
-    the mean square keeps dividing by 4; a hidden-width group of a transformer"""
+    the mean square keeps dividing by 4 (epsilon and scale rescaled, the node kept); a hidden-width group of a
+    transformer"""
     b = GraphBuilder(24)
     a = b.op("MatMul", ["x", b.const(b.randn(6, 4), "W")])
     rms = b.op("RMSNormalization", [a, b.const(b.rng.uniform(0.5, 1.5, 4).astype(np.float32), "s")], axis=-1,
@@ -172,5 +173,30 @@ def test_rms_normalization_over_the_hidden_width_stays_exact():
     onnx.checker.check_model(probe, full_check=True)
     assert [g.kind for g in onnxprune.analyze(probe).groups] == ["hidden", "mlp"]
     result = cut(probe, (a, 4, [0, 3], 2))
-    assert "RMSNormalization" not in {n.op_type for n in result.model.graph.node}  # written out, exact
+    fused = next(n for n in result.model.graph.node if n.op_type == "RMSNormalization")  # kept, exact:
+    assert next(a.f for a in fused.attribute if a.name == "epsilon") == pytest.approx(1e-5 * 4 / 2)  # eps C/K
+    np.testing.assert_allclose(port(result.model, fused.name, 1), port(probe, fused.name, 1)[[0, 3]] * np.sqrt(2),
+                               rtol=1e-6)  # scale sqrt(C/K)
     assert kept(result, rms) == [0, 3]
+
+
+def test_onnxruntime_simplified_layer_normalization_in_the_default_domain():
+    """x[1,5,6] -> A: MatMul(6->4) -> SimplifiedLayerNormalization (onnxruntime's RMSNorm, written by its
+    transformer optimizer in the default domain, which onnx's checker does not know) -> B: MatMul(4->2) -> y:
+    accepted, checked in full around a stand-in for that node, the hidden width cut exactly with the node kept"""
+    from onnxprune.core.graph import checker_view
+
+    b = GraphBuilder(25)
+    a = b.op("MatMul", ["x", b.const(b.randn(6, 4), "W")])
+    rms = b.op("SimplifiedLayerNormalization", [a, b.const(b.rng.uniform(0.5, 1.5, 4).astype(np.float32), "s")],
+               axis=-1, epsilon=1e-5, stash_type=1)
+    y = b.op("MatMul", [rms, b.const(b.randn(4, 2), "M")])
+    model = b.model((1, 5, 6), y, (1, 5, 2))
+    with pytest.raises(onnx.checker.ValidationError, match="SimplifiedLayerNormalization"):
+        onnx.checker.check_model(model)
+    onnx.checker.check_model(checker_view(model, light=False), full_check=True)
+    assert [g.kind for g in onnxprune.analyze(model).groups] == ["hidden", "mlp"]
+    result = cut(model, (a, 4, [1, 2], 2))
+    fused = next(n for n in result.model.graph.node if n.op_type == "SimplifiedLayerNormalization")
+    assert next(a.f for a in fused.attribute if a.name == "epsilon") == pytest.approx(1e-5 * 4 / 2)
+    assert kept(result, rms) == [1, 2]

@@ -149,6 +149,15 @@ def _layer_norm(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     return [F.layer_norm(t, shape, scale, bias, a.get("epsilon", 1e-5))]
 
 
+@op("RMSNormalization")  # opset 23
+@op("SimplifiedLayerNormalization")  # onnxruntime's, in the default domain
+def _rms_norm(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
+    t = x[0]
+    axes = list(range(axis_of(a.get("axis", -1), t.dim()), t.dim()))
+    square = t.float().pow(2).mean(dim=axes, keepdim=True)  # stash_type 1: float statistics
+    return [(t.float() * torch.rsqrt(square + a.get("epsilon", 1e-5))).to(t.dtype) * x[1]]
+
+
 @op("GroupNormalization")
 def _group_norm(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     t, scale, bias = x[:3]
