@@ -26,7 +26,7 @@ from onnxprune.errors import UsageError  # noqa: E402
 from onnxprune.measure.data import Dataset, load_data  # noqa: E402
 from onnxprune.measure.evaluate import evaluate  # noqa: E402
 from onnxprune.training.bridge import OnnxModule  # noqa: E402
-from onnxprune.training.finetune import FinetuneConfig, finetune  # noqa: E402
+from onnxprune.training.finetune import FinetuneConfig, finetune, resolved_lr_schedule  # noqa: E402
 from onnxprune.training.schedules import BalancedRegularizer, DropNet  # noqa: E402
 
 CALIB, VAL = ROOT / "models" / "mnist_calib.npz", ROOT / "models" / "mnist_val.npz"
@@ -230,10 +230,13 @@ def test_cosine_schedule_and_sgd_train():
     model = builders.reshape_gemm(seed=1)
     pruned = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.5)).model
     data = Dataset({"x": np.random.default_rng(1).standard_normal((8, 3, 8, 8)).astype(np.float32)})
-    constant = finetune(pruned, data, FinetuneConfig(epochs=2, batch_size=4), teacher=model)
+    constant = finetune(pruned, data, FinetuneConfig(epochs=2, batch_size=4, lr_schedule="constant"), teacher=model)
     cosine = finetune(pruned, data, FinetuneConfig(epochs=2, batch_size=4, lr_schedule="cosine"), teacher=model)
+    auto = finetune(pruned, data, FinetuneConfig(epochs=2, batch_size=4), teacher=model)  # the default
     sgd = finetune(pruned, data, FinetuneConfig(epochs=2, batch_size=4, optimizer="sgd", lr=1e-2), teacher=model)
     blobs = {r.model.SerializeToString() for r in (constant, cosine, sgd)}
     assert len(blobs) == 3 and pruned.SerializeToString() not in blobs
+    assert auto.model.SerializeToString() == cosine.model.SerializeToString()  # one run: cosine
+    assert resolved_lr_schedule(FinetuneConfig(), repeated=True).lr_schedule == "constant"  # schedules' steps
     with pytest.raises(UsageError, match="lr-schedule"):
         FinetuneConfig(lr_schedule="step").validate()

@@ -55,9 +55,10 @@ def _finetune(model: Path, train_path: Path, teacher: Path | None, eval_path: Pa
               report_path: Path | None, seed: int, no_verify: bool, as_json: bool, quiet: bool,
               opts: dict[str, Any]) -> None:
     from onnxprune.measure.evaluate import evaluate
-    from onnxprune.training.finetune import check_device, finetune
+    from onnxprune.training.devices import check_device
+    from onnxprune.training.finetune import finetune, resolved_lr_schedule
 
-    config = finetune_config(opts, opts["batch_size"], seed)
+    config = resolved_lr_schedule(finetune_config(opts, opts["batch_size"], seed), repeated=False)
     check_device(config.device)
     output = output or model.with_name(model.stem + ".finetuned.onnx")
     outputs = [p for p in (output, report_path) if p is not None]

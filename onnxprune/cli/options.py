@@ -13,7 +13,7 @@ import onnx
 
 from onnxprune.errors import UsageError
 from onnxprune.measure.data import Dataset, ImageSpec, load_data
-from onnxprune.training.finetune import LOSSES, FinetuneConfig
+from onnxprune.training.finetune import LOSSES, LR_SCHEDULES, FinetuneConfig
 
 __all__ = ["training_options", "finetune_config", "data_options", "load_command_data", "parse_shapes",
            "parse_round_to", "parse_floats"]
@@ -37,9 +37,10 @@ def training_options(fn: F) -> F:
                      help="distill: match the teacher's outputs (no labels needed); ce: labels; both; "
                           "auto: distill with a teacher, ce without."),
         click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True),
-        click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default="constant",
-                     show_default=True, help="Learning rate over the run: constant, or cosine decay to zero."),
-        click.option("--temperature", type=float, default=2.0, show_default=True,
+        click.option("--lr-schedule", type=click.Choice(list(LR_SCHEDULES)), default="auto", show_default=True,
+                     help="Learning rate over the run: cosine decay to zero, or constant; auto: cosine for "
+                          "finetune, constant in each step of --schedule dropnet/auto-balanced."),
+        click.option("--temperature", type=float, default=4.0, show_default=True,
                      help="Softens class scores for distillation."),
         click.option("--bn", type=click.Choice(["train", "frozen"]), default="train", show_default=True,
                      help="BatchNormalization during training: batch statistics (train) or fixed (frozen)."),

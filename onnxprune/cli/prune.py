@@ -36,7 +36,8 @@ from onnxprune.pipeline.resources import Stages, check_fits
 from onnxprune.pipeline.search import prune_to_latency, prune_within
 from onnxprune.planning.criteria import names as criterion_names
 from onnxprune.rewriting.recover import RECOVERY_MODES
-from onnxprune.training.finetune import FinetuneConfig, check_device
+from onnxprune.training.devices import check_device
+from onnxprune.training.finetune import FinetuneConfig
 from onnxprune.training.schedules import training_hooks
 from onnxprune.tuning.quantize import QUANTIZE_MODES, check_not_quantized, quantize_result, unrecovered_note
 

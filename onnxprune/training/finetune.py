@@ -7,8 +7,7 @@ and the result is the same graph with the trained values written back.
 from __future__ import annotations
 
 import contextlib
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -20,17 +19,21 @@ from onnxprune.measure.calibrate import static_batch
 from onnxprune.measure.data import Dataset
 from onnxprune.measure.evaluate import Evaluation, evaluate
 from onnxprune.measure.runtime import Session
+from onnxprune.training.devices import check_device, device_for, distributed, require_torch
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "LOSSES", "require_torch", "check_device"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "LOSSES", "LR_SCHEDULES", "resolved_lr_schedule"]
 
 LOSSES = ("auto", "distill", "ce", "both")
+LR_SCHEDULES = ("auto", "cosine", "constant")
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Training options. ``loss='auto'``: distillation with a teacher, cross-entropy without one.
 
-    ``lr_schedule="cosine"`` decays the learning rate to zero over the run ("constant", the default, keeps it).
+    ``lr_schedule="cosine"`` decays the learning rate to zero over the run, ``"constant"`` keeps it; ``"auto"``
+    (the default) is cosine for one fine-tuning run and constant inside the pruning schedules, whose short
+    retraining steps build on each other (:func:`resolved_lr_schedule`).
     ``bn='train'`` trains BatchNormalization with batch statistics (running statistics updated and written
     back); ``'frozen'`` keeps them fixed. ``temperature`` softens logits for distillation.
     """
@@ -40,9 +43,9 @@ class FinetuneConfig:
     batch_size: int = 64
     loss: str = "auto"
     optimizer: str = "adam"
-    lr_schedule: str = "constant"
+    lr_schedule: str = "auto"
     weight_decay: float = 0.0
-    temperature: float = 2.0
+    temperature: float = 4.0
     bn: str = "train"
     seed: int = 0
     device: str = "cpu"
@@ -55,8 +58,8 @@ class FinetuneConfig:
             raise UsageError(f"unknown loss '{self.loss}' (choose from {', '.join(LOSSES)})")
         if self.optimizer not in ("adam", "sgd"):
             raise UsageError(f"unknown optimizer '{self.optimizer}' (choose from adam, sgd)")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise UsageError(f"--lr-schedule must be cosine or constant, got '{self.lr_schedule}'")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UsageError(f"--lr-schedule must be {', '.join(LR_SCHEDULES)}, got '{self.lr_schedule}'")
         if self.bn not in ("train", "frozen"):
             raise UsageError(f"--bn must be train or frozen, got '{self.bn}'")
 
@@ -71,40 +74,15 @@ class FinetuneResult:
         return {"history": self.history, "best_epoch": self.best_epoch}
 
 
-def require_torch(what: str = "fine-tuning") -> Any:
-    """Import torch, or say that ``what`` needs it and how to install it."""
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise UsageError(f"{what} needs torch: pip install 'onnxprune[torch]'") from exc
-    return torch
+def resolved_lr_schedule(config: FinetuneConfig, repeated: bool) -> FinetuneConfig:
+    """``config`` with ``lr_schedule="auto"`` made concrete: constant for the ``repeated`` retraining steps of a
+    pruning schedule (cosine there cost LeNet-5 up to 1 point), cosine for one fine-tuning run (ViT-MNIST at
+    --ratio 0.5: +0.7 point over constant in 3 epochs)."""
+    if config.lr_schedule != "auto":
+        return config
+    return replace(config, lr_schedule="constant" if repeated else "cosine")
 
 
-def check_device(name: str) -> None:
-    """Refuse a torch device this machine cannot train on, naming what it offers (a usage error, not a crash
-    deep in training): ``--device cuda`` with a CPU-only torch, ``cuda:3`` on a machine with one GPU."""
-    if name == "cpu":
-        return
-    torch = require_torch("--device")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device '{name}' is not a torch device (e.g. cpu, cuda, cuda:1)") from None
-    kind = device.type
-    backend = getattr(torch, kind, None) if kind != "mps" else getattr(torch.backends, "mps", None)
-    available = ["cpu"]
-    if torch.cuda.is_available():
-        available += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        available.append("mps")
-    is_available = getattr(backend, "is_available", None)
-    if kind == "cpu" or (callable(is_available) and is_available() and
-                         (device.index is None or kind != "cuda" or device.index < torch.cuda.device_count())):
-        return
-    why = ("this torch is built without CUDA" if kind == "cuda" and not getattr(torch.version, "cuda", None)
-           else "not available on this machine")
-    raise UsageError(f"--device {name}: {why} (torch {torch.__version__}); available: {', '.join(available)}")
 
 
 def finetune(model: onnx.ModelProto, train: Dataset, config: FinetuneConfig = FinetuneConfig(), *,
@@ -121,11 +99,12 @@ def finetune(model: onnx.ModelProto, train: Dataset, config: FinetuneConfig = Fi
     from onnxprune.training.bridge import OnnxModule, write_back
 
     config.validate()
+    config = resolved_lr_schedule(config, repeated=False)
     check_device(config.device)
     mode = _loss_mode(config.loss, teacher is not None, train.labels is not None)
-    rank, world = _distributed(torch, config.device)
+    rank, world = distributed(torch, config.device)
     torch.manual_seed(config.seed)
-    device = _device(torch, config.device, world)
+    device = device_for(torch, config.device, world)
     module = OnnxModule(model, train_bn=config.bn == "train").to(device)
     net: Any = module
     if world > 1:
@@ -214,13 +193,6 @@ def _epoch_line(label: str, entry: dict, epochs: int) -> str:
             parts.append(f"{key} {value:.4f}")
     return f"{label}: epoch {entry['epoch']}/{epochs}: {', '.join(parts)}"
 
-
-def _device(torch: Any, name: str, world: int) -> Any:
-    """The torch device to train on: under torchrun, ``cuda`` means this process's GPU (``LOCAL_RANK``)."""
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None and world > 1:  # one GPU per process under torchrun
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return device
 
 
 def _optimizer(torch: Any, module: Any, config: FinetuneConfig, samples: int) -> tuple[Any, Any]:
@@ -385,15 +357,3 @@ def _is_probability(x: Any) -> bool:
         return False
     with_no_grad = x.detach()
     return bool((with_no_grad >= 0).all() and (with_no_grad.sum(dim=1) - 1).abs().max() < 1e-3)
-
-
-def _distributed(torch: Any, device: str) -> tuple[int, int]:
-    """(rank, world size): joins the process group ``torchrun`` describes, or (0, 1) alone."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    dist = torch.distributed
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-

@@ -24,7 +24,8 @@ from onnxprune.core.modelio import tensor_array
 from onnxprune.errors import UsageError
 from onnxprune.measure.data import Dataset
 from onnxprune.measure.evaluate import evaluate
-from onnxprune.training.finetune import FinetuneConfig, finetune, require_torch
+from onnxprune.training.devices import require_torch
+from onnxprune.training.finetune import FinetuneConfig, finetune, resolved_lr_schedule
 
 __all__ = ["DropNet", "AutoBalanced", "training_hooks"]
 
@@ -39,7 +40,8 @@ class _Trainer:
 
     def __init__(self, original: onnx.ModelProto, train: Dataset, eval_data: Dataset | None,
                  config: FinetuneConfig) -> None:
-        self.original, self.train, self.eval_data, self.config = original, train, eval_data, config
+        self.original, self.train, self.eval_data = original, train, eval_data
+        self.config = resolved_lr_schedule(config, repeated=True)
         self.steps: list[dict] = []
         self._measured: tuple[onnx.ModelProto, float] | None = None  # the last fine-tuned model and its metric
         self.baseline = self._evaluate(original)

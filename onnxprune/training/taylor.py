@@ -14,7 +14,7 @@ from onnxprune.core.progress import Progress
 from onnxprune.measure.calibrate import model_batches
 from onnxprune.measure.data import Dataset
 from onnxprune.planning.criteria import channel_criterion, register
-from onnxprune.training.finetune import require_torch
+from onnxprune.training.devices import require_torch
 
 __all__ = ["TAYLOR", "taylor_statistics"]
 
