@@ -162,7 +162,7 @@ def _plan_constants(rw: Rewriter, graph: Graph) -> _Constants:
     for (i, port) in rw.new_inputs:
         by_const.setdefault(graph.nodes[i].input[port], []).append((i, port))
     for name, changed_uses in sorted(by_const.items()):
-        keys = {use: _digest(rw.new_inputs[use]) for use in changed_uses}
+        keys = {use: _digest(rw.new_inputs[use]) if len(changed_uses) > 1 else "" for use in changed_uses}
         all_uses = graph.consumer_nodes(name)
         distinct = set(keys.values())
         if (len(distinct) == 1 and len(changed_uses) == len(all_uses) and name not in graph.outputs
