@@ -101,6 +101,7 @@ class Analyzer:
         self.soft: list[bool] = []
         self.blocks: list[tuple[np.ndarray, str]] = []
         self.tags: list[tuple[np.ndarray, str]] = []
+        self.deferred: list[Callable[[], None]] = []
 
     # -- labels ----------------------------------------------------------------------------------------------
     def labeled(self, name: str) -> Labeled | None:
@@ -166,6 +167,10 @@ class Analyzer:
     def node_label(self, node: int) -> str:
         return self.graph.label(node)
 
+    def defer(self, check: Callable[[], None]) -> None:
+        """Run ``check`` once every node has been walked (it may read labels set later and block)."""
+        self.deferred.append(check)
+
 
 def analyze(model: onnx.ModelProto | Graph, exclude: Sequence[str] = ()) -> Analysis:
     """Find the channel groups of a model, with the reason each blocked group cannot be pruned."""
@@ -179,6 +184,8 @@ def analyze(model: onnx.ModelProto | Graph, exclude: Sequence[str] = ()) -> Anal
                 ctx.block_inputs(i, f"consumed by unsupported op {domain}{node.op_type} ({graph.label(i)})")
             continue
         handler.propagate(i, node, ctx)
+    for check in ctx.deferred:
+        check()
     for name in graph.outputs:
         lab = ctx.labeled(name)
         if lab is not None:

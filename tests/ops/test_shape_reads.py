@@ -65,3 +65,37 @@ def test_a_channel_count_read_for_another_tensor_blocks():
     y = b.op("MatMul", [b.op("Transpose", [r], perm=[0, 2, 1]), b.const(b.randn(4, 3), "W")])
     model = _finish(b, y)
     assert_groups(model, [(4, "reads the channel count"), (4, None), (3, OUT)])
+
+
+def test_a_channel_count_that_shapes_a_moved_copy_prunes():
+    """x -> A: Conv(3->4) = a -> Transpose NHWC = t [1,8,8,4] -> Reshape(t, [1,2,4,2,4] + Shape(t)[3]) -> Transpose
+    -> Reshape(.., [-1,16] + Shape(t)[3]) [4,16,4] -> MatMul(4->3) -> y (Swin's window partition in the legacy
+    export): the count read from t lands, whole, on the last axis of both reshapes; the second reshapes a moved copy
+    of t, checked once the walk has labelled it, and gets the cut count written in"""
+    b = GraphBuilder(64)
+    a = b.conv("x", 3, 4)
+    t = b.op("Transpose", [a], perm=[0, 2, 3, 1])
+    count = b.op("Unsqueeze", [b.op("Gather", [b.op("Shape", [t]), b.ints(3)]), b.ints([0])])
+    windows = b.op("Reshape", [t, b.op("Concat", [b.ints([1, 2, 4, 2, 4]), count], axis=0)])
+    moved = b.op("Transpose", [windows], perm=[0, 1, 3, 2, 4, 5])
+    flat = b.op("Reshape", [moved, b.op("Concat", [b.ints([-1, 16]), count], axis=0)])
+    y = b.op("MatMul", [flat, b.const(b.randn(4, 3), "W")])
+    model = _finish(b, y)
+    assert_groups(model, [(4, None), (3, OUT)])
+    cut(model, (a, 4, [0, 3]))
+
+
+def test_a_channel_count_that_shapes_another_groups_copy_blocks():
+    """As above, but the count read from A's t shapes the window reshape of B's channels (another group of the same
+    size): checked once the walk has labelled that reshape, A blocks; B prunes (its own entry is rewritten)"""
+    b = GraphBuilder(65)
+    a = b.conv("x", 3, 4)
+    c = b.conv("x", 3, 4)
+    t, u = (b.op("Transpose", [v], perm=[0, 2, 3, 1]) for v in (a, c))
+    count = b.op("Unsqueeze", [b.op("Gather", [b.op("Shape", [t]), b.ints(3)]), b.ints([0])])
+    flat = b.op("Reshape", [u, b.op("Concat", [b.ints([1, 64]), count], axis=0)])
+    y = b.op("Add", [b.op("MatMul", [flat, b.const(b.randn(4, 3), "W")]),
+                     b.op("MatMul", [b.op("Reshape", [t, b.ints([1, 64, 4])]), b.const(b.randn(4, 3), "W")])])
+    model = _finish(b, y)
+    assert_groups(model, [(4, "reads the channel count"), (4, None), (3, OUT)])
+    cut(model, (c, 4, [1, 2]))
