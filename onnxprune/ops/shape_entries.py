@@ -35,28 +35,36 @@ def _set_concat_piece(rw: RewriteContext, i: int, node: NodeProto, port: int, in
     concat = rw.graph.nodes[producer] if producer is not None else None
     if concat is None or concat.op_type != "Concat":
         return False
-    start = 0
+    found = concat_piece(rw.graph, concat, index)
+    part = rw.graph.value(concat.input[found[0]]) if found is not None else None
+    if found is None or part is None:
+        return False
+    k, at = found
+    entries = np.array(part, dtype=np.int64).ravel()
+    entries[at] = value
+    shape, new_piece = rw.fresh(f"{node.input[port]}_pruned"), rw.fresh(f"{concat.input[k]}_pruned")
+    copy_concat, copy = NodeProto(), NodeProto()
+    copy_concat.CopyFrom(concat)
+    copy_concat.name = rw.fresh(f"{concat.name or 'Concat'}_pruned")
+    copy_concat.input[k], copy_concat.output[0] = new_piece, shape
+    copy.CopyFrom(node)
+    copy.input[port] = shape
+    rw.replace_node(i, [copy_concat, copy], {new_piece: entries.reshape(np.shape(part))})
+    return True
+
+
+def concat_piece(graph: Graph, concat: NodeProto, index: int) -> tuple[int, int] | None:
+    """(input port, position in that piece) of entry ``index`` of a 1-D ``Concat``'s output; ``None`` where a
+    piece before it has no known length."""
     for k, piece in enumerate(concat.input):
-        part, length = rw.graph.value(piece), rw.graph.shape(piece)
+        part, length = graph.value(piece), graph.shape(piece)
         size = np.asarray(part).size if part is not None else length[0] if length else None
         if not isinstance(size, int):
-            return False
-        if start <= index < start + size:
-            if part is None:
-                return False
-            entries = np.array(part, dtype=np.int64).ravel()
-            entries[index - start] = value
-            shape, new_piece = rw.fresh(f"{node.input[port]}_pruned"), rw.fresh(f"{piece}_pruned")
-            copy_concat, copy = NodeProto(), NodeProto()
-            copy_concat.CopyFrom(concat)
-            copy_concat.name = rw.fresh(f"{concat.name or 'Concat'}_pruned")
-            copy_concat.input[k], copy_concat.output[0] = new_piece, shape
-            copy.CopyFrom(node)
-            copy.input[port] = shape
-            rw.replace_node(i, [copy_concat, copy], {new_piece: entries.reshape(np.shape(part))})
-            return True
-        start += size
-    return False
+            return None
+        if index < size:
+            return k, index
+        index -= size
+    return None
 
 
 def shape_entries(graph: Graph, name: str) -> list[int | None] | None:
@@ -158,14 +166,8 @@ def shape_entry_source(graph, name: str, index: int, depth: int = 0) -> tuple[st
     if node.op_type in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
         return shape_entry_source(graph, node.input[0], index, depth + 1)
     if node.op_type == "Concat":
-        for piece in node.input:
-            length = graph.shape(piece)
-            if not length or not isinstance(length[0], int):
-                return None
-            if index < length[0]:
-                return shape_entry_source(graph, piece, index, depth + 1)
-            index -= length[0]
-        return None
+        found = concat_piece(graph, node, index)
+        return shape_entry_source(graph, node.input[found[0]], found[1], depth + 1) if found is not None else None
     if node.op_type in ("Slice", "Gather"):
         length = graph.shape(node.input[0])
         taken = entries_taken(graph, node, length[0]) if length and isinstance(length[0], int) else None
