@@ -7,8 +7,10 @@ from onnx import NodeProto
 from onnxprune.core.channels import UnionFind
 from onnxprune.core.graph import Graph
 from onnxprune.core.handlers import AnalysisContext, Handler, RankOf, RewriteContext, attr, register, same_rank
+from onnxprune.ops.batch_heads import follow_batch_fold
 from onnxprune.ops.common import _axes_of, _pass, axes_of
 from onnxprune.ops.shape_entries import dims_product, resolved_shape, set_shape_entry, shape_entries, shape_entry_source
+from onnxprune.ops.strided import follow_identity_gather
 
 
 # -- axis movers -----------------------------------------------------------------------------------------------
@@ -135,6 +137,9 @@ class Reshape(Handler):
             ctx.block(lx.atoms, f"{label} reshapes the channel axis with a computed shape (opset < 11)")
             return
         runs = _matching_runs(list(src), list(dst), lx.axis)
+        if runs is None and (follow_batch_fold(ctx, i, node, lx, list(src), list(dst), _regroup)
+                             or (len(dst) == 1 and follow_identity_gather(ctx, node, lx))):
+            return
         if runs is None:
             ctx.block(lx.atoms, f"{label} splits or reorders the channel axis in a way onnxprune cannot follow")
             return
@@ -162,23 +167,31 @@ class Reshape(Handler):
             return
         axis = rw.label(y).axis
         if not rw.graph.is_const(node.input[1]):
-            entries = shape_entries(rw.graph, node.input[1])
-            lx = rw.label(node.input[0])
-            follows = (entries and axis < len(entries) and entries[axis] == -1) or (  # a computed -1 follows
-                lx.size == rw.label(y).size and  # and so does the input's own size (x.flatten(2))
-                shape_entry_source(rw.graph, node.input[1], axis) == (node.input[0], lx.axis))
-            if not follows:
+            if not _entry_follows(rw, node, axis, len(keep)):
                 set_shape_entry(rw, i, node, 1, axis, len(keep))
             return
         shape = np.array(rw.const(node.input[1]), dtype=np.int64).copy()
-        lx = rw.label(node.input[0])
-        if shape[axis] == -1 or (shape[axis] == 0 and lx.axis == axis and lx.size == rw.label(y).size):
+        lx = rw.labeled(node.input[0])
+        if shape[axis] == -1 or (shape[axis] == 0 and lx is not None and lx.axis == axis
+                                 and lx.size == rw.label(y).size):
             return
         shape[axis] = len(keep)
         rw.set_input(i, 1, shape)
 
     def foldable(self, node: NodeProto) -> bool:
         return True
+
+
+def _entry_follows(rw: RewriteContext, node: NodeProto, axis: int, count: int) -> bool:
+    """Whether entry ``axis`` of a computed reshape target becomes ``count`` by itself: a computed ``-1``, or the
+    size of a cut axis read by ``Shape`` that keeps ``count`` too (``x.flatten(2)``, ``[B, H] = q.shape[:2]``)."""
+    entries = shape_entries(rw.graph, node.input[1])
+    if entries and axis < len(entries) and entries[axis] == -1:
+        return True
+    source = shape_entry_source(rw.graph, node.input[1], axis)
+    read = rw.labeled(source[0]) if source is not None else None
+    return read is not None and source is not None and read.axis == source[1] and \
+        len(rw.keep_or_all(source[0])) == count
 
 
 def _static(dims: list) -> bool:
