@@ -7,6 +7,7 @@ from onnx import NodeProto, TensorProto, helper
 from onnxprune.core.graph import Graph
 from onnxprune.core.handlers import AnalysisContext, Handler, RankOf, RewriteContext, attr, register
 from onnxprune.ops.common import _const_ints, _pass
+from onnxprune.ops.strided import identity_gather
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,6 +283,9 @@ class Gather(Handler):
     def apply(self, i: int, node: NodeProto, rw: RewriteContext) -> None:
         lx, ly = rw.labeled(node.input[0]), rw.labeled(node.output[0])
         kin, kout = rw.keep(node.input[0]), rw.keep(node.output[0])
+        if lx is None and kout is not None and (copied := identity_gather(rw.graph, i)) is not None:
+            rw.replace_node(i, [helper.make_node("Identity", [copied], [node.output[0]], name=node.name)], {})
+            return  # a view listing every element of ``copied`` in order (ops/strided.py)
         if lx is None and kout is not None:  # an embedding table: keep its columns
             rw.set_input(i, 0, np.take(rw.const(node.input[0]), kout, axis=1))
             return

@@ -287,12 +287,16 @@ def _from_constant_nodes(graph, name: str) -> bool:
 
 
 def _drop_dead_folds(g: onnx.GraphProto, graph) -> None:
-    """Remove ops on constants (Identity, Reshape, ...) whose result the rewrite replaced by a new constant."""
+    """Remove ops whose result nothing reads any more: ops on constants (Identity, Reshape, ...) whose result the
+    rewrite replaced by a new constant, and ops that only fed a replaced node (an index computation that held the
+    old channel count). Ops the original graph left unread stay as they were."""
+    was_read = {n for node in graph.nodes for n in node.input} | set(graph.outputs) | _subgraph_reads(graph.model.graph)
     while True:
         read = {n for node in g.node for n in node.input} | set(graph.outputs) | _subgraph_reads(g)
-        dead = [k for k, node in enumerate(g.node) if len(node.output) == 1
-                and (node.output[0] in graph.derived or node.output[0] in graph.constant_nodes)
-                and node.output[0] not in read]
+        dead = [k for k, node in enumerate(g.node) if node.output and not any(o in read for o in node.output)
+                and ((len(node.output) == 1 and (node.output[0] in graph.derived
+                                                 or node.output[0] in graph.constant_nodes))
+                     or any(o in was_read for o in node.output))]
         if not dead:
             return
         for k in reversed(dead):
