@@ -113,6 +113,7 @@ def _per_head_const(ctx: AnalysisContext, name: str) -> bool:
 class RotaryEmbedding(Handler):
     op_types = ("RotaryEmbedding",)
     domain = DOMAIN
+    cos_port = 2  # input, position_ids, cos_cache, sin_cache
 
     def propagate(self, i: int, node: NodeProto, ctx: AnalysisContext) -> None:
         """Rotation pairs channels inside a head: whole heads pass ([B, S, H*D] heads tied here, [B, H, S, D]
@@ -125,7 +126,7 @@ class RotaryEmbedding(Handler):
         if lx is None:
             return
         rank = ctx.graph.rank(node.input[0])
-        cos = ctx.graph.const_shape(node.input[2]) if len(node.input) > 2 else None
+        cos = ctx.graph.const_shape(node.input[self.cos_port]) if len(node.input) > self.cos_port else None
         heads = int(attr(node, "num_heads", 0))
         rotary = int(attr(node, "rotary_embedding_dim", 0))
         label = f"RotaryEmbedding {ctx.node_label(i)}"

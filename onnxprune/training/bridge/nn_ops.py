@@ -158,6 +158,55 @@ def _rms_norm(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     return [(t.float() * torch.rsqrt(square + a.get("epsilon", 1e-5))).to(t.dtype) * x[1]]
 
 
+@op("Attention")  # opset 23
+def _attention(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
+    """Scaled dot-product attention, 3-D (heads from q_num_heads / kv_num_heads) or 4-D Q/K/V; grouped-query
+    heads repeat K and V; optional mask (bool: attend where true; float: added), is_causal, softcap."""
+    q, k, v = x[:3]
+    mask = x[3] if len(x) > 3 else None
+    if any(t is not None for t in x[4:]) or ctx.n_outputs > 1:
+        raise UnsupportedError("Attention with a KV cache or extra outputs is not supported by the torch bridge")
+    flat = q.dim() == 3
+    if flat:
+        def split(t: Any, heads: int) -> Any:
+            return t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)
+        q, k, v = split(q, a["q_num_heads"]), split(k, a["kv_num_heads"]), split(v, a["kv_num_heads"])
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    scores = q @ k.transpose(-1, -2) * a.get("scale", 1.0 / math.sqrt(q.shape[-1]))
+    if a.get("softcap", 0.0) > 0:
+        scores = a["softcap"] * torch.tanh(scores / a["softcap"])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    if a.get("is_causal", 0):
+        causal = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+    y = torch.softmax(scores, dim=-1) @ v
+    return [y.transpose(1, 2).reshape(y.shape[0], y.shape[2], -1) if flat else y]
+
+
+@op("RotaryEmbedding")  # opset 23: X, cos_cache, sin_cache, position_ids
+def _rotary(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
+    """Rotate the first rotary_embedding_dim channels of each head (halves, or pairs when interleaved)."""
+    t, cos, sin = x[:3]
+    positions = x[3] if len(x) > 3 else None
+    if positions is not None:
+        cos, sin = cos[positions], sin[positions]  # [B, S, rotary_dim / 2]
+    flat = t.dim() == 3
+    heads = t.reshape(t.shape[0], t.shape[1], a["num_heads"], -1) if flat else t.transpose(1, 2)  # [B, S, H, D]
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    rotary = a.get("rotary_embedding_dim", 0) or heads.shape[-1]
+    turned, rest = heads[..., :rotary], heads[..., rotary:]
+    if a.get("interleaved", 0):
+        first, second = turned[..., 0::2], turned[..., 1::2]
+        turned = torch.stack([first * cos - second * sin, second * cos + first * sin], dim=-1).flatten(-2)
+    else:
+        first, second = turned.chunk(2, dim=-1)
+        turned = torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
+    out = torch.cat([turned, rest], dim=-1)
+    return [out.reshape(t.shape) if flat else out.transpose(1, 2)]
+
+
 @op("GroupNormalization")
 def _group_norm(ctx: OpContext, a: dict[str, Any], x: list[Any]) -> list[Any]:
     t, scale, bias = x[:3]
