@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models-dir", type=Path, default=Path("/tmp/tf"),
                     help="exports of tools/transformer_models.py (<arch>.<form>.onnx)")
     ap.add_argument("--archs", default=",".join(tm.ARCHS), help=f"comma-separated subset of {','.join(tm.ARCHS)}")
-    ap.add_argument("--forms", default=",".join(tm.FORMS), help="comma-separated subset of legacy,dynamo,fused")
+    ap.add_argument("--forms", default=",".join(tm.FORMS), help="comma-separated subset of legacy,dynamo,fused,opset23")
     ap.add_argument("--out", type=Path, help="write the Markdown table here")
     ap.add_argument("--json", type=Path, help="also write the raw records here")
     ap.add_argument("--jobs", type=int, default=2, help="onnxprune subprocesses run at once")
@@ -507,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for arch in archs:
         for form in forms:
+            if form == "opset23" and arch not in tm.SDPA_ARCHS:
+                continue
             path = args.models_dir / f"{arch}.{form}.onnx"
             row: dict[str, Any] = {"arch": arch, "form": form, "file": str(path)}
             if not path.exists():

@@ -38,6 +38,9 @@ Export forms (``FORMS``):
   (and, for text models, a dynamic sequence) dimension named ``batch`` / ``sequence``,
   traced at batch 2 (torch.export specialises a size-1 dimension); weights in
   ``<file name>.data``.
+* ``opset23``: the dynamo exporter at opset 23 with ``attn_implementation="sdpa"`` (the
+  architectures of ``SDPA_ARCHS``), static shapes like ``legacy``: ai.onnx ``Attention``
+  (4-D Q/K/V), ``RotaryEmbedding`` and ``RMSNormalization``; weights in ``<file name>.data``.
 * ``fused``: ``onnxruntime.transformers.optimizer.optimize_model`` applied to
   the legacy export (``com.microsoft`` Attention, SkipLayerNormalization, ...),
   one self-contained file.  Only BERT and Whisper get ``Attention``; Llama/Qwen3 get
@@ -78,7 +81,10 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from torchvision_models import signed_uniform  # noqa: E402
 
-FORMS: tuple[str, ...] = ("legacy", "dynamo", "fused")
+FORMS: tuple[str, ...] = ("legacy", "dynamo", "fused", "opset23")
+#: Architectures whose attention has an SDPA implementation (the ``opset23`` form).
+SDPA_ARCHS: tuple[str, ...] = ("bert", "bert_enc", "vit", "llama", "qwen3", "gpt2", "whisper_enc")
+_ATTENTION = ["eager"]  # the attn_implementation build() asks for (sdpa for the opset23 form)
 SEQ_LEN = 16
 VOCAB = 256
 IMAGE_SIZE = 32
@@ -152,7 +158,7 @@ def _randomize_zero_weights(model: torch.nn.Module, seed: int = 0) -> None:
 
 
 def _hf_common() -> dict:
-    return {"attn_implementation": "eager", "use_cache": False, "initializer_range": 0.1}
+    return {"attn_implementation": _ATTENTION[0], "use_cache": False, "initializer_range": 0.1}
 
 
 def _build_bert() -> torch.nn.Module:
@@ -216,7 +222,7 @@ def _build_whisper_enc() -> torch.nn.Module:
                         encoder_attention_heads=4, encoder_ffn_dim=128, decoder_layers=1,
                         decoder_attention_heads=4, decoder_ffn_dim=128, max_source_positions=N_FRAMES // 2,
                         max_target_positions=32, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-                        init_std=0.1, attn_implementation="eager", use_cache=False)
+                        init_std=0.1, attn_implementation=_ATTENTION[0], use_cache=False)
     return WhisperEncoder(cfg)
 
 
@@ -263,7 +269,7 @@ class KwargsWrapper(torch.nn.Module):
         return out[self.output]
 
 
-def build(name: str, seed: int = 0) -> torch.nn.Module:
+def build(name: str, seed: int = 0, attention: str = "eager") -> torch.nn.Module:
     """Return architecture ``name`` in eval mode with seeded random weights.
 
     The returned module takes the tensors of :func:`example_inputs` positionally
@@ -273,7 +279,11 @@ def build(name: str, seed: int = 0) -> torch.nn.Module:
         raise ValueError(f"unknown arch {name!r}; choose from {', '.join(ARCHS)}")
     spec = ARCH_SPECS[name]
     torch.manual_seed(seed)
-    model = _BUILDERS[name]()
+    _ATTENTION[0] = attention
+    try:
+        model = _BUILDERS[name]()
+    finally:
+        _ATTENTION[0] = "eager"
     randomize_norms(model, seed)
     _randomize_zero_weights(model, seed)
     return KwargsWrapper(model.eval(), spec.inputs, spec.output, hf=name != "tv_vit").eval()
@@ -321,7 +331,8 @@ def _export_legacy(name: str, model: torch.nn.Module, x: tuple[torch.Tensor, ...
                           input_names=list(spec.inputs), output_names=[spec.output])
 
 
-def _export_dynamo(name: str, model: torch.nn.Module, x: tuple[torch.Tensor, ...], path: Path) -> None:
+def _export_dynamo(name: str, model: torch.nn.Module, x: tuple[torch.Tensor, ...], path: Path,
+                   opset: int | None = None) -> None:
     import onnx
 
     spec = ARCH_SPECS[name]
@@ -331,13 +342,16 @@ def _export_dynamo(name: str, model: torch.nn.Module, x: tuple[torch.Tensor, ...
         dyn = tuple({0: batch, 1: seq} for _ in spec.inputs)
     else:
         dyn = tuple({0: batch} for _ in spec.inputs)
-    dyn_args = (dyn,)  # KwargsWrapper.forward(*args): one entry for the varargs tuple
+    dyn_args = (dyn,) if opset is None else None  # KwargsWrapper.forward(*args): one entry for the varargs tuple
+    # opset 23: static shapes, as onnxruntime's RotaryEmbedding wants the cos cache (built for batch 1) to have
+    # the input's batch
     data_name = path.name + ".data"
     data_path = path.with_name(data_name)
     if data_path.exists():
         data_path.unlink()  # onnx appends to an existing external data file
     with torch.no_grad():
         program = torch.onnx.export(model, x, dynamo=True, external_data=True, verbose=False,
+                                    **({"opset_version": opset} if opset else {}),
                                     input_names=list(spec.inputs), output_names=[spec.output],
                                     dynamic_shapes=dyn_args)
     program.save(str(path), external_data=True)
@@ -380,7 +394,9 @@ def export(name: str, form: str, path: str | Path, seed: int = 0) -> Path:
             export(name, "legacy", src, seed)
         _export_fused(name, src, path)
         return path
-    model = build(name, seed)
+    if form == "opset23" and name not in SDPA_ARCHS:
+        raise ValueError(f"{name} has no SDPA attention: no opset23 form")
+    model = build(name, seed, attention="sdpa" if form == "opset23" else "eager")
     # Batch 2 for dynamo: torch.export specialises a dimension traced at size 1.
     x = example_inputs(name, batch=2 if form == "dynamo" else 1, seed=seed)
     # nn.MultiheadAttention (torchvision ViT) takes a fused fast path in eval mode without grad,
@@ -391,7 +407,7 @@ def export(name: str, form: str, path: str | Path, seed: int = 0) -> Path:
         if form == "legacy":
             _export_legacy(name, model, x, path)
         else:
-            _export_dynamo(name, model, x, path)
+            _export_dynamo(name, model, x, path, opset=23 if form == "opset23" else None)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     return path
@@ -453,6 +469,8 @@ def build_all(out_dir: Path, archs: list[str], forms: list[str], seed: int = 0,
     rows: list[dict] = []
     for arch in archs:
         for form in forms:
+            if form == "opset23" and arch not in SDPA_ARCHS:
+                continue
             path = out_dir / f"{arch}.{form}.onnx"
             row: dict = {"arch": arch, "form": form, "file": str(path)}
             t0 = time.perf_counter()
@@ -624,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out-dir", required=True, type=Path)
     ap.add_argument("--archs", default=",".join(ARCHS), help=f"comma-separated subset of {','.join(ARCHS)}")
-    ap.add_argument("--forms", default=",".join(FORMS), help="comma-separated subset of legacy,dynamo,fused")
+    ap.add_argument("--forms", default=",".join(FORMS), help="comma-separated subset of legacy,dynamo,fused,opset23")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tol", type=float, default=1e-3, help="max abs diff for OK")
     ap.add_argument("--json", type=Path, help="also write the records (ops histograms included) here")
