@@ -15,6 +15,7 @@ from onnxprune.core.modelio import load_model, write_text_atomic
 from onnxprune.errors import UsageError
 from onnxprune.measure.data import Dataset
 from onnxprune.measure.runtime import CPU, check_provider, random_inputs
+from onnxprune.pipeline.resources import check_fits
 from onnxprune.planning.criteria import names as criterion_names
 
 __all__ = ["analyze_cmd"]
@@ -56,6 +57,7 @@ def analyze_cmd(model: Path, data_path: Path | None, out_dir: Path, fractions: s
         raise UsageError("--latency-groups must be >= 0 and --latency-rounds >= 1")
     check_provider(provider)
     original = load_model(model)
+    check_fits(original, str(model), "analyze")
     data = load_command_data(data_path, model, original, data_opts)
     if data is None:
         data = _random_samples(original)

@@ -19,6 +19,7 @@ from onnxprune.cli.paths import check_model_path, output_folders
 from onnxprune.core.modelio import check_outputs, load_model, write_outputs
 from onnxprune.core.progress import progress_mode
 from onnxprune.pipeline.report import finetune_report
+from onnxprune.pipeline.resources import check_fits
 from onnxprune.rewriting.verify import verify
 
 __all__ = ["finetune_cmd"]
@@ -66,6 +67,7 @@ def _finetune(model: Path, train_path: Path, teacher: Path | None, eval_path: Pa
         check_outputs(model, outputs)
         student = load_model(model)
         teacher_model = load_model(check_model_path(teacher)) if teacher is not None else None
+        check_fits(student, str(model), "train", beside=teacher_model)
         data_opts = {**opts, "quiet": quiet}
         train = load_command_data(train_path, model, student, data_opts)
         assert train is not None  # --data is required

@@ -170,7 +170,7 @@ def _prune_command(model: Path, o: dict[str, Any]) -> None:
             original = load_model(model)
         if o["quantize"]:
             check_not_quantized(original, o["quantize"])
-        check_fits(original, str(model), "none" if config.verify is False and o["calib"] is None
+        check_fits(original, str(model), "train" if trains else "none" if config.verify is False and o["calib"] is None
                    else "calib" if o["calib"] is not None else "verify")
         result = _run(model, original, config, training, o, stages)
         if o["quantize"]:  # the last step: quantize the pruned (and recovered) model

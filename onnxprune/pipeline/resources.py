@@ -27,8 +27,13 @@ __all__ = ["Stages", "peak_rss", "current_rss", "available_memory", "estimate_ne
 BASE_BYTES = 300 << 20
 #: Peak memory per byte of weights, measured (tools/results/large.md) with some margin: (read in place,
 #: loaded whole) x (no verification, verified, calibrated).
-_FACTORS = {(True, "none"): 0.8, (True, "verify"): 1.5, (True, "calib"): 2.0,
-            (False, "none"): 2.0, (False, "verify"): 2.6, (False, "calib"): 3.0}
+#: ``analyze`` runs pruned variants beside the original as calibration does; ``train`` (finetune, the training
+#: schedules) holds the torch parameters, their gradients and Adam's two moments (4x) beside the loaded model.
+_FACTORS = {(True, "none"): 0.8, (True, "verify"): 1.5, (True, "calib"): 2.0, (True, "analyze"): 2.0,
+            (True, "train"): 5.0, (False, "none"): 2.0, (False, "verify"): 2.6, (False, "calib"): 3.0,
+            (False, "analyze"): 3.0, (False, "train"): 6.0}
+_WHAT = {"none": "prune", "verify": "prune and verify", "calib": "prune and calibrate",
+         "analyze": "analyse", "train": "train"}
 
 
 class MemoryNeedError(OnnxPruneError):
@@ -93,18 +98,21 @@ def available_memory() -> int | None:
 
 
 def estimate_need(model: onnx.ModelProto, mode: str) -> int:
-    """Bytes of memory a run on ``model`` needs at its peak; ``mode`` is ``none``, ``verify`` or ``calib``."""
+    """Bytes of memory a run on ``model`` needs at its peak; ``mode`` is ``none``, ``verify``, ``calib``,
+    ``analyze`` or ``train``."""
     return BASE_BYTES + int(_data_bytes(model) * _FACTORS[(read_in_place(model), mode)])
 
 
-def check_fits(model: onnx.ModelProto, name: str, mode: str, available: int | None = None) -> None:
-    """Raise :class:`MemoryNeedError` when the estimated need exceeds the memory available now."""
+def check_fits(model: onnx.ModelProto, name: str, mode: str, available: int | None = None,
+               beside: onnx.ModelProto | None = None) -> None:
+    """Raise :class:`MemoryNeedError` when the estimated need exceeds the memory available now (``beside``: a
+    second model the run holds, a teacher, counted as verified)."""
     free = available_memory() if available is None else available
-    need = estimate_need(model, mode)
+    need = estimate_need(model, mode) + (estimate_need(beside, "verify") - BASE_BYTES if beside is not None else 0)
     if free is None or need <= free or os.environ.get("ONNXPRUNE_SKIP_MEMORY_CHECK"):
         return
-    what = {"none": "prune", "verify": "prune and verify", "calib": "prune and calibrate"}[mode]
-    hint = "; --no-verify needs less" if mode != "none" else ""
+    what = _WHAT[mode]
+    hint = "; --no-verify needs less" if mode in ("verify", "calib") else ""
     raise MemoryNeedError(f"'{name}' needs about {need / 1e9:.1f} GB of memory to {what} "
                           f"({_data_bytes(model) / 1e9:.1f} GB of weights), but only {free / 1e9:.1f} GB is "
                           f"available{hint} (ONNXPRUNE_SKIP_MEMORY_CHECK=1 tries anyway)")
