@@ -32,6 +32,8 @@ BARS: dict[tuple[str, str], tuple[float, float]] = {
     ("bert_enc", "legacy"): (0.50, 0.50), ("bert_enc", "dynamo"): (0.50, 0.50), ("bert_enc", "fused"): (0.50, 0.50),
     ("vit", "legacy"): (0.30, 0.58), ("vit", "dynamo"): (0.30, 0.58), ("vit", "fused"): (0.27, 0.58),
     ("llama", "legacy"): (0.29, 0.56), ("llama", "dynamo"): (0.30, 0.55), ("llama", "fused"): (0.28, 0.56),
+    ("llama_mqa", "legacy"): (0.29, 0.57), ("llama_mqa", "dynamo"): (0.31, 0.57), ("llama_mqa", "fused"): (0.29, 0.57),
+    ("llama_mqa", "opset23"): (0.29, 0.57),
     ("qwen3", "legacy"): (0.29, 0.56), ("qwen3", "dynamo"): (0.30, 0.55), ("qwen3", "fused"): (0.28, 0.56),
     ("gpt2", "legacy"): (0.29, 0.56), ("gpt2", "dynamo"): (0.30, 0.55), ("gpt2", "fused"): (0.29, 0.56),
     ("whisper_enc", "legacy"): (0.50, 0.50), ("whisper_enc", "dynamo"): (0.50, 0.50),

@@ -83,7 +83,7 @@ from torchvision_models import signed_uniform  # noqa: E402
 
 FORMS: tuple[str, ...] = ("legacy", "dynamo", "fused", "opset23")
 #: Architectures whose attention has an SDPA implementation (the ``opset23`` form).
-SDPA_ARCHS: tuple[str, ...] = ("bert", "bert_enc", "vit", "llama", "qwen3", "gpt2", "whisper_enc")
+SDPA_ARCHS: tuple[str, ...] = ("bert", "bert_enc", "vit", "llama", "llama_mqa", "qwen3", "gpt2", "whisper_enc")
 _ATTENTION = ["eager"]  # the attn_implementation build() asks for (sdpa for the opset23 form)
 SEQ_LEN = 16
 VOCAB = 256
@@ -115,6 +115,8 @@ ARCH_SPECS: dict[str, ArchSpec] = {
                     "ViTForImageClassification 32x32 patch 8, 4 heads x 16"),
     "llama": ArchSpec("text", ("input_ids", "attention_mask"), "logits", 8, 128, "gpt2",
                       "LlamaForCausalLM, GQA 8/2 heads x 16, SwiGLU, RMSNorm, RoPE"),
+    "llama_mqa": ArchSpec("text", ("input_ids", "attention_mask"), "logits", 8, 128, "gpt2",
+                          "LlamaForCausalLM, multi-query attention (8 query heads, 1 KV head) x 16"),
     "qwen3": ArchSpec("text", ("input_ids", "attention_mask"), "logits", 8, 128, "qwen3",
                       "Qwen3ForCausalLM, GQA 8/2 heads x 16, q/k RMSNorm"),
     "gpt2": ArchSpec("text", ("input_ids", "attention_mask"), "logits", 8, 128, "gpt2",
@@ -197,6 +199,15 @@ def _build_llama() -> torch.nn.Module:
     return LlamaForCausalLM(cfg)
 
 
+def _build_llama_mqa() -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=8, num_key_value_heads=1, head_dim=16, max_position_embeddings=64,
+                      tie_word_embeddings=False, **_hf_common())
+    return LlamaForCausalLM(cfg)
+
+
 def _build_qwen3() -> torch.nn.Module:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
@@ -243,7 +254,8 @@ def _build_tv_vit() -> torch.nn.Module:
 
 
 _BUILDERS: dict[str, Callable[[], torch.nn.Module]] = {
-    "bert": _build_bert, "bert_enc": _build_bert_enc, "vit": _build_vit, "llama": _build_llama, "qwen3": _build_qwen3,
+    "bert": _build_bert, "bert_enc": _build_bert_enc, "vit": _build_vit, "llama": _build_llama,
+    "llama_mqa": _build_llama_mqa, "qwen3": _build_qwen3,
     "gpt2": _build_gpt2, "whisper_enc": _build_whisper_enc, "swin": _build_swin, "tv_vit": _build_tv_vit,
 }
 

@@ -9,6 +9,8 @@ shapes are the model's interface. A mask with a head axis is sliced where it is 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from onnx import NodeProto, helper
 
@@ -17,6 +19,7 @@ from onnxprune.core.graph import Graph
 from onnxprune.core.handlers import AnalysisContext, Handler, RankOf, RewriteContext, Shapes, attr, register, same_rank
 from onnxprune.ops.common import tie_heads
 from onnxprune.ops.contrib_heads import RotaryEmbedding as ContribRotaryEmbedding
+from onnxprune.ops.repeats import repeat_chain, shorten_repeat
 
 
 @register
@@ -34,6 +37,9 @@ class Attention(Handler):
         reason = None
         if past_k or past_v or any(o for o in node.output[1:]):
             reason = f"{label} has a KV cache (past/present) or returns its scores: its heads stay"
+        elif _shared_kv(ctx.graph, ctx.labeled, node, rank):
+            _query_heads(i, node, ctx, label, rank or 0)
+            return
         elif any(lab is None for lab in labs) or rank not in (3, 4) or \
                 any(lab is not None and lab.axis != (2 if rank == 3 else 1) for lab in labs):
             reason = f"{label} reads fixed Q/K/V or heads on another axis: its heads stay"
@@ -66,10 +72,18 @@ class Attention(Handler):
 
     def apply(self, i: int, node: NodeProto, rw: RewriteContext) -> None:
         keep_q, keep_k = rw.keep(node.input[0]), rw.keep(node.input[1])
+        rank = rw.graph.rank(node.input[0])
+        if keep_q is not None and _shared_kv(rw.graph, rw.labeled, node, rank):
+            lq = rw.label(node.input[0])
+            kept = len(keep_q) // (lq.size // _query_count(node, lq, rank))
+            if attr(node, "q_num_heads") is not None:
+                rw.set_attr(i, "q_num_heads", kept)
+            for name in node.input[1:3] if rank == 4 else ():
+                shorten_repeat(rw, name, 1, kept)
+            return
         if keep_q is None or keep_k is None:
             return
         lq, lk = rw.label(node.input[0]), rw.label(node.input[1])
-        rank = rw.graph.rank(node.input[0])
         heads = _heads(node, [lq, lk, rw.label(node.input[2])], rank or 0)
         if heads is None:
             return
@@ -103,6 +117,56 @@ class Attention(Handler):
     def shape_proxy(self, node: NodeProto, opset: int) -> list[NodeProto] | None:
         """The query's shape (Q and V of equal head size, the usual case)."""
         return [helper.make_node("Identity", [node.input[0]], [node.output[0]])]
+
+
+def _shared_kv(graph: Graph, labeled: Callable[[str], Labeled | None], node: NodeProto, rank: int | None) -> bool:
+    """Multi-query attention: query heads labeled, K and V one head for all (3-D: ``kv_num_heads`` 1; 4-D: a
+    head axis of 1 or one head repeated, :mod:`onnxprune.ops.repeats`) whose channels are not heads."""
+    lq = labeled(node.input[0])
+    if lq is None or rank not in (3, 4) or lq.axis != (2 if rank == 3 else 1) or _query_count(node, lq, rank) < 2:
+        return False
+    if rank == 3:
+        return int(attr(node, "kv_num_heads", 0)) == 1
+    for name in node.input[1:3]:
+        lab, shape = labeled(name), graph.shape(name)
+        if (lab is not None and lab.axis == 1) or shape is None or len(shape) != 4:
+            return False
+        if shape[1] != 1 and repeat_chain(graph, name, 1) is None:
+            return False
+    return True
+
+
+def _query_count(node: NodeProto, lq: Labeled, rank: int | None) -> int:
+    heads = lq.size if rank == 4 else int(attr(node, "q_num_heads", 0))
+    return heads if heads > 0 and lq.size % heads == 0 else 0
+
+
+def _query_heads(i: int, node: NodeProto, ctx: AnalysisContext, label: str, rank: int) -> None:
+    """Multi-query attention: the query heads are the units, K and V stay whole; the output starts a source of
+    the heads (a masked query head still attends, to the shared V: the output is masked with it)."""
+    lq = ctx.labeled(node.input[0])
+    assert lq is not None
+    for name in node.input[1:3]:
+        lab = ctx.labeled(name)
+        if lab is not None:
+            ctx.block(lab.atoms, f"{label}: the channels of the K/V head shared by every query head stay")
+    mask = node.input[3] if len(node.input) > 3 else ""
+    heads = _query_count(node, lq, rank)
+    if mask and not _mask_follows(ctx, mask, heads):
+        ctx.block(lq.atoms, f"{label} has a computed attention mask per head")
+        return
+    firsts = tie_heads(ctx, lq.atoms, lq.size // heads) if rank == 3 else lq.atoms
+    ctx.tag(lq.atoms, "head")
+    out_shape = ctx.graph.shape(node.output[0])
+    width = out_shape[2] if rank == 3 and out_shape is not None else heads
+    if not isinstance(width, int) or width % heads:
+        ctx.block(lq.atoms, f"{label}: the output width does not divide into {heads} heads")
+        return
+    out = ctx.source(i, node.output[0], 2 if rank == 3 else 1, width)
+    ctx.tie(out, np.repeat(firsts, width // heads))
+    shape = ctx.graph.const_shape(mask) if mask else None
+    if shape is not None and len(shape) >= 3 and shape[-3] > 1:
+        ctx.weight(mask, firsts, "const", i, axis=len(shape) - 3)
 
 
 def _heads(node: NodeProto, labs: list[Labeled | None], rank: int) -> tuple[int, int] | None:

@@ -21,6 +21,7 @@ from onnxprune.core.handlers import (
     register,
     same_rank,
 )
+from onnxprune.ops.repeats import repeat_chain, shorten_repeat
 
 
 @register
@@ -115,9 +116,14 @@ class MatMul(Handler):
         la = rw.labeled(node.input[0])
         b_name = node.input[1]
         if la is not None and la.axis < (rw.graph.rank(node.input[0]) or 0) - 2:
+            if not rw.graph.is_const(b_name):
+                _shorten_repeats(i, node, rw)
             return  # batch-axis channels: the weight is untouched
-        if (kin is None and kout is None) or not rw.graph.is_const(b_name):
-            return  # nothing cut, or two computed operands (nothing stored to cut)
+        if not rw.graph.is_const(b_name):
+            _shorten_repeats(i, node, rw)  # two computed operands: nothing stored to cut
+            return
+        if kin is None and kout is None:
+            return
         b = rw.const(b_name)
         if kin is not None:
             b = b[kin]
@@ -152,40 +158,95 @@ class MatMul(Handler):
 def _batched(i: int, node: NodeProto, ctx: AnalysisContext, label: str) -> None:
     """A product of two computed tensors (attention's Q K^T and P V): channels on the batch axes (heads), on
     A's rows or on B's columns pass to the output, tied where both operands carry them; channels on the
-    reduction axis are blocked."""
+    reduction axis are blocked. Heads met by an operand that broadcasts or repeats one slice along their axis
+    (multi-query attention's shared K/V head, :mod:`onnxprune.ops.repeats`) start a source here: the output's
+    heads are masked with them, as a softmax in between would not keep a masked head at zero."""
     names = list(node.input)
     ranks = [ctx.graph.rank(n) for n in names]
     out_rank = ctx.graph.rank(node.output[0])
     if any(r is None for r in ranks) or out_rank is None or min(r or 0 for r in ranks) < 2:
         ctx.block_inputs(i, f"{label} multiplies two computed tensors of unknown or 1-D shape")
         return
-    out_axes: list[int] = []
     labs = [ctx.labeled(n) for n in names]
+    axes: list[int | None] = [None, None]
     for port, (lab, rank) in enumerate(zip(labs, ranks)):
         if lab is None:
             continue
         assert rank is not None
         reduced = rank - 1 if port == 0 else rank - 2
         if lab.axis == reduced:
+            if _shared_heads(ctx, names, ranks, labs, 1 - port, out_rank):
+                ctx.block(lab.atoms, f"{label} sums over the channels of a head shared by every query head")
+                labs[port] = None
+                continue
             ctx.block_inputs(i, f"{label} sums over the channels of two computed tensors")
             return
-        out_axes.append(out_rank - 1 if port == 1 and lab.axis == rank - 1 else lab.axis + out_rank - rank)
-    present = [lab for lab in labs if lab is not None]
-    if len(set(out_axes)) != 1 or len({lab.size for lab in present}) != 1:
-        ctx.block_inputs(i, f"{label} multiplies channels lying on different axes")
+        axes[port] = out_rank - 1 if port == 1 and lab.axis == rank - 1 else lab.axis + out_rank - rank
+    present = [port for port in (0, 1) if labs[port] is not None]
+    if len(present) == 2 and axes[0] != axes[1]:
+        batch = [p for p in present if (axes[p] or 0) < out_rank - 2]
+        if len(batch) == 1 and _shared_heads(ctx, names, ranks, labs, batch[0], out_rank, axes[batch[0]]):
+            other = labs[1 - batch[0]]
+            assert other is not None
+            ctx.block(other.atoms, f"{label}: the channels of a head shared by every query head stay")
+            labs[1 - batch[0]] = None
+            present = batch
+        else:
+            ctx.block_inputs(i, f"{label} multiplies channels lying on different axes")
+            return
+    if not present:
         return
-    axis = out_axes[0]
-    for port, (lab, rank) in enumerate(zip(labs, ranks)):
-        if lab is None and axis < out_rank - 2:  # the other operand must broadcast along the batch axis
-            assert rank is not None
-            shape = ctx.graph.shape(names[port])
-            k = axis - (out_rank - rank)
-            if k >= 0 and (shape is None or shape[k] != 1):
-                ctx.block_inputs(i, f"{label} pairs the channels with a fixed operand ('{names[port]}')")
-                return
+    first = labs[present[0]]
+    assert first is not None
+    axis = axes[present[0]]
+    assert axis is not None
     if len(present) == 2:
-        ctx.tie(present[0].atoms, present[1].atoms)
-    ctx.set(node.output[0], axis, present[0].atoms)
+        second = labs[present[1]]
+        assert second is not None
+        if first.size != second.size:
+            ctx.block_inputs(i, f"{label} multiplies channels lying on different axes")
+            return
+        ctx.tie(first.atoms, second.atoms)
+        ctx.set(node.output[0], axis, first.atoms)
+        return
+    if axis < out_rank - 2:  # the other operand must broadcast or repeat along the batch axis
+        k = axis - (out_rank - (ranks[1 - present[0]] or 0))
+        shape = ctx.graph.shape(names[1 - present[0]])
+        repeated = k >= 0 and repeat_chain(ctx.graph, names[1 - present[0]], k) is not None
+        if k >= 0 and not repeated and (shape is None or shape[k] != 1):
+            ctx.block_inputs(i, f"{label} pairs the channels with a fixed operand ('{names[1 - present[0]]}')")
+            return
+        ctx.tie(ctx.source(i, node.output[0], axis, first.size), first.atoms)
+        ctx.tag(first.atoms, "head")  # channels on a batch axis of a product of two computed tensors: heads
+        return
+    ctx.set(node.output[0], axis, first.atoms)
+
+
+def _shared_heads(ctx: AnalysisContext, names: list[str], ranks: list, labs: list, port: int, out_rank: int,
+                  axis: int | None = None) -> bool:
+    """Whether operand ``port`` carries heads on a batch axis (``axis`` of the output) that the other operand
+    repeats from one slice (multi-query attention)."""
+    lab, rank = labs[port], ranks[port]
+    if lab is None or rank is None:
+        return False
+    out_axis = lab.axis + out_rank - rank if axis is None else axis
+    k = out_axis - (out_rank - (ranks[1 - port] or 0))
+    return out_axis < out_rank - 2 and k >= 0 and repeat_chain(ctx.graph, names[1 - port], k) is not None
+
+
+def _shorten_repeats(i: int, node: NodeProto, rw: RewriteContext) -> None:
+    """Heads cut on a batch axis of a product of computed tensors: the operand that repeats one slice along it
+    repeats it for the kept heads only."""
+    keep, out_rank = rw.keep(node.output[0]), rw.graph.rank(node.output[0])
+    if keep is None or out_rank is None:
+        return
+    axis = rw.label(node.output[0]).axis
+    for name in node.input:
+        lab, rank = rw.labeled(name), rw.graph.rank(name)
+        k = axis - (out_rank - (rank or 0))
+        if rank is None or k < 0 or axis >= out_rank - 2 or (lab is not None and lab.axis == k):
+            continue
+        shorten_repeat(rw, name, k, len(keep))
 
 
 def _bias_add(node: NodeProto, graph: Graph, width: int) -> tuple[str, int] | None:

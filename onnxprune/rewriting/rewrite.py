@@ -33,6 +33,7 @@ class Rewriter:
         self.attrs: dict[int, dict[str, Any]] = {}
         self.removed_attrs: dict[int, set[str]] = {}
         self.replacements: dict[int, tuple[list[onnx.NodeProto], dict[str, np.ndarray]]] = {}
+        self.reshaped_tensors: set[str] = set()
         g = self.graph
         self._taken = set(g.producer) | set(g.initializers) | set(g.inputs) | {n.name for n in g.nodes if n.name}
         self._spill = external.spill_folder(g.model)
@@ -104,6 +105,10 @@ class Rewriter:
         """Put ``nodes`` (reading the new ``constants``) in place of ``node``; they must produce its outputs."""
         self.replacements[node] = (nodes, constants)
 
+    def reshaped(self, names: list[str]) -> None:
+        """Tensors outside the plan whose shape the edits change (a shortened repeat): their value infos go."""
+        self.reshaped_tensors.update(names)
+
 
 def apply_keep(analysis: Analysis, keep: dict[str, np.ndarray]) -> onnx.ModelProto:
     """A new model in which every tensor in ``keep`` is cut to its kept positions along its channel axis."""
@@ -149,7 +154,7 @@ def _assemble(rw: Rewriter, analysis: Analysis, keep: dict[str, np.ndarray]) -> 
     _emit_nodes(rw, graph, consts, g_out)
     _drop_dead_folds(g_out, graph)
     _emit_initializers(graph, consts, g_out)
-    stale = {o for j in rw.replacements for o in graph.nodes[j].output} - set(keep)
+    stale = ({o for j in rw.replacements for o in graph.nodes[j].output} | rw.reshaped_tensors) - set(keep)
     _emit_value_infos(analysis, keep, consts, g_out, stale)
     return out
 

@@ -117,3 +117,26 @@ def test_the_torch_bridge_runs_it(build):
     with torch.no_grad():
         got = OnnxModule(model).eval()(**{k: torch.from_numpy(v) for k, v in feeds.items()})
     np.testing.assert_allclose(got[0].numpy(), run_ort(model, feeds)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_multi_query_attention_cuts_query_heads_only():
+    model, q = _flat(q_heads=4, kv_heads=1)
+    assert_groups(model, [(4, None), (D, "shared by every query head"), (D, "shared by every query head"),
+                          (3, OUT)])
+    result = cut(model, (q, 16, list(range(4, 12)), 2))  # query heads 1 and 2 stay
+    assert attrs(_attention_node(result.model)) == {"q_num_heads": 2, "kv_num_heads": 1}
+
+
+def test_four_d_multi_query_heads_broadcast_one_kv_head():
+    """Q [1, H, S, D] with K and V of one head, [1, 1, S, D]: Attention broadcasts them (grouped-query)."""
+    b = GraphBuilder(11)
+    q, k, v = _projections(b, 3, 1)
+    q = b.op("Transpose", [b.op("Reshape", [q, b.ints([1, S, 3, D])])], perm=[0, 2, 1, 3])
+    k, v = (b.op("Transpose", [b.op("Reshape", [t, b.ints([1, S, 1, D])])], perm=[0, 2, 1, 3]) for t in (k, v))
+    merged = b.op("Reshape", [b.op("Transpose", [b.op("Attention", [q, k, v])], perm=[0, 2, 1, 3]),
+                              b.ints([1, S, 3 * D])])
+    model = _model(b, b.op("MatMul", [merged, b.const(b.randn(3 * D, 3), "Wo")]))
+    q_proj = next(n.output[0] for n in model.graph.node if len(n.input) > 1 and n.input[1].startswith("Wq"))
+    result = cut(model, (q_proj, 12, list(range(0, 4)), 2))  # query head 0 stays
+    wo = next(n for n in result.model.graph.node if len(n.input) > 1 and n.input[1].startswith("Wo"))
+    assert const(result.model, wo.input[1]).shape == (D, 3)
