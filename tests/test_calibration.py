@@ -331,7 +331,7 @@ def test_baseline_accuracy(recovered):
 def test_lstsq_closes_most_of_the_gap(recovered):
     base, runs = recovered
     result, acc = runs["default"]
-    assert result.report["options"]["criterion"] == "wanda"
+    assert result.report["options"]["criterion"] == "obs"
     assert result.report["options"]["recover"] == "lstsq"
     none_acc = runs["l2-none"][1]
     gap = base - none_acc

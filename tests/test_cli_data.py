@@ -79,7 +79,7 @@ def test_calib_writes_a_valid_model(pruned):
     model = onnx.load(output)
     onnx.checker.check_model(model, full_check=True)
     assert interface(model) == interface(onnx.load(paths["model"]))
-    assert report["options"]["criterion"] == "wanda" and report["options"]["recover"] == "lstsq"
+    assert report["options"]["criterion"] == "obs" and report["options"]["recover"] == "lstsq"
     assert report["verification"]["mask_equivalent"] is None
     assert report["macs_kept"] < 0.75
     assert report["output"]["path"] == str(output)

@@ -36,7 +36,7 @@ def test_calib_and_eval_take_integer_npz(tmp_path):
                  "--report", str(report), "-q"]) == 0
     r = json.loads(report.read_text())
     assert r["established"]["calibrated"] is True
-    assert r["options"]["criterion"] == "wanda" and r["options"]["recover"] == "lstsq"
+    assert r["options"]["criterion"] == "obs" and r["options"]["recover"] == "lstsq"
     assert r["evaluation"]["after"]["samples"] == 24 and r["evaluation"]["after"]["cosine"] is not None
 
 

@@ -221,8 +221,8 @@ def table(rows: list[dict[str, Any]], acc: dict[str, tuple[float, float] | None]
             lines.append(f"| {name} | " + (f"{value[0]:.3f} | {value[1]:.3f} |" if value else "failed | |"))
     if quant:
         lines += ["", "`onnxprune models/mnist_resnet.onnx --ratio 0.5 --calib models/mnist_calib.npz --eval "
-                  "models/mnist_val.npz --quantize static` (prune, least-squares recovery, then onnxruntime's static "
-                  "QDQ per-channel quantizer calibrated on the pruned model):", "",
+                  "models/mnist_val.npz --quantize static` (prune with the `obs` criterion, least-squares recovery, "
+                  "then onnxruntime's static QDQ per-channel quantizer calibrated on the pruned model):", "",
                   "| file vs original | accuracy original | float pruned | quantized | latency float pruned | "
                   "latency quantized |", "|---|---|---|---|---|---|",
                   f"| {quant['size']:.3f}x | {quant['original']:.3f} | {quant['float']:.3f} | "

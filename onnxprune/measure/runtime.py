@@ -39,6 +39,9 @@ def provider_list(name: str) -> list[str]:
     return [name] if name == CPU else [name, CPU]
 
 
+_EXPOSED_UNSAFE = ["ConvAddActivationFusion"]
+
+
 class Session:
     """An ``onnxruntime.InferenceSession`` on ``model`` that keeps the weight arrays it borrows alive.
 
@@ -83,8 +86,11 @@ class Session:
             light, self._weights = _as_inputs(model, arrays)
             if edit is not None:
                 edit(light)
+        # onnxruntime (1.32) fuses Conv + Add + Relu even where an edit made the Conv's output a graph output,
+        # then fails to find that output: runs that expose intermediate tensors go without that fusion
         self.session = ort.InferenceSession(light.SerializeToString(), options,
-                                            providers=list(providers or [CPU]))
+                                            providers=list(providers or [CPU]),
+                                            disabled_optimizers=_EXPOSED_UNSAFE if edit is not None else None)
 
     def run(self, feeds: dict[str, np.ndarray], names: list[str] | None = None) -> list[np.ndarray]:
         return self.session.run(names, {**self._weights, **feeds} if self._weights else feeds)

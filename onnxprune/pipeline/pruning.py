@@ -169,7 +169,8 @@ class _Steps:
             with self.stages.stage("recovery"):
                 pruned = recover(self.current, pruned, self.step_analysis, keep, self.recovery,
                                  dict(stats) if stats is not None else None, self.calib, config.batch_size,
-                                 config.calib_samples, config.seed)
+                                 config.calib_samples, config.seed,
+                                 (self.original, _compose(self.total_keep, keep)) if k else None)
         if self.hooks is not None:
             trained = self.hooks.after(k, pruned)
             if trained is None:

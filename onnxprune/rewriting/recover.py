@@ -27,6 +27,7 @@ from onnxprune.measure.calibrate import ChannelStats, static_batch
 from onnxprune.measure.data import Dataset
 from onnxprune.measure.runtime import Session, expose
 from onnxprune.ops.quantized import dequantized_reads, requantize_recovered
+from onnxprune.rewriting.targets import Target, fit_target, pick_rows, residual_target, ridge_fit, values_at
 
 __all__ = ["RECOVERY_MODES", "RecoveryMethod", "recover", "register_recovery"]
 
@@ -66,8 +67,11 @@ class _Consumer:
 
 def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analysis, keep: dict[str, np.ndarray],
             mode: str, stats: dict[str, ChannelStats] | None, data: Dataset | None = None,
-            batch_size: int = 32, limit: int | None = None, seed: int = 0) -> onnx.ModelProto:
-    """Apply the recovery method ``mode`` to ``pruned`` in place and return it."""
+            batch_size: int = 32, limit: int | None = None, seed: int = 0,
+            reference: tuple[onnx.ModelProto, dict[str, np.ndarray]] | None = None) -> onnx.ModelProto:
+    """Apply the recovery method ``mode`` to ``pruned`` in place and return it. ``reference``: the model whose
+    outputs refits reproduce with the positions ``pruned`` keeps of its tensors (a schedule's first model, not
+    the previous step's); ``original`` and ``keep`` by default."""
     method = _METHODS[mode]
     if not keep or (method.refit is None and not method.compensate):
         return pruned
@@ -76,7 +80,8 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analys
     edits = _PrunedEdits(pruned)
     refit: set[int] = set()
     if method.refit is not None and data is not None:
-        refit = method.refit(original, pruned, analysis, consumers, edits, data, batch_size, limit, seed)
+        source, kept = reference if reference is not None else (original, None)
+        refit = method.refit(source, pruned, analysis, consumers, edits, data, batch_size, limit, seed, kept)
     if not method.compensate:
         edits.finish()
         requantize_recovered(pruned, reads)
@@ -225,11 +230,13 @@ class _Rows:
     samples: np.ndarray  # sorted sample indices to run
     where: tuple[np.ndarray, ...]  # (sample position within `samples`, out row, out col) or (sample,)
     target: np.ndarray | None = None  # [rows, outputs] original outputs (kept outputs only)
+    keep_target: np.ndarray | None = None  # the target's kept positions (the consumer's kept outputs by default)
+    goal: Target = Target("")  # what the target is (see targets.py), set before the targets are collected
 
 
 def _least_squares(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analysis,
                    consumers: list[_Consumer], edits: _PrunedEdits, data: Dataset, batch_size: int,
-                   limit: int | None, seed: int) -> set[int]:
+                   limit: int | None, seed: int, reference_keep: dict[str, np.ndarray] | None = None) -> set[int]:
     """Refit consumers in topological order, each on inputs from the pruned network as already refitted."""
     graph = analysis.graph
     if not any(c.form.refit for c in consumers):  # nothing to refit: expose([]) would leave onnxruntime no graph
@@ -243,12 +250,20 @@ def _least_squares(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis:
     batch_size = pinned or batch_size
     rng = np.random.default_rng(seed)
     plans = [_choose_rows(c, shapes[c.node.output[0]], n, rng) for c in fit]
+    for rows in plans:  # what each refit reproduces: see targets.py
+        bias_add = rows.consumer.form.bias_add
+        rows.keep_target = (rows.consumer.keep_out if reference_keep is None
+                            else reference_keep.get(rows.consumer.node.output[0]))
+        rows.goal = fit_target(rows.consumer.node, bias_add[0] if bias_add else None, graph,
+                               {c.index for c in fit if c.index > rows.consumer.index})
     _collect_targets(original, plans, data, batch_size)
     done: set[int] = set()
     with Progress("reconstructing", len(plans)) as bar:
         for rows in plans:
             x = _collect_inputs(pruned, rows, data, batch_size)
-            if _solve(rows, x, graph, edits):
+            other = values_at(((s, y) for s, (y,) in _run_samples(pruned, [rows.goal.other], data, rows.samples,
+                              batch_size)), rows.where, rows.consumer.form.tokens) if rows.goal.other else None
+            if _solve(rows, x, graph, edits, other):
                 done.add(rows.consumer.index)
             bar.advance()
     return done
@@ -291,15 +306,15 @@ def _run_samples(model: onnx.ModelProto, names: list[str], data: Dataset, sample
 
 def _collect_targets(original: onnx.ModelProto, plans: list[_Rows], data: Dataset, batch_size: int) -> None:
     needed = np.unique(np.concatenate([r.samples for r in plans])) if plans else np.zeros(0, dtype=np.int64)
-    names = sorted({r.consumer.node.output[0] for r in plans})
+    names = sorted({r.goal.name for r in plans})
     parts: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {id(r): [] for r in plans}
     for start, values in _run_samples(original, names, data, needed, batch_size):
         out = dict(zip(names, values))
         batch_samples = needed[start:start + batch_size]
         for r in plans:
-            y = out[r.consumer.node.output[0]]
-            if r.consumer.keep_out is not None:
-                y = np.take(y, r.consumer.keep_out, axis=-1 if r.consumer.form.tokens else 1)
+            y = out[r.goal.name]
+            if r.keep_target is not None:
+                y = np.take(y, r.keep_target, axis=-1 if r.consumer.form.tokens else 1)
             local = np.searchsorted(batch_samples, r.samples)
             present = (local < len(batch_samples)) & (batch_samples[np.minimum(local, len(batch_samples) - 1)]
                                                       == r.samples)
@@ -307,13 +322,7 @@ def _collect_targets(original: onnx.ModelProto, plans: list[_Rows], data: Datase
                 mine = r.where[0] == k
                 if not mine.any():
                     continue
-                row = y[local[k]]
-                if r.consumer.form.tokens:
-                    picked = row.reshape(-1, row.shape[-1])[r.where[1][mine]]
-                elif len(r.where) == 3:
-                    picked = row[:, r.where[1][mine], r.where[2][mine]].T
-                else:
-                    picked = row[None, :]
+                picked = pick_rows(y[local[k]], mine, r.where, r.consumer.form.tokens)
                 parts[id(r)].append((np.nonzero(mine)[0], picked.astype(np.float32)))
         del out
     for r in plans:
@@ -340,14 +349,18 @@ def _collect_inputs(pruned: onnx.ModelProto, r: _Rows, data: Dataset, batch_size
     return xs
 
 
-def _solve(r: _Rows, x: np.ndarray, graph: Graph, edits: _PrunedEdits) -> bool:
-    """Ridge least squares per conv group (one group for Gemm/MatMul), then write weights and bias back."""
+def _solve(r: _Rows, x: np.ndarray, graph: Graph, edits: _PrunedEdits, other: np.ndarray | None = None) -> bool:
+    """Ridge least squares per conv group (one group for Gemm/MatMul), then write weights and bias back;
+    ``other``: the pruned network's other addend of the residual sum the target holds (see targets.py)."""
     node, form = r.consumer.node, r.consumer.form
     assert r.target is not None
     y = r.target.astype(np.float64)
     groups = form.groups
     where = _bias_target(r.consumer, edits)
     intercept = where is not None  # a MatMul without an Add after it has no bias to absorb the offset
+    held = other is not None and form.bias_port is None and where is not None  # the sum holds the Add's bias
+    y, clip, offset = residual_target(y, other, edits.value(where[0].input[where[1]]) if held and where else None,
+                                      r.goal.relu)
     rows = x.reshape(x.shape[0], groups, -1)  # [R, groups, inputs of one group]
     outputs = y.shape[1] // groups
     thetas = []
@@ -355,16 +368,12 @@ def _solve(r: _Rows, x: np.ndarray, graph: Graph, edits: _PrunedEdits) -> bool:
         xj = rows[:, j]
         if intercept:
             xj = np.concatenate([xj, np.ones((xj.shape[0], 1))], axis=1)
-        gram, cross = xj.T @ xj, xj.T @ y[:, j * outputs:(j + 1) * outputs]
-        d = gram.shape[0]
-        damp = _RIDGE * max(np.trace(gram) / d, 1e-12)
-        try:
-            theta = np.linalg.solve(gram + damp * np.eye(d), cross)  # [d, outputs of the group]
-        except np.linalg.LinAlgError:
+        cols = slice(j * outputs, (j + 1) * outputs)
+        clipped = (clip[:, cols], -offset[:, cols]) if clip is not None else (None, None)
+        theta = ridge_fit(xj, y[:, cols], _RIDGE, *clipped)
+        if theta is None:
             return False
-        if not np.all(np.isfinite(theta)):
-            return False
-        thetas.append(theta)
+        thetas.append(theta)  # [d, outputs of the group]
     theta = np.concatenate(thetas, axis=1)
     fitted, fitted_bias = (theta[:-1].T, theta[-1]) if intercept else (theta.T, None)
     weights, bias = form.store(fitted, fitted_bias, len(r.consumer.keep_in))
