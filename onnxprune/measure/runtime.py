@@ -19,7 +19,7 @@ from onnxprune.core.graph import subgraph_reads as _subgraph_reads
 from onnxprune.core.modelio import inline_tensor, read_in_place, tensor_array
 from onnxprune.errors import UsageError
 
-__all__ = ["CPU", "Session", "check_provider", "expose", "provider_list", "random_inputs"]
+__all__ = ["CPU", "InputSession", "Session", "check_provider", "expose", "provider_list", "random_inputs"]
 
 CPU = "CPUExecutionProvider"
 
@@ -78,8 +78,7 @@ class Session:
                 options.add_external_initializers([n for n, _ in kept], self._values)
             self._arrays = [v for _, v in kept]
         else:
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            options.add_session_config_entry("session.disable_prepacking", "1")
+            _inputs_options(options)
             light, self._weights = _as_inputs(model, arrays)
             if edit is not None:
                 edit(light)
@@ -91,6 +90,26 @@ class Session:
 
     def output_names(self) -> list[str]:
         return [o.name for o in self.session.get_outputs()]
+
+
+def _inputs_options(options: ort.SessionOptions) -> None:
+    """Options for a session whose weights are fed as inputs: onnxruntime reads them in place, no prepacking."""
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.add_session_config_entry("session.disable_prepacking", "1")
+
+
+class InputSession:
+    """A plain onnxruntime session on ``light``, a model whose weights are graph inputs fed with every run."""
+
+    def __init__(self, light: onnx.ModelProto, providers: Sequence[str] | None = None) -> None:
+        options = ort.SessionOptions()
+        options.log_severity_level = 4
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # numpy works between runs
+        _inputs_options(options)
+        self.session = ort.InferenceSession(light.SerializeToString(), options, providers=list(providers or [CPU]))
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return list(self.session.run(names, feeds))
 
 
 def quantization() -> ModuleType:

@@ -1,0 +1,83 @@
+"""Least-squares recovery in waves (onnxprune.rewriting.lstsq) over Steppers that run each node once
+(onnxprune.measure.stepper): the same refit as one consumer after the other, each from the model's inputs."""
+from __future__ import annotations
+
+import functools
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import pytest
+from builders import bottleneck, tiny_transformer
+from onnx import numpy_helper
+
+import onnxprune
+from onnxprune.measure import stepper as stepper_module
+from onnxprune.measure.data import Dataset
+from onnxprune.rewriting import lstsq
+
+
+def _transformer_data(n: int = 24) -> tuple[onnx.ModelProto, Dataset]:
+    model = tiny_transformer(layers=2, vocab=10)
+    ids = np.random.default_rng(0).integers(0, 10, (n, 5)).astype(np.int64)
+    return model, Dataset(inputs={"ids": ids})
+
+
+def _conv_data(n: int = 40) -> tuple[onnx.ModelProto, Dataset]:
+    model = bottleneck()
+    return model, Dataset(inputs={"x": np.random.default_rng(1).standard_normal((n, 3, 8, 8)).astype(np.float32)})
+
+
+def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Each node's inputs' constant values by (node output, port): recovered initializers are renamed."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return {(n.output[0], k): inits[x] for n in model.graph.node for k, x in enumerate(n.input) if x in inits}
+
+
+def _prune(model: onnx.ModelProto, data: Dataset) -> onnx.ModelProto:
+    config = onnxprune.PruneConfig(ratio=0.5, criterion="l2", recover="lstsq", verify=False)
+    return onnxprune.prune(model, config, calib=data).model
+
+
+def test_waves_put_parallel_consumers_together() -> None:
+    """Q, K and V read the same normed input: one wave; O, the MLP's up and down, and the next layer follow."""
+    model = tiny_transformer(layers=1, vocab=10)
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in
+               {t.name for t in model.graph.initializer}]
+    consumers = [SimpleNamespace(node=n) for n in matmuls]  # Wq, Wk, Wv, Wo, Wup, Wdown, Wcls
+    assert lstsq.waves(model, consumers) == [[0, 1, 2], [3], [4], [5], [6]]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("build", [_transformer_data, _conv_data], ids=["transformer", "conv"])
+def test_waves_refit_what_one_by_one_refits(build, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Waves over cached frontiers give the weights a refit of one consumer at a time, each on the pruned model
+    run from its inputs (no frontier kept), gives."""
+    model, data = build()
+    waved = _weights(_prune(model, data))
+    monkeypatch.setattr(lstsq, "waves", lambda m, consumers: [[k] for k in range(len(consumers))])
+    monkeypatch.setattr(lstsq, "Stepper", functools.partial(stepper_module.Stepper, cache_bytes=0))
+    one_by_one = _weights(_prune(model, data))
+    assert waved.keys() == one_by_one.keys()
+    refitted = [k for k in waved if "_recovered_" in str(k)] or list(waved)
+    for key, value in waved.items():
+        np.testing.assert_allclose(value, one_by_one[key], rtol=1e-5, atol=1e-6, err_msg=str(key))
+    assert refitted
+
+
+def test_each_node_runs_once_per_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every pass builds one small session on the nodes between the kept frontier and the wave's tensors: over
+    the whole refit each stepper runs each node of its model at most once, in one session per wave."""
+    model, data = _transformer_data()
+    built: list[int] = []
+    real = stepper_module.InputSession
+
+    def counting(light: onnx.ModelProto, *args, **kwargs):
+        built.append(len(light.graph.node))
+        return real(light, *args, **kwargs)
+
+    monkeypatch.setattr(stepper_module, "InputSession", counting)
+    result = _prune(model, data)
+    refitted = [n for n in result.graph.node if n.op_type == "MatMul" and "_recovered_" in n.input[1]]
+    assert len(refitted) == 13  # Wq, Wk, Wv, Wo, Wup, Wdown per layer, the classifier
+    assert 0 < len(built) <= 2 * 9  # two steppers, a session per wave at most: QKV, O, up, down per layer, classifier
+    assert sum(built) <= len(model.graph.node) + len(result.graph.node)  # the pruned one has its own norms
