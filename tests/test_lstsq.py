@@ -60,7 +60,7 @@ def test_waves_refit_what_one_by_one_refits(build, monkeypatch: pytest.MonkeyPat
     assert waved.keys() == one_by_one.keys()
     refitted = [k for k in waved if "_recovered_" in str(k)] or list(waved)
     for key, value in waved.items():
-        np.testing.assert_allclose(value, one_by_one[key], rtol=1e-5, atol=1e-6, err_msg=str(key))
+        np.testing.assert_allclose(value, one_by_one[key], rtol=1e-4, atol=1e-5, err_msg=str(key))  # fusions differ
     assert refitted
 
 
@@ -81,3 +81,33 @@ def test_each_node_runs_once_per_model(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(refitted) == 13  # Wq, Wk, Wv, Wo, Wup, Wdown per layer, the classifier
     assert 0 < len(built) <= 2 * 9  # two steppers, a session per wave at most: QKV, O, up, down per layer, classifier
     assert sum(built) <= len(model.graph.node) + len(result.graph.node)  # the pruned one has its own norms
+
+
+def test_the_rows_space_solution_is_the_ridge_solution() -> None:
+    """With fewer rows than unknowns the refit solves (X X^T + damp I) A = Y and takes W = X^T A: the solution
+    of (X^T X + damp I) W = X^T Y, the same damp."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.standard_normal((20, 50)), np.ones((20, 1))], axis=1)
+    y = rng.standard_normal((20, 7))
+    primal = lstsq._ridge(x.T @ x, x.T @ y, float(np.trace(x.T @ x)), 51)
+    alpha = lstsq._ridge(x @ x.T, y, float(np.square(x).sum()), 51)
+    assert primal is not None and alpha is not None
+    np.testing.assert_allclose(x.T @ alpha, primal, rtol=1e-8, atol=1e-10)
+
+
+def test_the_rows_space_refit_gives_the_normal_equations_refit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One sample of 5 tokens: fewer rows than unknowns for the wider consumers; solved in the rows' space or
+    through X^T X, the refitted weights agree."""
+    model, data = _transformer_data(1)
+    plain = _weights(_prune(model, data))
+    used = []
+
+    def rows_space(self, width: int, outputs: int) -> bool:
+        used.append(len(self.where[0]) < width + self.intercept)
+        return used[-1]
+
+    monkeypatch.setattr(lstsq._Rows, "dual", rows_space)
+    dual = _weights(_prune(model, data))
+    assert any(used) and dual.keys() == plain.keys()
+    for key, value in dual.items():
+        np.testing.assert_allclose(value, plain[key], rtol=1e-4, atol=1e-5, err_msg=str(key))

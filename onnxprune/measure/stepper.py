@@ -21,7 +21,7 @@ from onnxprune.core.graph import subgraph_reads
 from onnxprune.core.inference import SMALL_CONSTANT, copy_fields
 from onnxprune.core.modelio import inline_tensor, tensor_array
 from onnxprune.measure.data import Dataset
-from onnxprune.measure.runtime import InputSession
+from onnxprune.measure.runtime import InputSession, borrowed
 
 __all__ = ["Stepper"]
 
@@ -46,8 +46,8 @@ class Stepper:
     """Passes over ``model`` on the samples ``samples`` of ``data`` in fixed batches of ``batch_size``."""
 
     def __init__(self, model: onnx.ModelProto, data: Dataset, samples: np.ndarray, batch_size: int,
-                 cache_bytes: int = _CACHE_BYTES) -> None:
-        self.model, self.data = model, data
+                 cache_bytes: int = _CACHE_BYTES, prepack: bool = True) -> None:
+        self.model, self.data, self.prepack = model, data, prepack
         self.batches = [samples[s:s + batch_size] for s in range(0, len(samples), batch_size)]
         self.cache_bytes = cache_bytes
         self.cache: dict[str, list[np.ndarray]] = {}
@@ -92,6 +92,9 @@ class Stepper:
         fetch = missing + sorted(o for o in ran if o in later and o not in missing)
         sub, weights = self._submodel(run, sorted(used_data), sorted(used_cache), sorted(used_inits), fetch)
         self.passes += 1
+        if self.prepack:  # the weights live in the session (prepacked), not in every run's feeds
+            return _Pass(wanted, InputSession(sub, weights=weights), fetch, sorted(used_data), sorted(used_cache),
+                         {}, ran)
         return _Pass(wanted, InputSession(sub), fetch, sorted(used_data), sorted(used_cache), weights, ran)
 
     def values(self, p: _Pass, batch: int) -> dict[str, np.ndarray]:
@@ -155,8 +158,11 @@ class Stepper:
             if size <= SMALL_CONSTANT or t.data_type == TensorProto.STRING:
                 g.initializer.append(inline_tensor(t))
             else:
-                g.input.append(helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
                 weights[name] = np.ascontiguousarray(tensor_array(t))
+                if self.prepack:
+                    g.initializer.append(borrowed(name, t.data_type, t.dims, weights[name].nbytes))
+                else:
+                    g.input.append(helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
         g.output.extend(helper.make_empty_tensor_value_info(n) for n in outputs)
         return sub, weights
 

@@ -30,6 +30,7 @@ __all__ = ["least_squares", "waves"]
 _RIDGE = 1e-3
 _MAX_ROWS = 20_000
 _OVERSAMPLE = 4  # samples drawn per needed sample, so that rows spread over many inputs
+_FLUSH_BYTES = 32 << 20  # rows gathered (as the model computes them) before they enter the normal equations
 
 
 @dataclass
@@ -42,9 +43,22 @@ class _Rows:
     gram: list[np.ndarray] = field(default_factory=list)  # per group: X^T X (with a column of ones)
     cross: list[np.ndarray] = field(default_factory=list)  # per group: X^T Y
     intercept: bool = True  # a column of ones: the consumer has a bias to absorb the offset
+    pending: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # rows not yet in the sums
+    pending_bytes: int = 0
+    rows: tuple[np.ndarray, np.ndarray] | None = None  # (X, Y) whole, where there are fewer rows than unknowns
 
     def sample_of_row(self) -> np.ndarray:
         return self.samples[self.where[0]]
+
+    def dual(self, width: int, outputs: int) -> bool:
+        """Far fewer rows than unknowns (a decoder's wide projections on a few short sequences): solve in the
+        rows' space, (X X^T + damp I) A = Y, W = X^T A -- the same ridge solution -- where that costs less."""
+        if self.consumer.form.groups != 1:
+            return False
+        rows, d = len(self.where[0]), width + self.intercept
+        primal = d * d * rows + d * d * d / 3 + 2 * d * d * outputs
+        return rows < d and rows * rows * d + rows ** 3 / 3 + 2 * rows * rows * outputs + 2 * d * rows * outputs \
+            < 0.5 * primal
 
 
 def least_squares(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analysis,
@@ -75,7 +89,7 @@ def least_squares(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: 
             for r in rows:
                 if _solve(r, graph, edits):
                     done.add(r.consumer.index)
-                r.gram, r.cross = [], []
+                r.gram, r.cross, r.rows = [], [], None
                 bar.advance()
     return done
 
@@ -148,11 +162,13 @@ def _accumulate(wave: list[_Rows], targets: Stepper, inputs: Stepper, edits: Pru
             if len(rows):
                 local = np.searchsorted(batch, r.sample_of_row()[rows])
                 at = tuple(w[rows] for w in r.where[1:])
-                x = np.asarray(x_all[edits.node(r.consumer.node).input[0]], dtype=np.float64)
+                x = x_all[edits.node(r.consumer.node).input[0]]
                 _add_rows(r, r.consumer.form.rows(x, local, at), _target_rows(r, y_all[r.consumer.node.output[0]],
                                                                                local, at))
     targets.finish(outs)
     inputs.finish(ins)
+    for r in wave:
+        _flush(r, last=True)
 
 
 def _target_rows(r: _Rows, y: np.ndarray, local: np.ndarray, at: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -161,20 +177,37 @@ def _target_rows(r: _Rows, y: np.ndarray, local: np.ndarray, at: tuple[np.ndarra
     if c.keep_out is not None:
         y = np.take(y, c.keep_out, axis=-1 if c.form.tokens else 1)
     if c.form.tokens:
-        return y.reshape(y.shape[0], -1, y.shape[-1])[local, at[0]].astype(np.float64)
+        return y.reshape(y.shape[0], -1, y.shape[-1])[local, at[0]]
     if len(at) == 2:
-        return y[local, :, at[0], at[1]].astype(np.float64)
-    return y[local].reshape(len(local), -1).astype(np.float64)
+        return y[local, :, at[0], at[1]]
+    return y[local].reshape(len(local), -1)
 
 
 def _add_rows(r: _Rows, x: np.ndarray, y: np.ndarray) -> None:
+    """Gather rows (as computed: float32 rows convert to float64 exactly later); a batch of one sample gives few
+    rows, and adding each batch's X^T X to a wide system would cost a pass over it per batch."""
+    r.pending.append((x, y))
+    r.pending_bytes += x.nbytes + y.nbytes
+    if r.pending_bytes >= _FLUSH_BYTES and not r.dual(x.shape[1], y.shape[1]):
+        _flush(r)
+
+
+def _flush(r: _Rows, last: bool = False) -> None:
+    """Add the gathered rows to the normal equations, in float64 (the ``last`` time: keep them whole where
+    solving in the rows' space pays)."""
+    if not r.pending:
+        return
+    x = np.concatenate([p[0] for p in r.pending]).astype(np.float64)
+    y = np.concatenate([p[1] for p in r.pending]).astype(np.float64)
+    r.pending, r.pending_bytes = [], 0
+    if last and not r.gram and r.dual(x.shape[1], y.shape[1]):
+        r.rows = (_ones(x) if r.intercept else x, y)
+        return
     groups = r.consumer.form.groups
     rows = x.reshape(x.shape[0], groups, -1)  # [R, groups, inputs of one group]
     outputs = y.shape[1] // groups
     for j in range(groups):
-        xj = rows[:, j]
-        if r.intercept:
-            xj = np.concatenate([xj, np.ones((xj.shape[0], 1))], axis=1)
+        xj = _ones(rows[:, j]) if r.intercept else rows[:, j]
         gram, cross = xj.T @ xj, xj.T @ y[:, j * outputs:(j + 1) * outputs]
         if len(r.gram) <= j:
             r.gram.append(gram)
@@ -184,24 +217,35 @@ def _add_rows(r: _Rows, x: np.ndarray, y: np.ndarray) -> None:
             r.cross[j] += cross
 
 
+def _ones(x: np.ndarray) -> np.ndarray:
+    return np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
+
+
+def _ridge(system: np.ndarray, rhs: np.ndarray, trace: float, d: int) -> np.ndarray | None:
+    """``solve(system + damp I, rhs)``, damp = _RIDGE x the mean diagonal of X^T X (``trace`` / ``d``), in
+    place; ``None`` where it fails."""
+    system[np.diag_indices_from(system)] += _RIDGE * max(trace / d, 1e-12)
+    try:
+        theta = np.linalg.solve(system, rhs)
+    except np.linalg.LinAlgError:
+        return None
+    return theta if np.all(np.isfinite(theta)) else None
+
+
 def _solve(r: _Rows, graph: Graph, edits: PrunedEdits) -> bool:
     """Ridge least squares per conv group (one group for Gemm/MatMul), then write weights and bias back."""
     node, form = r.consumer.node, r.consumer.form
     where = bias_target(r.consumer, edits)
-    if not r.gram:
-        return False
     thetas = []
-    for gram, cross in zip(r.gram, r.cross):
-        d = gram.shape[0]
-        damp = _RIDGE * max(np.trace(gram) / d, 1e-12)
-        try:
-            theta = np.linalg.solve(gram + damp * np.eye(d), cross)  # [d, outputs of the group]
-        except np.linalg.LinAlgError:
-            return False
-        if not np.all(np.isfinite(theta)):
-            return False
-        thetas.append(theta)
-    theta = np.concatenate(thetas, axis=1)
+    if r.rows is not None:
+        x, y = r.rows
+        alpha = _ridge(x @ x.T, y, float(np.einsum("ij,ij->", x, x)), x.shape[1])
+        thetas = [x.T @ alpha] if alpha is not None else []
+    else:
+        thetas = [_ridge(gram, cross, float(np.trace(gram)), gram.shape[0]) for gram, cross in zip(r.gram, r.cross)]
+    if not thetas or any(t is None for t in thetas):
+        return False
+    theta = np.concatenate(thetas, axis=1)  # [unknowns, outputs]
     fitted, fitted_bias = (theta[:-1].T, theta[-1]) if r.intercept else (theta.T, None)
     weights, bias = form.store(fitted, fitted_bias, len(r.consumer.keep_in))
     target = edits.node(node)
