@@ -4,8 +4,9 @@ Least-squares recovery needs, consumer after consumer, the inputs of a consumer 
 refitted. Running the model from its inputs for each consumer costs a model run per consumer; a :class:`Stepper`
 runs each node once instead: a pass computes the tensors asked for from the values kept by earlier passes (the
 *frontier*: tensors computed before that nodes not yet run still read), through a small onnxruntime session on
-just the nodes in between, with the weights fed as inputs (read in place; a weight edited since the last pass is
-read anew). Nodes already run are never run again, so a node whose weights change after it ran would be stale:
+just the nodes in between, which holds those nodes' weights as external initializers (prepacked: a copy of one
+piece's weights at a time; ``prepack=False`` feeds them as inputs, read in place) -- a weight edited since the last
+pass is read anew. Nodes already run are never run again, so a node whose weights change after it ran would be stale:
 callers change only nodes that have not run (a consumer is refitted before anything downstream of it runs).
 When the frontier outgrows ``cache_bytes`` it is dropped, and the next pass starts from the model's inputs again.
 """
