@@ -26,13 +26,16 @@ CONV_OPS = ("Conv", "ConvTranspose", "FusedConv", "QLinearConv", "ConvInteger")
 
 @dataclass(frozen=True)
 class WeightRef:
-    """A constant whose rows follow channels: ``view(array)`` is 2-D with one row per entry of ``atoms``."""
+    """A constant whose rows follow channels: ``view(array)`` is 2-D with one row per entry of ``atoms``;
+    ``axis``, where the view is the plain one (that axis first, the rest flattened), so that the rows of a slice
+    along it are the view's rows of that slice."""
 
     name: str
     atoms: np.ndarray
     role: str  # "out" (filters), "in" (consumer columns), "norm" (BN/IN scale), "bias", "const"
     node: int
     view: Callable[[np.ndarray], np.ndarray]
+    axis: int | None = None
 
 
 @dataclass
@@ -159,10 +162,12 @@ class Analyzer:
     def weight(self, name: str, atoms: np.ndarray, role: str, node: int, axis: int = 0,
                view: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         """Declare that ``name``'s slices along ``axis`` follow ``atoms`` (for scoring and reporting)."""
+        plain = view is None
         if view is None:
             def view(a: np.ndarray, _axis: int = axis) -> np.ndarray:
                 return np.moveaxis(a, _axis, 0).reshape(a.shape[_axis], -1)
-        self.weights.append(WeightRef(name, np.asarray(atoms, dtype=np.int64), role, node, view))
+        self.weights.append(WeightRef(name, np.asarray(atoms, dtype=np.int64), role, node, view,
+                                      axis if plain else None))
 
     def node_label(self, node: int) -> str:
         return self.graph.label(node)

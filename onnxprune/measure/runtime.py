@@ -19,7 +19,7 @@ from onnxprune.core.graph import subgraph_reads as _subgraph_reads
 from onnxprune.core.modelio import inline_tensor, read_in_place, tensor_array
 from onnxprune.errors import UsageError
 
-__all__ = ["CPU", "Session", "check_provider", "expose", "provider_list", "random_inputs"]
+__all__ = ["CPU", "InputSession", "Session", "borrowed", "check_provider", "expose", "provider_list", "random_inputs"]
 
 CPU = "CPUExecutionProvider"
 
@@ -81,8 +81,7 @@ class Session:
                 options.add_external_initializers([n for n, _ in kept], self._values)
             self._arrays = [v for _, v in kept]
         else:
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            options.add_session_config_entry("session.disable_prepacking", "1")
+            _inputs_options(options)
             light, self._weights = _as_inputs(model, arrays)
             if edit is not None:
                 edit(light)
@@ -97,6 +96,47 @@ class Session:
 
     def output_names(self) -> list[str]:
         return [o.name for o in self.session.get_outputs()]
+
+
+def _inputs_options(options: ort.SessionOptions) -> None:
+    """Options for a session whose weights are fed as inputs: onnxruntime reads them in place, no prepacking."""
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.add_session_config_entry("session.disable_prepacking", "1")
+
+
+class InputSession:
+    """A plain onnxruntime session on ``light``, a small model (a piece of a larger one).
+
+    Without ``weights`` its weights are graph inputs fed with every run (read in place). With ``weights`` (name
+    -> array) the model holds placeholders for them (:func:`borrowed`), handed to onnxruntime as external
+    initializers: it prepacks them (a copy of this piece's weights) and optimizes the graph, which pays when the
+    piece runs many times on small batches."""
+
+    def __init__(self, light: onnx.ModelProto, providers: Sequence[str] | None = None,
+                 weights: dict[str, np.ndarray] | None = None) -> None:
+        options = ort.SessionOptions()
+        options.log_severity_level = 4
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # numpy works between runs
+        if weights:
+            self._values = [ort.OrtValue.ortvalue_from_numpy(v) for v in weights.values()]
+            options.add_external_initializers(list(weights), self._values)
+            self._arrays = list(weights.values())
+        else:
+            _inputs_options(options)
+        self.session = ort.InferenceSession(light.SerializeToString(), options, providers=list(providers or [CPU]))
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return list(self.session.run(names, feeds))
+
+
+def borrowed(name: str, data_type: int, dims: Sequence[int], nbytes: int) -> TensorProto:
+    """A placeholder initializer whose data onnxruntime is handed as an external initializer."""
+    placeholder = TensorProto(name=name, data_type=data_type, dims=list(dims))
+    placeholder.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "onnxprune-borrowed"), ("offset", "0"), ("length", str(nbytes))):
+        entry = placeholder.external_data.add()
+        entry.key, entry.value = key, value
+    return placeholder
 
 
 def quantization() -> ModuleType:
@@ -190,13 +230,7 @@ def _split(model: onnx.ModelProto, known: Callable[[str], np.ndarray | None] | N
             continue
         array = known(t.name) if known is not None else None
         array = np.ascontiguousarray(array if array is not None else tensor_array(t))
-        placeholder = dst.initializer.add()
-        placeholder.name, placeholder.data_type = t.name, t.data_type
-        placeholder.dims.extend(t.dims)
-        placeholder.data_location = TensorProto.EXTERNAL
-        for key, value in (("location", "onnxprune-borrowed"), ("offset", "0"), ("length", str(array.nbytes))):
-            entry = placeholder.external_data.add()
-            entry.key, entry.value = key, value
+        dst.initializer.append(borrowed(t.name, t.data_type, t.dims, array.nbytes))
         names.append(t.name)
         arrays.append(array)
     return light, names, arrays

@@ -110,14 +110,16 @@ class Conv(Handler):
         if g > 1 and cg == 1:  # depthwise: input and output shrink together
             w = w[kout]
             rw.set_attr(i, "group", len(rw.keep_or_all(x)))
-        else:
+        elif g > 1:
             if kin is not None:
-                if g > 1:
-                    w = _slice_grouped_in(w, kin, g)
-                else:
-                    w = w[:, kin]
+                w = _slice_grouped_in(w, kin, g)
             if kout is not None:
                 w = w[kout]
+        else:  # filters first: reads only the kept filters' (contiguous) bytes of a mapped weight
+            if kout is not None:
+                w = w[kout]
+            if kin is not None:
+                w = w[:, kin]
         rw.set_input(i, 1, w)
         _slice_bias(i, node, rw, kout)
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 
-from onnxprune.analysis.dependency import Analysis
+from onnxprune.analysis.dependency import Analysis, WeightRef
 from onnxprune.core.registry import Registry
 from onnxprune.errors import UsageError
 from onnxprune.measure.calibrate import ChannelStats, collect
@@ -23,13 +23,14 @@ from onnxprune.measure.data import Dataset
 
 # CRITERIA, DATA_CRITERIA and GRADIENT_CRITERIA are read from the registry on access (see __getattr__).
 __all__ = ["Criterion", "get_criterion", "names", "register", "score", "channel_criterion", "consumer_columns",
-           "group_sums", "normalised"]
+           "group_sums", "normalised", "row_measure"]
 
 Needs = Literal["weights", "calibration", "gradients"]
 Scores = dict[int, np.ndarray]
 #: ``(model, tensors, channel axis per tensor, data, batch size, sample limit) -> per-tensor statistics``.
 Statistics = Callable[[onnx.ModelProto, list[str], dict[str, int], Dataset, int, int | None], Mapping[str, Any]]
 _MAGNITUDE_ROLES = ("out", "in", "norm")
+_CHUNK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,37 @@ def consumer_columns(analysis: Analysis, measured: Container[str]
         value = analysis.graph.const(ref.name)
         if value is None:
             raise ValueError(f"consumer weight '{ref.name}' is not a constant")
-        yield ref.atoms, tensor, np.square(ref.view(value).astype(np.float64)).sum(axis=1)
+        yield ref.atoms, tensor, row_measure(ref, value, _l2)
+
+
+def row_measure(ref: WeightRef, value: np.ndarray, per_row: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``per_row`` (a function of each row alone) of the float64 rows of ``ref``'s view of ``value``.
+
+    For a plain view (one axis first, the rest flattened) no float64 copy of the weight is made: the squared
+    norm (``l2``) is one ``einsum`` accumulating in float64 straight from the stored values (the sums of
+    converting the rows whole, in another order: equal to ~1e-16 relative; rows holding the same values in the
+    same order still tie exactly), and other measures convert a slice of rows (about 1 MiB of float64) at a
+    time -- the same numbers bit for bit, as each slice keeps the whole view's layout, so numpy sums each row
+    in the same order (no slice has a single row, whose layout numpy may treat differently)."""
+    if ref.axis is None or value.ndim == 0:
+        return per_row(ref.view(value).astype(np.float64, copy=False))
+    axis = ref.axis % value.ndim
+    if per_row is _l2 and value.ndim <= 26:
+        letters = "".join(chr(ord("a") + k) for k in range(value.ndim))
+        return np.einsum(f"{letters},{letters}->{letters[axis]}", value, value, dtype=np.float64)
+    n = value.shape[axis]
+    step = max(2, _CHUNK_BYTES // max(8 * (value.size // max(n, 1)), 1))
+    if step >= n:
+        return per_row(ref.view(value).astype(np.float64, copy=False))
+    starts = list(range(0, n, step))
+    if n - starts[-1] == 1:
+        starts.pop()  # the last row joins the slice before it
+    out = np.empty(n)
+    index: list[slice] = [slice(None)] * value.ndim
+    for start, stop in zip(starts, [*starts[1:], n]):
+        index[axis] = slice(start, stop)
+        out[start:stop] = per_row(ref.view(value[tuple(index)]).astype(np.float64, copy=False))
+    return out
 
 
 def _zeros(analysis: Analysis) -> Scores:
@@ -146,11 +177,18 @@ def _magnitude(analysis: Analysis, per_row: Callable[[np.ndarray], np.ndarray], 
         if ref.role not in roles or not len(ref.atoms):
             continue
         value = analysis.graph.const(ref.name)
-        rows = ref.view(value) if value is not None else None  # quantized codes: the view dequantizes them
-        if rows is None or not np.issubdtype(rows.dtype, np.floating):
+        if value is None:
             continue
-        rows = rows.astype(np.float64, copy=False)
-        group_sums(analysis, ref.atoms, normalised(per_row(rows)), sums, counts)
+        if ref.axis is None:  # quantized codes: the view dequantizes them
+            rows = ref.view(value)
+            if not np.issubdtype(rows.dtype, np.floating):
+                continue
+            measure = per_row(rows.astype(np.float64, copy=False))
+        elif np.issubdtype(value.dtype, np.floating):
+            measure = row_measure(ref, value, per_row)
+        else:
+            continue
+        group_sums(analysis, ref.atoms, normalised(measure), sums, counts)
     return {gid: sums[gid] / np.maximum(counts[gid], 1.0) for gid in sums}
 
 
