@@ -132,8 +132,20 @@ def test_dropnet_stops_below_kappa(example, monkeypatch):
     monkeypatch.setattr(hooks, "_evaluate", lambda m: 0.1)  # every step "loses" accuracy
     result = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.5, schedule="dropnet"), calib=calib,
                              hooks=hooks)
-    assert result.report["training"]["steps"] == [{"step": 1, "metric": 0.1, "accepted": False}]
+    assert result.report["training"]["steps"] == [{"step": 1, "metric": 0.1, "accepted": False, "retrained": True}]
     assert result.report["macs_kept"] == 1.0 and not result.plan.tensors
+
+
+def test_dropnet_retrains_a_step_short_of_kappa_once(example, monkeypatch):
+    model, _, calib, val = example
+    hooks = DropNet(model, calib, val, replace(QUICK, epochs=1), kappa=0.9)
+    metrics = iter([0.1, 1.0])  # the first step settles only after a second round of training
+    monkeypatch.setattr(hooks, "_evaluate", lambda m: next(metrics, 1.0))
+    result = onnxprune.prune(model, onnxprune.PruneConfig(ratio=0.5, schedule="dropnet"), calib=calib,
+                             hooks=hooks)
+    steps = result.report["training"]["steps"]
+    assert steps[0] == {"step": 1, "metric": 1.0, "accepted": True, "retrained": True}
+    assert all(s["accepted"] and not s["retrained"] for s in steps[1:]) and result.report["macs_kept"] < 0.5
 
 
 def test_training_schedules_need_hooks(example):
