@@ -176,9 +176,9 @@ def same_data(path: Path, x: np.ndarray, y: np.ndarray) -> bool:
 
 # --------------------------------------------------------------------------- measuring (--table)
 
-CALIB = "`wanda` + `lstsq` (`--calib` default)"
+CALIB = "`obs` + `lstsq` (`--calib` default)"
 L2 = "`l2`, no calib"
-HIDDEN_WHOLE = "`wanda` + `lstsq`, `--hidden-ratio 0`"
+HIDDEN_WHOLE = "`obs` + `lstsq`, `--hidden-ratio 0`"
 
 
 @dataclass(frozen=True)
@@ -193,17 +193,17 @@ class Row:
 ROWS: tuple[Row, ...] = (
     Row(L2, ()),
     Row(CALIB, ("--calib", "{train}")),
-    Row("`wanda`, `--recover none`", ("--calib", "{train}", "--recover", "none")),
-    Row("`wanda` + `--recover bias`", ("--calib", "{train}", "--recover", "bias")),
+    Row("`obs`, `--recover none`", ("--calib", "{train}", "--recover", "none")),
+    Row("`obs` + `--recover bias`", ("--calib", "{train}", "--recover", "bias")),
     Row("`l2` + `lstsq`", ("--calib", "{train}", "--criterion", "l2", "--recover", "lstsq")),
     Row(HIDDEN_WHOLE, ("--calib", "{train}", "--hidden-ratio", "0")),
-    Row("`wanda` + `lstsq`, heads whole (`--head-ratio 0`)", ("--calib", "{train}", "--head-ratio", "0"), True),
-    Row("`wanda` + `lstsq`, heads only", ("--calib", "{train}", "--mlp-ratio", "0", "--hidden-ratio", "0"), True),
-    Row("`wanda` + `lstsq`, MLP only", ("--calib", "{train}", "--head-ratio", "0", "--hidden-ratio", "0"), True),
-    Row("`wanda` + `lstsq`, hidden only", ("--calib", "{train}", "--head-ratio", "0", "--mlp-ratio", "0"), True),
-    Row("`wanda`, `--recover none`, hidden only",
+    Row("`obs` + `lstsq`, heads whole (`--head-ratio 0`)", ("--calib", "{train}", "--head-ratio", "0"), True),
+    Row("`obs` + `lstsq`, heads only", ("--calib", "{train}", "--mlp-ratio", "0", "--hidden-ratio", "0"), True),
+    Row("`obs` + `lstsq`, MLP only", ("--calib", "{train}", "--head-ratio", "0", "--hidden-ratio", "0"), True),
+    Row("`obs` + `lstsq`, hidden only", ("--calib", "{train}", "--head-ratio", "0", "--mlp-ratio", "0"), True),
+    Row("`obs`, `--recover none`, hidden only",
         ("--calib", "{train}", "--recover", "none", "--head-ratio", "0", "--mlp-ratio", "0"), True),
-    Row("`wanda` + `lstsq`, `--schedule iterative --step 0.2`",
+    Row("`obs` + `lstsq`, `--schedule iterative --step 0.2`",
         ("--calib", "{train}", "--schedule", "iterative", "--step", "0.2"), True),
 )
 RATIOS: tuple[str, ...] = ("0.3", "0.5")
