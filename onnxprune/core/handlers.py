@@ -145,6 +145,15 @@ class LinearForm:
         """Fitted ``weights`` [outputs, inputs of a group (x kernel)] and ``bias`` in the op's own layout."""
         raise NotImplementedError
 
+    def matrix(self, weight: np.ndarray) -> np.ndarray | None:
+        """The stored ``weight`` as one [outputs, input columns] matrix over the columns of :meth:`rows` (what
+        :meth:`store` takes back), or ``None`` where there is no such single matrix (grouped convolutions)."""
+        return None
+
+    def columns(self, shape: Sequence[int]) -> int:
+        """Input columns (the width of :meth:`rows`) of a stored weight of ``shape``."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class BenchSpec:

@@ -14,9 +14,8 @@ import numpy as np
 from onnx import NodeProto
 
 from onnxprune.core.channels import Labeled
-from onnxprune.core.graph import Graph
 from onnxprune.core.handlers import AnalysisContext, attr
-from onnxprune.ops.shape_entries import resolved_shape, shape_entries, shape_entry_source
+from onnxprune.ops.shape_entries import resolved_shape, shape_entry, shape_entry_source
 
 __all__ = ["follow_batch_fold"]
 
@@ -35,7 +34,7 @@ def follow_batch_fold(ctx: AnalysisContext, i: int, node: NodeProto, lx: Labeled
         return False
     if list(src[:b]) != list(dst[:b]) or not _static(src[axis:]) or not _static(dst[b + 1:]):
         return False
-    if _entry(graph, node, b) != -1:
+    if shape_entry(graph, node, b) != -1:
         return False
     src_run, tail = [int(d) for d in src[axis:]], [int(d) for d in dst[b + 1:]]
     size, rest = int(np.prod(src_run)), int(np.prod(tail)) if tail else 1
@@ -88,15 +87,9 @@ def _unfold(ctx: AnalysisContext, tensor: str, axis: int, k: int) -> tuple[str, 
     return None
 
 
-def _entry(graph: Graph, node: NodeProto, index: int) -> int | None:
-    """Entry ``index`` of a Reshape's target where it is fixed (``-1`` included)."""
-    entries = shape_entries(graph, node.input[1]) if len(node.input) > 1 else None
-    return entries[index] if entries is not None and index < len(entries) else None
-
-
 def _batch_entry(ctx: AnalysisContext, node: NodeProto, index: int) -> bool:
     """The batch entry of the splitting Reshape: ``-1``, or an uncut axis's size read by ``Shape``."""
-    if _entry(ctx.graph, node, index) == -1:
+    if shape_entry(ctx.graph, node, index) == -1:
         return True
     source = shape_entry_source(ctx.graph, node.input[1], index)
     read = ctx.labeled(source[0]) if source is not None else None
@@ -106,7 +99,7 @@ def _batch_entry(ctx: AnalysisContext, node: NodeProto, index: int) -> bool:
 def _count_entry(ctx: AnalysisContext, node: NodeProto, index: int, k: int) -> bool:
     """The head-count entry of the splitting Reshape: the constant ``k`` (the rewrite sets it), or the size of an
     axis that holds the same ``k`` heads, read by ``Shape`` (it follows the cut)."""
-    if _entry(ctx.graph, node, index) == k:
+    if shape_entry(ctx.graph, node, index) == k:
         return True
     source = shape_entry_source(ctx.graph, node.input[1], index)
     read = ctx.labeled(source[0]) if source is not None else None

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import numpy as np
-from onnx import NodeProto
+from onnx import NodeProto, helper
 
-from onnxprune.core.handlers import attr
+from onnxprune.core.graph import Graph
+from onnxprune.core.handlers import Handler, RankOf, Shapes, attr, same_rank
 
 
 def _pass(ctx, node: NodeProto, axis: int, atoms: np.ndarray) -> None:
@@ -35,6 +36,29 @@ def value_ints(graph, name: str) -> list[int] | None:
     """The integers of a constant or of a small tensor computed from constants alone (``Graph.value``)."""
     value = graph.value(name) if name else None
     return None if value is None else [int(v) for v in np.asarray(value).ravel()]
+
+
+class AttentionShapes(Handler):
+    """What attention ops on projected Q, K and V share: the output has the query's shape (Q and V of equal
+    head size, the usual case) and the work is Q K^T and P V, scaling with the output's heads."""
+
+    def macs(self, node: NodeProto, shapes: Shapes) -> int:
+        """2 * batch * S * L * D (3-D ``[B, S, H*D]``: H*D the query width) or 2 * B * H * S * L * D (4-D)."""
+        q, k = shapes.get(node.input[0]), shapes.get(node.input[1]) if len(node.input) > 1 else None
+        if not q or not k or len(q) != len(k) or len(q) not in (3, 4):
+            return 0
+        if len(q) == 3:
+            return 2 * int(q[0]) * int(q[1]) * int(k[1]) * int(q[2])
+        return 2 * int(q[0]) * int(q[1]) * int(q[2]) * int(k[2]) * int(q[3])
+
+    def mac_scaling(self, node: NodeProto, graph: Graph) -> tuple[str, ...]:
+        return (node.output[0],)
+
+    def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
+        return same_rank(node, rank)
+
+    def shape_proxy(self, node: NodeProto, opset: int) -> list[NodeProto] | None:
+        return [helper.make_node("Identity", [node.input[0]], [node.output[0]])]
 
 
 def tie_heads(ctx, atoms: np.ndarray, head_dim: int) -> np.ndarray:

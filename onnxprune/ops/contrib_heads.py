@@ -11,24 +11,22 @@ from __future__ import annotations
 import numpy as np
 from onnx import NodeProto, helper
 
-from onnxprune.core.graph import Graph
 from onnxprune.core.handlers import (
     AnalysisContext,
     Handler,
     RankOf,
     RewriteContext,
-    Shapes,
     attr,
     register,
     same_rank,
 )
-from onnxprune.ops.common import tie_heads
+from onnxprune.ops.common import AttentionShapes, tie_heads
 
 DOMAIN = "com.microsoft"
 
 
 @register
-class MultiHeadAttention(Handler):
+class MultiHeadAttention(AttentionShapes):
     op_types = ("MultiHeadAttention",)
     domain = DOMAIN
 
@@ -81,23 +79,6 @@ class MultiHeadAttention(Handler):
             value = rw.const(node.input[5])
             if value.shape[1] > 1:
                 rw.set_input(i, 5, np.take(value, kept_heads, axis=1))
-
-    def macs(self, node: NodeProto, shapes: Shapes) -> int:
-        """Q K^T and P V: 2 * batch * S * L * D."""
-        q, k = shapes.get(node.input[0]), shapes.get(node.input[1]) if len(node.input) > 1 else None
-        if not q or not k or len(q) != 3 or len(k) != 3:
-            return 0
-        return 2 * int(q[0]) * int(q[1]) * int(k[1]) * int(q[2])
-
-    def mac_scaling(self, node: NodeProto, graph: Graph) -> tuple[str, ...]:
-        return (node.output[0],)
-
-    def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
-        return same_rank(node, rank)
-
-    def shape_proxy(self, node: NodeProto, opset: int) -> list[NodeProto] | None:
-        """The query's shape (Q and V of equal width, the usual case)."""
-        return [helper.make_node("Identity", [node.input[0]], [node.output[0]])]
 
 
 def _sizes(labs: list) -> list[int]:

@@ -283,6 +283,21 @@ class ConvForm(LinearForm):
               ) -> tuple[np.ndarray, np.ndarray | None]:
         return weights.reshape(weights.shape[0], inputs // self.groups, *self.kernel), bias
 
+    def matrix(self, weight: np.ndarray) -> np.ndarray | None:
+        return weight.reshape(weight.shape[0], -1) if self.groups == 1 and weight.ndim == 4 else None
+
+    def columns(self, shape: Sequence[int]) -> int:
+        return int(np.prod(shape[1:]))
+
+    def positions(self, x_shape: Sequence[int]) -> tuple[int, int]:
+        """Output rows and columns of a 2-D convolution of an input of ``x_shape`` (NCHW)."""
+        pads = list(attr(self.node, "pads", [0, 0, 0, 0]))
+        sh, sw = attr(self.node, "strides", [1, 1])
+        dh, dw = attr(self.node, "dilations", [1, 1])
+        oh = (x_shape[2] + pads[0] + pads[2] - dh * (self.kernel[0] - 1) - 1) // sh + 1
+        ow = (x_shape[3] + pads[1] + pads[3] - dw * (self.kernel[1] - 1) - 1) // sw + 1
+        return int(oh), int(ow)
+
 
 def _patches(node: NodeProto, kernel: tuple[int, ...], x: np.ndarray, n: np.ndarray, oh: np.ndarray,
              ow: np.ndarray) -> np.ndarray:

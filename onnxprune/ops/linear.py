@@ -185,7 +185,7 @@ def _batched(i: int, node: NodeProto, ctx: AnalysisContext, label: str) -> None:
     present = [port for port in (0, 1) if labs[port] is not None]
     if len(present) == 2 and axes[0] != axes[1]:
         batch = [p for p in present if (axes[p] or 0) < out_rank - 2]
-        if len(batch) == 1 and _shared_heads(ctx, names, ranks, labs, batch[0], out_rank, axes[batch[0]]):
+        if len(batch) == 1 and _shared_heads(ctx, names, ranks, labs, batch[0], out_rank):
             other = labs[1 - batch[0]]
             assert other is not None
             ctx.block(other.atoms, f"{label}: the channels of a head shared by every query head stay")
@@ -222,14 +222,13 @@ def _batched(i: int, node: NodeProto, ctx: AnalysisContext, label: str) -> None:
     ctx.set(node.output[0], axis, first.atoms)
 
 
-def _shared_heads(ctx: AnalysisContext, names: list[str], ranks: list, labs: list, port: int, out_rank: int,
-                  axis: int | None = None) -> bool:
-    """Whether operand ``port`` carries heads on a batch axis (``axis`` of the output) that the other operand
-    repeats from one slice (multi-query attention)."""
+def _shared_heads(ctx: AnalysisContext, names: list[str], ranks: list, labs: list, port: int, out_rank: int) -> bool:
+    """Whether operand ``port`` carries heads on a batch axis that the other operand repeats from one slice
+    (multi-query attention)."""
     lab, rank = labs[port], ranks[port]
     if lab is None or rank is None:
         return False
-    out_axis = lab.axis + out_rank - rank if axis is None else axis
+    out_axis = lab.axis + out_rank - rank
     k = out_axis - (out_rank - (ranks[1 - port] or 0))
     return out_axis < out_rank - 2 and k >= 0 and repeat_chain(ctx.graph, names[1 - port], k) is not None
 
@@ -302,6 +301,14 @@ class GemmForm(LinearForm):
             bias = bias / (self.beta if self.has_bias else 1.0)
         return weights, bias
 
+    def matrix(self, weight: np.ndarray) -> np.ndarray | None:
+        if weight.ndim != 2:
+            return None
+        return (weight if self.trans_b else weight.T) * self.alpha
+
+    def columns(self, shape: Sequence[int]) -> int:
+        return int(shape[1] if self.trans_b else shape[0])
+
 
 class MatMulForm(LinearForm):
     """MatMul by a constant [K, N] weight: no bias to absorb offsets; refitted per sample on 2-D inputs and per
@@ -325,3 +332,9 @@ class MatMulForm(LinearForm):
     def store(self, weights: np.ndarray, bias: np.ndarray | None, inputs: int
               ) -> tuple[np.ndarray, np.ndarray | None]:
         return weights.T, None  # B is [inputs, outputs]
+
+    def matrix(self, weight: np.ndarray) -> np.ndarray | None:
+        return weight.T if weight.ndim == 2 else None
+
+    def columns(self, shape: Sequence[int]) -> int:
+        return int(shape[0])

@@ -10,7 +10,7 @@ from onnx import NodeProto
 
 from onnxprune.core.graph import Graph
 from onnxprune.core.handlers import RewriteContext, attr
-from onnxprune.ops.shape_entries import resolved_shape, set_shape_entry, shape_entries
+from onnxprune.ops.shape_entries import resolved_shape, set_shape_entry, shape_entry
 
 __all__ = ["repeat_chain", "shorten_repeat"]
 
@@ -67,8 +67,7 @@ def _merge_entry(graph: Graph, node: NodeProto, axis: int) -> int | None:
         return None
     if list(src[:axis]) != list(dst[:axis]) or list(src[axis + 2:]) != list(dst[axis + 1:]):
         return None
-    entries = shape_entries(graph, node.input[1])
-    entry = entries[axis] if entries is not None and axis < len(entries) else None
+    entry = shape_entry(graph, node, axis)
     return -1 if entry == -1 else 0 if entry == dst[axis] else None
 
 
@@ -83,8 +82,7 @@ def _expand_entry(graph: Graph, index: int, node: NodeProto, axis: int, entries:
     count = out_shape[axis]
     if k < 0 or entry < 0 or in_shape[k] != 1 or not isinstance(count, int) or count < 2:
         return None
-    fixed = shape_entries(graph, node.input[1])
-    if fixed is None or fixed[entry] != count:
+    if shape_entry(graph, node, entry) != count:
         return None
     return [*entries, (index, entry)]
 

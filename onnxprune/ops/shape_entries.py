@@ -90,6 +90,12 @@ def shape_entries(graph: Graph, name: str) -> list[int | None] | None:
     return entries
 
 
+def shape_entry(graph: Graph, node: NodeProto, index: int, port: int = 1) -> int | None:
+    """Entry ``index`` of the shape vector ``node`` reads at ``port`` where it is fixed (``-1`` included)."""
+    entries = shape_entries(graph, node.input[port]) if len(node.input) > port else None
+    return entries[index] if entries is not None and index < len(entries) else None
+
+
 def _scattered_entries(graph: Graph, node: NodeProto) -> list[int | None] | None:
     """The fixed entries of ``ScatterElements(shape, indices, updates)`` along axis 0 with constant indices and
     updates (what :func:`set_shape_entry` writes): the shape's entries with the updates in place."""

@@ -80,7 +80,7 @@ def _evaluate(graph: Graph, name: str, size: int) -> np.ndarray | None:
             shaped[node.input[0]] = tuple(d if isinstance(d, int) else size for d in dims)
         else:
             pending.extend(node.input)
-    return _run(graph, list(reversed(nodes)), shaped, constants, name)
+    return _run(graph, nodes, shaped, constants, name)
 
 
 def _run(graph: Graph, nodes: list[NodeProto], shaped: dict[str, tuple[int, ...]], constants: dict[str, np.ndarray],

@@ -21,7 +21,7 @@ import onnx
 
 from onnxprune.analysis.dependency import Analysis
 from onnxprune.core.graph import Graph
-from onnxprune.core.handlers import attr, handler_for
+from onnxprune.core.handlers import handler_for
 from onnxprune.measure.calibrate import collect, model_batches
 from onnxprune.measure.data import Dataset
 from onnxprune.measure.runtime import Session, expose
@@ -36,35 +36,6 @@ _DAMP = 1e-3
 MAX_COLUMNS = 1152
 
 
-def _matrix(node: onnx.NodeProto, weight: np.ndarray) -> np.ndarray | None:
-    """The consumer's weights as [outputs, input columns], the columns in the order of its input rows."""
-    if node.op_type == "Conv" and int(attr(node, "group", 1)) == 1 and weight.ndim == 4:
-        return weight.reshape(weight.shape[0], -1)
-    if node.op_type == "Gemm" and weight.ndim == 2:
-        return weight if int(attr(node, "transB", 0)) else weight.T
-    if node.op_type == "MatMul" and weight.ndim == 2:
-        return weight.T
-    return None
-
-
-def _columns(node: onnx.NodeProto, shape: tuple[int, ...]) -> int:
-    """Input columns of a consumer with weights of ``shape``."""
-    if node.op_type == "Conv":
-        return int(np.prod(shape[1:]))
-    if node.op_type == "Gemm" and int(attr(node, "transB", 0)):
-        return int(shape[1])
-    return int(shape[0])
-
-
-def _out_positions(node: onnx.NodeProto, x: np.ndarray, kernel: tuple[int, ...]) -> tuple[int, int]:
-    pads = list(attr(node, "pads", [0, 0, 0, 0]))
-    sh, sw = attr(node, "strides", [1, 1])
-    dh, dw = attr(node, "dilations", [1, 1])
-    oh = (x.shape[2] + pads[0] + pads[2] - dh * (kernel[0] - 1) - 1) // sh + 1
-    ow = (x.shape[3] + pads[1] + pads[3] - dw * (kernel[1] - 1) - 1) // sw + 1
-    return int(oh), int(ow)
-
-
 def gram_statistics(model: onnx.ModelProto, tensors: list[str], axes: dict[str, int], data: Dataset,
                     batch_size: int = 32, limit: int | None = None) -> Mapping[str, Any]:
     """The channel statistics of ``tensors`` (:func:`collect`) and, under ``("gram", consumer output)``, the
@@ -77,7 +48,7 @@ def gram_statistics(model: onnx.ModelProto, tensors: list[str], axes: dict[str, 
         form = handler.linear(node, graph) if handler is not None and node.input else None
         weight = graph.const_shape(node.input[1]) if form is not None else None
         if (form is not None and form.refit and form.groups == 1 and node.input[0] in axes and weight is not None
-                and node.op_type in ("Conv", "Gemm", "MatMul") and _columns(node, weight) <= MAX_COLUMNS):
+                and node.op_type in ("Conv", "Gemm", "MatMul") and form.columns(weight) <= MAX_COLUMNS):
             forms.append((node, form))
     if not forms:
         return stats
@@ -91,17 +62,16 @@ def gram_statistics(model: onnx.ModelProto, tensors: list[str], axes: dict[str, 
         share = max(1, -(-_ROWS * (part.stop - part.start) // n))
         for node, form in forms:
             x = np.asarray(values[node.input[0]], dtype=np.float64)
-            rows = _sample_rows(node, form, x, share, rng)
+            rows = _sample_rows(form, x, share, rng)
             grams[node.output[0]] = grams.get(node.output[0], 0) + rows.T @ rows
     for name, gram in grams.items():
         stats[("gram", name)] = gram
     return stats
 
 
-def _sample_rows(node: onnx.NodeProto, form: Any, x: np.ndarray, count: int, rng: np.random.Generator
-                 ) -> np.ndarray:
+def _sample_rows(form: Any, x: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
     if form.spatial:
-        oh, ow = _out_positions(node, x, form.kernel)
+        oh, ow = form.positions(x.shape)
         pick = rng.choice(x.shape[0] * oh * ow, size=min(count, x.shape[0] * oh * ow), replace=False)
         sample, rest = np.divmod(pick, oh * ow)
         return form.rows(x, sample, tuple(np.divmod(rest, ow)))
@@ -166,7 +136,9 @@ def _members(analysis: Analysis, stats: Mapping[Any, Any]
         gids, local = analysis.unit_index(ref.atoms)
         gram = stats.get(("gram", node.output[0]))
         value = analysis.graph.const(ref.name) if gram is not None else None
-        matrix = _matrix(node, value.astype(np.float64)) if value is not None else None
+        handler = handler_for(node)
+        form = handler.linear(node, analysis.graph) if handler is not None and value is not None else None
+        matrix = form.matrix(value.astype(np.float64)) if form is not None and value is not None else None
         if matrix is None or gram is None or matrix.shape[1] != gram.shape[0] or matrix.shape[1] % len(ref.atoms):
             incomplete.update(int(g) for g in np.unique(gids))
             continue

@@ -55,6 +55,7 @@ class _Rows:
     goal: Target = Target("")  # what the refit reproduces (targets.py)
     hold: bool | None = None  # rows kept whole for the clipped solve behind a ReLU (decided on the first rows)
     clip: tuple[np.ndarray, np.ndarray] | None = None  # with ``rows``: which targets are bounds, and the bounds
+    held_bias: np.ndarray | None = None  # the bias Add's value a residual target also holds (set per wave)
 
     def sample_of_row(self) -> np.ndarray:
         return self.samples[self.where[0]]
@@ -175,12 +176,11 @@ def _accumulate(wave: list[_Rows], targets: Stepper, inputs: Stepper, edits: Pru
     outs = targets.start(sorted({r.goal.name for r in wave}))
     ins = inputs.start(sorted({edits.node(r.consumer.node).input[0] for r in wave}
                               | {r.goal.other for r in wave if r.goal.other}))
-    biases: dict[int, np.ndarray | None] = {}
     for r in wave:  # a MatMul without an Add after it has no bias to absorb the offset
         where = bias_target(r.consumer, edits)
         r.intercept = where is not None
         held = r.goal.other is not None and r.consumer.form.bias_port is None and where is not None
-        biases[id(r)] = edits.value(where[0].input[where[1]]) if held and where is not None else None
+        r.held_bias = edits.value(where[0].input[where[1]]) if held and where is not None else None
     for b, batch in enumerate(targets.batches):
         chosen = [(r, np.nonzero(np.isin(r.sample_of_row(), batch))[0]) for r in wave]
         if not any(len(rows) for _, rows in chosen):
@@ -193,7 +193,7 @@ def _accumulate(wave: list[_Rows], targets: Stepper, inputs: Stepper, edits: Pru
                 x = r.consumer.form.rows(x_all[edits.node(r.consumer.node).input[0]], local, at)
                 y = _pick(r, y_all[r.goal.name], local, at, r.keep_target)
                 other = _pick(r, x_all[r.goal.other], local, at, None) if r.goal.other else None
-                y, clip, offset = residual_target(y, other, biases[id(r)], r.goal.relu)
+                y, clip, offset = residual_target(y, other, r.held_bias, r.goal.relu)
                 if r.hold is None:
                     r.hold = clip is not None and len(r.where[0]) * (x.shape[1] + 2 * y.shape[1] + 1) * 8 <= _HOLD_BYTES
                 _add_rows(r, x, y, (clip, -offset) if r.hold and clip is not None else None)
