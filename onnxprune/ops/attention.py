@@ -12,18 +12,18 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from onnx import NodeProto, helper
+from onnx import NodeProto
 
 from onnxprune.core.channels import Labeled
 from onnxprune.core.graph import Graph
-from onnxprune.core.handlers import AnalysisContext, Handler, RankOf, RewriteContext, Shapes, attr, register, same_rank
-from onnxprune.ops.common import tie_heads
+from onnxprune.core.handlers import AnalysisContext, RewriteContext, attr, register
+from onnxprune.ops.common import AttentionShapes, tie_heads
 from onnxprune.ops.contrib_heads import RotaryEmbedding as ContribRotaryEmbedding
 from onnxprune.ops.repeats import repeat_chain, shorten_repeat
 
 
 @register
-class Attention(Handler):
+class Attention(AttentionShapes):
     op_types = ("Attention",)
 
     def propagate(self, i: int, node: NodeProto, ctx: AnalysisContext) -> None:
@@ -65,9 +65,7 @@ class Attention(Handler):
         ctx.tie(firsts[1], firsts[2])
         ctx.tie(firsts[0], np.repeat(firsts[1], group))
         ctx.tag(lq.atoms, "head")
-        shape = ctx.graph.const_shape(mask) if mask else None
-        if shape is not None and len(shape) >= 3 and shape[-3] > 1:
-            ctx.weight(mask, firsts[0], "const", i, axis=len(shape) - 3)
+        _mask_heads(i, node, ctx, firsts[0])
         ctx.set(node.output[0], 2 if rank == 3 else 1, out)
 
     def apply(self, i: int, node: NodeProto, rw: RewriteContext) -> None:
@@ -75,11 +73,13 @@ class Attention(Handler):
         rank = rw.graph.rank(node.input[0])
         if keep_q is not None and _shared_kv(rw.graph, rw.labeled, node, rank):
             lq = rw.label(node.input[0])
-            kept = len(keep_q) // (lq.size // _query_count(node, lq, rank))
+            head_size = lq.size // _query_count(node, lq, rank) if rank == 3 else 1
+            kept = len(keep_q) // head_size
             if attr(node, "q_num_heads") is not None:
                 rw.set_attr(i, "q_num_heads", kept)
             for name in node.input[1:3] if rank == 4 else ():
                 shorten_repeat(rw, name, 1, kept)
+            _cut_mask(i, node, rw, keep_q // head_size)
             return
         if keep_q is None or keep_k is None:
             return
@@ -93,30 +93,29 @@ class Attention(Handler):
                                    ("kv_num_heads", kv_kept, attr(node, "kv_num_heads"))):
             if given is not None:
                 rw.set_attr(i, name, value)
-        mask = node.input[3] if len(node.input) > 3 else ""
-        shape = rw.graph.const_shape(mask) if mask else None
-        if shape is not None and len(shape) >= 3 and shape[-3] > 1:
-            kept_heads = np.unique(keep_q // q_size)
-            rw.set_input(i, 3, np.take(rw.const(mask), kept_heads, axis=len(shape) - 3))
+        _cut_mask(i, node, rw, keep_q // q_size)
 
-    def macs(self, node: NodeProto, shapes: Shapes) -> int:
-        """Q K^T and P V: 2 * batch * q_heads * S * L * head_size (3-D: heads * head_size = the Q width)."""
-        q, k = shapes.get(node.input[0]), shapes.get(node.input[1])
-        if not q or not k or len(q) != len(k) or len(q) not in (3, 4):
-            return 0
-        if len(q) == 3:
-            return 2 * int(q[0]) * int(q[1]) * int(k[1]) * int(q[2])
-        return 2 * int(q[0]) * int(q[1]) * int(q[2]) * int(k[2]) * int(q[3])
 
-    def mac_scaling(self, node: NodeProto, graph: Graph) -> tuple[str, ...]:
-        return (node.output[0],)
+def _per_head_mask(graph: Graph, node: NodeProto) -> tuple[str, int] | None:
+    """(name, head axis) of a constant attention mask with a head axis of more than one."""
+    mask = node.input[3] if len(node.input) > 3 else ""
+    shape = graph.const_shape(mask) if mask else None
+    return (mask, len(shape) - 3) if shape is not None and len(shape) >= 3 and shape[-3] > 1 else None
 
-    def output_rank(self, node: NodeProto, rank: RankOf) -> int | None:
-        return same_rank(node, rank)
 
-    def shape_proxy(self, node: NodeProto, opset: int) -> list[NodeProto] | None:
-        """The query's shape (Q and V of equal head size, the usual case)."""
-        return [helper.make_node("Identity", [node.input[0]], [node.output[0]])]
+def _mask_heads(i: int, node: NodeProto, ctx: AnalysisContext, heads: np.ndarray) -> None:
+    """Declare a constant per-head mask's head axis (one atom per query head)."""
+    found = _per_head_mask(ctx.graph, node)
+    if found is not None:
+        ctx.weight(found[0], heads, "const", i, axis=found[1])
+
+
+def _cut_mask(i: int, node: NodeProto, rw: RewriteContext, query_heads: np.ndarray) -> None:
+    """Keep a constant per-head mask's slices of the kept query heads (``query_heads``: their indices, repeated
+    per kept channel)."""
+    found = _per_head_mask(rw.graph, node)
+    if found is not None:
+        rw.set_input(i, 3, np.take(rw.const(found[0]), np.unique(query_heads), axis=found[1]))
 
 
 def _shared_kv(graph: Graph, labeled: Callable[[str], Labeled | None], node: NodeProto, rank: int | None) -> bool:
@@ -164,9 +163,7 @@ def _query_heads(i: int, node: NodeProto, ctx: AnalysisContext, label: str, rank
         return
     out = ctx.source(i, node.output[0], 2 if rank == 3 else 1, width)
     ctx.tie(out, np.repeat(firsts, width // heads))
-    shape = ctx.graph.const_shape(mask) if mask else None
-    if shape is not None and len(shape) >= 3 and shape[-3] > 1:
-        ctx.weight(mask, firsts, "const", i, axis=len(shape) - 3)
+    _mask_heads(i, node, ctx, firsts)
 
 
 def _heads(node: NodeProto, labs: list[Labeled | None], rank: int) -> tuple[int, int] | None:

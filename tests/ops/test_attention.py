@@ -140,3 +140,10 @@ def test_four_d_multi_query_heads_broadcast_one_kv_head():
     result = cut(model, (q_proj, 12, list(range(0, 4)), 2))  # query head 0 stays
     wo = next(n for n in result.model.graph.node if len(n.input) > 1 and n.input[1].startswith("Wo"))
     assert const(result.model, wo.input[1]).shape == (D, 3)
+
+
+def test_multi_query_attention_slices_a_constant_mask_per_head():
+    mask = np.random.default_rng(2).standard_normal((1, 4, S, S)).astype(np.float32)
+    model, q = _flat(q_heads=4, kv_heads=1, mask=mask)
+    result = cut(model, (q, 16, list(range(4, 12)), 2))  # query heads 1 and 2 stay
+    np.testing.assert_array_equal(const(result.model, _attention_node(result.model).input[3]), mask[:, [1, 2]])
